@@ -1,0 +1,3 @@
+from .base_feature_augmenter import BaseFeatureAugmenter
+from .feature_translation import FeatureTranslation
+from .spherical_feature_transform import SphericalFeatureTransform

@@ -1,0 +1,175 @@
+import math
+
+import torch
+from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
+
+from ..centers import BaseClassCenters, BatchClassCenters
+from ..utils.checks import check_embeddings, check_finite, check_labels
+from ..utils.target_sampling import sample_target_rows
+
+TARGET_POOLS = ("batch", "all")
+
+
+class BaseFeatureAugmenter(ModuleWithRecords):
+    """Creates new samples in feature space by moving embeddings of class i to another
+    class j, using class centres.
+
+    Called like a PML miner, ``augmenter(embeddings, labels)``, it returns
+    ``(aug_embeddings, aug_labels, source_indices)``: the new samples, their (target)
+    labels, and the row of ``embeddings`` each one was made from. Subclasses define
+    :meth:`transform_rows`, the map from a source centre to a target centre.
+
+    Args:
+        centers: a :class:`~pml_sft.centers.BaseClassCenters` (default
+            ``BatchClassCenters()``: normalised per-class batch means, >= 2 samples
+            per class).
+        num_targets: target classes per sample (k). Each sample yields k new samples
+            with k distinct targets; fewer when fewer other classes are available.
+        target_pool: ``"batch"`` draws targets from the other classes of the batch;
+            ``"all"`` from every class with a known centre (needs centres with memory,
+            e.g. ``MovingAverageClassCenters``).
+        normalize_embeddings: L2-normalise inputs and return unit vectors. With
+            False the transform still acts on directions, and each new sample keeps
+            the norm of its source.
+        detach_centers: estimate centres from detached embeddings (default); with
+            False gradients flow through the batch centres too (batch centres only).
+        detach_augmented: return new samples without gradient, so they act as fixed
+            extra positives/negatives. Default False: gradients reach the sources.
+        generator: a ``torch.Generator`` for reproducible target draws.
+    """
+
+    def __init__(
+        self,
+        centers=None,
+        num_targets=1,
+        target_pool="batch",
+        normalize_embeddings=True,
+        detach_centers=True,
+        detach_augmented=False,
+        generator=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if centers is None:
+            centers = BatchClassCenters()
+        if not isinstance(centers, BaseClassCenters):
+            raise TypeError(
+                f"centers must be a pml_sft BaseClassCenters, got {type(centers).__name__}"
+            )
+        if not (isinstance(num_targets, int) and num_targets >= 1):
+            raise ValueError(f"num_targets must be an int >= 1, got {num_targets!r}")
+        if target_pool not in TARGET_POOLS:
+            raise ValueError(f"target_pool must be one of {TARGET_POOLS}, got {target_pool!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if not detach_centers and not isinstance(centers, BatchClassCenters):
+            raise ValueError("detach_centers=False needs BatchClassCenters")
+        self.centers = centers
+        self.num_targets = num_targets
+        self.target_pool = target_pool
+        self.normalize_embeddings = normalize_embeddings
+        self.detach_centers = detach_centers
+        self.detach_augmented = detach_augmented
+        self.generator = generator
+        self.add_to_recordable_attributes(
+            list_of_names=["num_targets", "normalize_embeddings", "detach_augmented"],
+            is_stat=False,
+        )
+        self.add_to_recordable_attributes(
+            list_of_names=[
+                "num_augmented",
+                "num_unmoved_samples",
+                "num_target_classes",
+                "mean_center_angle",
+            ],
+            is_stat=True,
+        )
+
+    def transform_rows(self, x, src, dst):
+        """Move unit rows ``x`` from unit centres ``src`` to ``dst`` (all (M, D))."""
+        raise NotImplementedError
+
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        """Args:
+            embeddings: (N, D) embeddings to augment.
+            labels: (N,) integer labels.
+            ref_emb, ref_labels: optional extra labelled embeddings used only to
+                estimate class centres (e.g. a memory bank); they are not transformed.
+
+        Returns:
+            aug_embeddings (M, D), aug_labels (M,), source_indices (M,).
+        """
+        self.reset_stats()
+        check_embeddings(embeddings)
+        check_labels(labels, embeddings.shape[0], embeddings.device)
+        check_finite(embeddings, "embeddings")
+        n = embeddings.shape[0]
+        directions, norms = self.directions(embeddings, "embeddings")
+        center_emb, center_labels = directions, labels
+        if ref_emb is not None or ref_labels is not None:
+            check_embeddings(ref_emb, "ref_emb")
+            check_labels(ref_labels, ref_emb.shape[0], embeddings.device, "ref_labels")
+            if ref_emb.shape[1] != embeddings.shape[1] or ref_emb.dtype != embeddings.dtype:
+                raise ValueError("ref_emb must have the embeddings' size and dtype")
+            check_finite(ref_emb, "ref_emb")
+            center_emb = torch.cat([directions, self.directions(ref_emb, "ref_emb")[0]])
+            center_labels = torch.cat([labels, ref_labels.to(labels.dtype)])
+        if self.detach_centers:
+            centers = self.centers(center_emb, center_labels, self.target_pool == "all")
+        else:
+            centers = self.batch_centers_with_gradient(center_emb, center_labels)
+        source_samples = (centers.sample_rows[:n] >= 0).nonzero().squeeze(1)
+        candidate_mask = centers.in_batch if self.target_pool == "batch" else torch.ones_like(centers.in_batch)
+        positions, target_rows = sample_target_rows(
+            centers.sample_rows[source_samples], candidate_mask, self.num_targets, self.generator
+        )
+        source_indices = source_samples[positions]
+        table = centers.centers.to(embeddings.dtype)
+        if table.dtype != centers.centers.dtype:
+            table = torch.nn.functional.normalize(table, dim=1)
+        src = table[centers.sample_rows[source_indices]]
+        dst = table[target_rows]
+        aug = self.transform_rows(directions[source_indices], src, dst)
+        if not self.normalize_embeddings:
+            aug = aug * norms[source_indices]
+        if self.detach_augmented:
+            aug = aug.detach()
+        aug_labels = centers.labels[target_rows].to(labels.dtype)
+        if self.collect_stats:
+            self.record_stats(n, source_indices, candidate_mask, src, dst)
+        return aug, aug_labels, source_indices
+
+    def directions(self, embeddings, name):
+        """Unit directions and norms of the rows; zero rows cannot be normalised."""
+        compute = embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16) else embeddings
+        norms = torch.linalg.vector_norm(compute, dim=1, keepdim=True)
+        if embeddings.shape[0] > 0:
+            smallest = norms.min().item()
+            if not smallest > torch.finfo(compute.dtype).tiny:
+                raise ValueError(
+                    f"{name} contains a zero vector, which has no direction and "
+                    "cannot be L2-normalised"
+                )
+        return (compute / norms).to(embeddings.dtype), norms.to(embeddings.dtype)
+
+    def batch_centers_with_gradient(self, embeddings, labels):
+        """Batch centres through which gradients flow back to the embeddings."""
+        centers = self.centers(embeddings, labels, False)
+        unique_labels, inverse = torch.unique(labels, return_inverse=True)
+        sums = torch.zeros(
+            unique_labels.shape[0], embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device
+        ).index_add(0, inverse, embeddings)
+        rows = torch.searchsorted(unique_labels, centers.labels)
+        centers.centers = torch.nn.functional.normalize(sums[rows], dim=1)
+        return centers
+
+    def record_stats(self, n, source_indices, candidate_mask, src, dst):
+        with torch.no_grad():
+            self.num_augmented = source_indices.shape[0]
+            self.num_unmoved_samples = n - int(torch.unique(source_indices).shape[0])
+            self.num_target_classes = int(candidate_mask.sum())
+            if source_indices.shape[0] > 0:
+                cos = (src.float() * dst.float()).sum(dim=1).clamp(-1, 1)
+                self.mean_center_angle = math.degrees(torch.acos(cos).mean().item())
+            else:
+                self.mean_center_angle = 0.0

@@ -1,0 +1,20 @@
+from ..functional import rotate
+from .base_feature_augmenter import BaseFeatureAugmenter
+
+
+class SphericalFeatureTransform(BaseFeatureAugmenter):
+    """Spherical Feature Transform (Zhu et al., ECCV 2020).
+
+    Each embedding x of class i becomes ``R_ij x``, where ``R_ij`` is the minimal
+    rotation carrying the unit centre of class i onto the unit centre of target class
+    j; the new sample is labelled j. Rotations keep the feature on the hypersphere
+    and keep its angle to its class centre, i.e. they assume classes have similar
+    covariance *on the sphere*.
+
+    Call it like a miner: ``aug_emb, aug_labels, source_idx = sft(embeddings, labels)``.
+    See :class:`BaseFeatureAugmenter` for the options (centres, targets per sample,
+    target pool, normalisation, detaching, generator).
+    """
+
+    def transform_rows(self, x, src, dst):
+        return rotate(x, src, dst)

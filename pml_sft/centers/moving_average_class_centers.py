@@ -1,0 +1,116 @@
+import torch
+
+from .base_class_centers import BaseClassCenters
+from .class_centers import ClassCenters
+
+
+class MovingAverageClassCenters(BaseClassCenters):
+    """Class centres kept as an exponential moving average across batches.
+
+    For every class in the batch, the L2-normalised batch mean ``m`` updates the
+    running centre ``c <- momentum * c + (1 - momentum) * m`` (the first time a class
+    is seen, ``c <- m``); centres are L2-normalised when read. This gives centres for
+    classes with one sample per batch (e.g. Stanford Online Products) and for classes
+    absent from the batch (``target_pool="all"`` in the augmenters).
+
+    State lives in buffers, so it follows ``.to()`` and is saved in ``state_dict``:
+    ``centers`` (num_classes, embedding_size) float32 running averages and
+    ``num_updates`` (num_classes,) how often each class was updated.
+
+    Args:
+        num_classes: labels must lie in ``[0, num_classes)``.
+        embedding_size: dimension of the embeddings.
+        momentum: weight of the old centre in each update, in [0, 1).
+        min_samples: the fewest samples of a class in a batch for it to update its
+            centre.
+        update: update the centres on each forward; False freezes them.
+    """
+
+    def __init__(
+        self, num_classes, embedding_size, momentum=0.9, min_samples=1, update=True, **kwargs
+    ):
+        super().__init__(min_samples=min_samples, **kwargs)
+        for name, value in (("num_classes", num_classes), ("embedding_size", embedding_size)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.num_classes = num_classes
+        self.embedding_size = embedding_size
+        self.momentum = float(momentum)
+        self.update = update
+        self.register_buffer("centers", torch.zeros(num_classes, embedding_size))
+        self.register_buffer("num_updates", torch.zeros(num_classes, dtype=torch.long))
+        self.add_to_recordable_attributes(
+            list_of_names=["num_classes", "embedding_size", "momentum"], is_stat=False
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "centers"
+        if key in state_dict and state_dict[key].shape != self.centers.shape:
+            raise ValueError(
+                f"cannot load class centres of shape {tuple(state_dict[key].shape)} "
+                f"(num_classes, embedding_size) into {type(self).__name__} with "
+                f"num_classes={self.num_classes}, embedding_size={self.embedding_size}"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def check_labels_in_range(self, labels):
+        if labels.numel() == 0:
+            return
+        lo, hi = labels.min().item(), labels.max().item()
+        if lo < 0 or hi >= self.num_classes:
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}) for "
+                f"{type(self).__name__}(num_classes={self.num_classes}), got labels "
+                f"from {lo} to {hi}"
+            )
+
+    def batch_statistics(self, embeddings, labels):
+        """Per-class sums and counts of the batch, for the classes present in it.
+
+        Returns (class labels (K,), sums (K, D), counts (K,)). Distributed subclasses
+        override this to combine the statistics of all processes.
+        """
+        unique_labels, _, sums, counts = self.batch_class_sums(embeddings, labels)
+        return unique_labels, sums.to(self.centers.dtype), counts
+
+    def compute(self, embeddings, labels, include_absent=True):
+        self.check_labels_in_range(labels)
+        if embeddings.shape[1] != self.embedding_size:
+            raise ValueError(
+                f"embeddings have size {embeddings.shape[1]} but "
+                f"{type(self).__name__} was built with embedding_size={self.embedding_size}"
+            )
+        labels = labels.long()
+        batch_labels, sums, counts = self.batch_statistics(embeddings, labels)
+        if self.update:
+            means, nonzero = self.normalize_rows(sums)
+            updated = nonzero & (counts >= self.min_samples)
+            batch_labels_updated = batch_labels[updated]
+            old = self.centers[batch_labels_updated]
+            seen = (self.num_updates[batch_labels_updated] > 0).unsqueeze(1)
+            new = means[updated]
+            blended = torch.where(seen, self.momentum * old + (1 - self.momentum) * new, new)
+            self.centers[batch_labels_updated] = blended
+            self.num_updates[batch_labels_updated] += 1
+        candidates = (
+            torch.arange(self.num_classes, device=self.centers.device)
+            if include_absent
+            else batch_labels
+        )
+        unit, nonzero = self.normalize_rows(self.centers[candidates])
+        known = nonzero & (self.num_updates[candidates] > 0)
+        center_labels = candidates[known]
+        row_of_label = torch.full_like(self.num_updates, -1)
+        row_of_label[center_labels] = torch.arange(
+            center_labels.shape[0], device=center_labels.device
+        )
+        in_batch = torch.zeros_like(self.num_updates, dtype=torch.bool)
+        in_batch[batch_labels] = True
+        return ClassCenters(
+            labels=center_labels,
+            centers=unit[known],
+            in_batch=in_batch[center_labels],
+            sample_rows=row_of_label[labels],
+        )

@@ -1,0 +1,14 @@
+"""Functional layer: feature transforms applied row by row."""
+
+from .compilation import compile_failure, get_compile_mode, set_compile_mode
+from .rotation import orthogonal_unit, rotate
+from .translation import translate
+
+__all__ = [
+    "rotate",
+    "translate",
+    "orthogonal_unit",
+    "set_compile_mode",
+    "get_compile_mode",
+    "compile_failure",
+]

@@ -1,0 +1,1 @@
+from .recall_at_k import RecallAtK

