@@ -2,8 +2,17 @@
 pytorch-metric-learning."""
 
 from . import functional
-from .augmenters import BaseFeatureAugmenter, FeatureTranslation, SphericalFeatureTransform
-from .centers import BaseClassCenters, BatchClassCenters, ClassCenters, MovingAverageClassCenters
+from .augmenters import (
+    BaseFeatureAugmenter,
+    FeatureTranslation,
+    SphericalFeatureTransform,
+)
+from .centers import (
+    BaseClassCenters,
+    BatchClassCenters,
+    ClassCenters,
+    MovingAverageClassCenters,
+)
 from .losses import FeatureTransformLoss, FeatureTranslationLoss, SFTLoss
 from .utils import RecallAtK
 

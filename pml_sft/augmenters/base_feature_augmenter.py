@@ -59,9 +59,13 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         if not (isinstance(num_targets, int) and num_targets >= 1):
             raise ValueError(f"num_targets must be an int >= 1, got {num_targets!r}")
         if target_pool not in TARGET_POOLS:
-            raise ValueError(f"target_pool must be one of {TARGET_POOLS}, got {target_pool!r}")
+            raise ValueError(
+                f"target_pool must be one of {TARGET_POOLS}, got {target_pool!r}"
+            )
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            raise TypeError(
+                f"generator must be a torch.Generator, got {type(generator).__name__}"
+            )
         if not detach_centers and not isinstance(centers, BatchClassCenters):
             raise ValueError("detach_centers=False needs BatchClassCenters")
         self.centers = centers
@@ -109,7 +113,10 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         if ref_emb is not None or ref_labels is not None:
             check_embeddings(ref_emb, "ref_emb")
             check_labels(ref_labels, ref_emb.shape[0], embeddings.device, "ref_labels")
-            if ref_emb.shape[1] != embeddings.shape[1] or ref_emb.dtype != embeddings.dtype:
+            if (
+                ref_emb.shape[1] != embeddings.shape[1]
+                or ref_emb.dtype != embeddings.dtype
+            ):
                 raise ValueError("ref_emb must have the embeddings' size and dtype")
             check_finite(ref_emb, "ref_emb")
             center_emb = torch.cat([directions, self.directions(ref_emb, "ref_emb")[0]])
@@ -119,9 +126,16 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         else:
             centers = self.batch_centers_with_gradient(center_emb, center_labels)
         source_samples = (centers.sample_rows[:n] >= 0).nonzero().squeeze(1)
-        candidate_mask = centers.in_batch if self.target_pool == "batch" else torch.ones_like(centers.in_batch)
+        candidate_mask = (
+            centers.in_batch
+            if self.target_pool == "batch"
+            else torch.ones_like(centers.in_batch)
+        )
         positions, target_rows = sample_target_rows(
-            centers.sample_rows[source_samples], candidate_mask, self.num_targets, self.generator
+            centers.sample_rows[source_samples],
+            candidate_mask,
+            self.num_targets,
+            self.generator,
         )
         source_indices = source_samples[positions]
         table = centers.centers.to(embeddings.dtype)
@@ -141,7 +155,11 @@ class BaseFeatureAugmenter(ModuleWithRecords):
 
     def directions(self, embeddings, name):
         """Unit directions and norms of the rows; zero rows cannot be normalised."""
-        compute = embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16) else embeddings
+        compute = (
+            embeddings.float()
+            if embeddings.dtype in (torch.float16, torch.bfloat16)
+            else embeddings
+        )
         norms = torch.linalg.vector_norm(compute, dim=1, keepdim=True)
         if embeddings.shape[0] > 0:
             smallest = norms.min().item()
@@ -157,7 +175,10 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         centers = self.centers(embeddings, labels, False)
         unique_labels, inverse = torch.unique(labels, return_inverse=True)
         sums = torch.zeros(
-            unique_labels.shape[0], embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device
+            unique_labels.shape[0],
+            embeddings.shape[1],
+            dtype=embeddings.dtype,
+            device=embeddings.device,
         ).index_add(0, inverse, embeddings)
         rows = torch.searchsorted(unique_labels, centers.labels)
         centers.centers = torch.nn.functional.normalize(sums[rows], dim=1)

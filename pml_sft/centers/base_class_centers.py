@@ -60,7 +60,10 @@ class BaseClassCenters(ModuleWithRecords):
         unique_labels, inverse = torch.unique(labels, return_inverse=True)
         dtype = accumulation_dtype(embeddings.dtype)
         sums = torch.zeros(
-            unique_labels.shape[0], embeddings.shape[1], dtype=dtype, device=embeddings.device
+            unique_labels.shape[0],
+            embeddings.shape[1],
+            dtype=dtype,
+            device=embeddings.device,
         )
         sums.index_add_(0, inverse, embeddings.to(dtype))
         counts = torch.bincount(inverse, minlength=unique_labels.shape[0])

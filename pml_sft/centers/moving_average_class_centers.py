@@ -27,10 +27,19 @@ class MovingAverageClassCenters(BaseClassCenters):
     """
 
     def __init__(
-        self, num_classes, embedding_size, momentum=0.9, min_samples=1, update=True, **kwargs
+        self,
+        num_classes,
+        embedding_size,
+        momentum=0.9,
+        min_samples=1,
+        update=True,
+        **kwargs,
     ):
         super().__init__(min_samples=min_samples, **kwargs)
-        for name, value in (("num_classes", num_classes), ("embedding_size", embedding_size)):
+        for name, value in (
+            ("num_classes", num_classes),
+            ("embedding_size", embedding_size),
+        ):
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
@@ -91,7 +100,9 @@ class MovingAverageClassCenters(BaseClassCenters):
             old = self.centers[batch_labels_updated]
             seen = (self.num_updates[batch_labels_updated] > 0).unsqueeze(1)
             new = means[updated]
-            blended = torch.where(seen, self.momentum * old + (1 - self.momentum) * new, new)
+            blended = torch.where(
+                seen, self.momentum * old + (1 - self.momentum) * new, new
+            )
             self.centers[batch_labels_updated] = blended
             self.num_updates[batch_labels_updated] += 1
         candidates = (

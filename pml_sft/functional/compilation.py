@@ -39,9 +39,7 @@ def set_compile_mode(mode):
 def get_compile_mode():
     mode = _state["mode"]
     if mode not in MODES:
-        raise ValueError(
-            f"PML_SFT_COMPILE must be one of {MODES}, got {mode!r}"
-        )
+        raise ValueError(f"PML_SFT_COMPILE must be one of {MODES}, got {mode!r}")
     return mode
 
 

@@ -73,7 +73,9 @@ def _rotate_plane_form(x, a, b):
     s = torch.linalg.vector_norm(w, dim=1)
     degenerate = s < torch.finfo(x.dtype).eps ** 0.5
     safe_s = torch.where(degenerate, torch.ones_like(s), s)
-    v = torch.where(degenerate.unsqueeze(1), orthogonal_unit(a), w / safe_s.unsqueeze(1))
+    v = torch.where(
+        degenerate.unsqueeze(1), orthogonal_unit(a), w / safe_s.unsqueeze(1)
+    )
     p = torch.linalg.vecdot(a, x)
     r = torch.linalg.vecdot(v, x)
     coef_a = (c - 1) * p - s * r

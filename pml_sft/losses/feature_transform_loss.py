@@ -22,6 +22,14 @@ UNSUPPORTED_LOSSES = {
 }
 
 
+# Miners the wrapper cannot run on the enlarged batch, and why.
+UNSUPPORTED_MINERS = {
+    "EmbeddingsAlreadyPackagedAsTriplets": "it reads triplets from the batch layout "
+    "(a, p, n, a, p, n, ...), which appended augmented samples do not follow; use it "
+    "as the outer miner instead (indices_tuple), whose triplets stay valid",
+}
+
+
 def split_transform_kwargs(transform_class, kwargs):
     """Split keyword arguments into those of ``transform_class`` and the rest."""
     names = set()
@@ -94,7 +102,9 @@ class FeatureTransformLoss(BaseLossWrapper, ModuleWithRecords):
                 f"{type(self).__name__} builds its own transform; use "
                 "FeatureTransformLoss(loss, transform=...) to pass one"
             )
-        transform_kwargs, kwargs = split_transform_kwargs(self.default_transform_class, kwargs)
+        transform_kwargs, kwargs = split_transform_kwargs(
+            self.default_transform_class, kwargs
+        )
         if "collect_stats" in kwargs:
             transform_kwargs["collect_stats"] = kwargs["collect_stats"]
         super().__init__(loss=loss, **kwargs)
@@ -117,6 +127,11 @@ class FeatureTransformLoss(BaseLossWrapper, ModuleWithRecords):
         ):
             if not (isinstance(value, int) and value >= 0):
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if miner is not None and type(miner).__name__ in UNSUPPORTED_MINERS:
+            raise ValueError(
+                f"{type(self).__name__} cannot mine with {type(miner).__name__}: "
+                f"{UNSUPPORTED_MINERS[type(miner).__name__]}"
+            )
         self.loss = loss
         self.transform = transform
         self.miner = miner
@@ -166,21 +181,35 @@ class FeatureTransformLoss(BaseLossWrapper, ModuleWithRecords):
         self.current_aug_weight = weight
         self.num_augmented = 0
         if weight == 0:
-            return self.inner_loss(embeddings, labels, indices_tuple, embeddings.shape[0])
+            return self.inner_loss(
+                embeddings, labels, indices_tuple, embeddings.shape[0]
+            )
         aug, aug_labels, _ = self.transform(embeddings, labels)
         self.num_augmented = aug.shape[0]
         if aug.shape[0] == 0:
-            return self.inner_loss(embeddings, labels, indices_tuple, embeddings.shape[0])
+            return self.inner_loss(
+                embeddings, labels, indices_tuple, embeddings.shape[0]
+            )
         all_emb = torch.cat([embeddings, aug.to(embeddings.dtype)])
         all_labels = torch.cat([labels, aug_labels])
         loss = self.inner_loss(all_emb, all_labels, indices_tuple, embeddings.shape[0])
         if weight < 1:
-            plain = self.inner_loss(embeddings, labels, indices_tuple, embeddings.shape[0])
+            plain = self.inner_loss(
+                embeddings, labels, indices_tuple, embeddings.shape[0]
+            )
+            if not (torch.is_tensor(loss) and torch.is_tensor(plain)):
+                raise TypeError(
+                    "aug_weight < 1 mixes two reduced losses, but the inner loss "
+                    f"returned {type(loss).__name__} (e.g. DoNothingReducer); use a "
+                    "reducer that returns a tensor or aug_weight=1"
+                )
             loss = (1 - weight) * plain + weight * loss
         return loss
 
     def inner_loss(self, embeddings, labels, outer_indices, num_original):
-        indices = self.create_indices_tuple(embeddings, labels, outer_indices, num_original)
+        indices = self.create_indices_tuple(
+            embeddings, labels, outer_indices, num_original
+        )
         return self.loss(embeddings, labels, indices)
 
     def create_indices_tuple(self, embeddings, labels, outer_indices, num_original):
@@ -194,7 +223,8 @@ class FeatureTransformLoss(BaseLossWrapper, ModuleWithRecords):
             indices = outer_indices
             if has_augmented:
                 indices = c_f.concatenate_indices_tuples(
-                    indices, self.tuples_with_augmented_rows(labels, len(indices), num_original)
+                    indices,
+                    self.tuples_with_augmented_rows(labels, len(indices), num_original),
                 )
         elif not self.augmented_anchors and has_augmented:
             indices = lmu.get_all_pairs_indices(labels)

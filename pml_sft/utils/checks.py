@@ -23,20 +23,26 @@ def check_embeddings(x, name="embeddings"):
             f"(float16, bfloat16, float32 or float64), got {x.dtype}"
         )
     if x.dim() != 2:
-        raise ValueError(
-            f"{name} must have shape (N, D), got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} must have shape (N, D), got shape {tuple(x.shape)}")
 
 
 def check_labels(labels, num_rows, device, name="labels"):
     """A 1-D integer tensor with one label per embedding, on the embeddings' device."""
     if labels is None:
-        raise ValueError(f"{name} are required: feature transforms move samples between classes")
+        raise ValueError(
+            f"{name} are required: feature transforms move samples between classes"
+        )
     check_tensor(labels, name)
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+    if (
+        labels.dtype.is_floating_point
+        or labels.dtype.is_complex
+        or labels.dtype == torch.bool
+    ):
         raise TypeError(f"{name} must be an integer tensor, got {labels.dtype}")
     if labels.dim() != 1:
-        raise ValueError(f"{name} must have shape (N,), got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"{name} must have shape (N,), got shape {tuple(labels.shape)}"
+        )
     if labels.shape[0] != num_rows:
         raise ValueError(
             f"{name} has {labels.shape[0]} entries but there are {num_rows} embeddings"
@@ -97,7 +103,9 @@ def check_unit_rows(x, name, norms=None):
     if x.numel() == 0:
         return
     if norms is None:
-        norms = torch.linalg.vector_norm(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1)
+        norms = torch.linalg.vector_norm(
+            x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1
+        )
     err = (norms - 1).abs().max().item()
     if not err <= unit_tolerance(x.dtype):
         raise ValueError(

@@ -42,12 +42,20 @@ class RecallAtK(AccuracyCalculator):
         return super().requires_knn() + [f"recall_at_{k}" for k in self.recall_ks]
 
     def determine_k(self, bin_counts, num_reference_embeddings, ref_includes_query):
-        k = super().determine_k(bin_counts, num_reference_embeddings, ref_includes_query)
+        k = super().determine_k(
+            bin_counts, num_reference_embeddings, ref_includes_query
+        )
         available = num_reference_embeddings - int(ref_includes_query)
         return min(max(k, max(self.recall_ks)), available)
 
     def calculate_recall_at_k(
-        self, knn_labels, query_labels, not_lone_query_mask, label_counts, recall_k, **kwargs
+        self,
+        knn_labels,
+        query_labels,
+        not_lone_query_mask,
+        label_counts,
+        recall_k,
+        **kwargs,
     ):
         knn_labels, query_labels = try_getting_not_lone_labels(
             knn_labels, query_labels, not_lone_query_mask
@@ -57,5 +65,8 @@ class RecallAtK(AccuracyCalculator):
         hits = self.label_comparison_fn(query_labels[:, None], knn_labels[:, :recall_k])
         accuracy_per_sample = hits.any(dim=1).to(torch.float64)
         return maybe_get_avg_of_avgs(
-            accuracy_per_sample, query_labels[:, None], self.avg_of_avgs, self.return_per_class
+            accuracy_per_sample,
+            query_labels[:, None],
+            self.avg_of_avgs,
+            self.return_per_class,
         )

@@ -46,5 +46,7 @@ def sample_target_rows(source_rows, candidate_mask, num_targets, generator=None)
     sources_with_own = own_is_candidate.nonzero().squeeze(1)
     scores[sources_with_own, own_position[sources_with_own]] = -1.0
     chosen = scores.topk(k, dim=1).indices
-    source_positions = torch.arange(source_rows.shape[0], device=device).repeat_interleave(k)
+    source_positions = torch.arange(
+        source_rows.shape[0], device=device
+    ).repeat_interleave(k)
     return source_positions, candidates[chosen.reshape(-1)]

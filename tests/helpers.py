@@ -1,0 +1,55 @@
+"""Independent float64 references used by several test files."""
+
+import math
+import os
+
+import torch
+
+DEVICE = torch.device(os.environ.get("TEST_DEVICE", "cpu"))
+DTYPES = [
+    getattr(torch, name)
+    for name in os.environ.get("TEST_DTYPES", "float32,float64").split(",")
+]
+
+
+def unit(x):
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def tol(dtype):
+    return {
+        torch.float16: 2e-2,
+        torch.bfloat16: 8e-2,
+        torch.float32: 1e-5,
+        torch.float64: 1e-10,
+    }[dtype]
+
+
+def rotation_matrix(a, b):
+    """The minimal rotation carrying unit ``a`` onto unit ``b`` as an explicit D x D
+    float64 matrix, built as the exponential of the generator
+    theta * (v a^T - a v^T) (independent of the closed form under test)."""
+    a = a.double() / a.double().norm()
+    b = b.double() / b.double().norm()
+    c = torch.clamp(a @ b, -1.0, 1.0)
+    w = b - c * a
+    if w.norm() < 1e-12:
+        if c > 0:
+            return torch.eye(a.shape[0], dtype=torch.float64)
+        raise ValueError("antipodal: no unique reference")
+    v = w / w.norm()
+    theta = math.acos(c.item())
+    generator = theta * (torch.outer(v, a) - torch.outer(a, v))
+    return torch.linalg.matrix_exp(generator)
+
+
+def rotate_reference(x, src, dst):
+    """Row-by-row rotation with explicit matrices (the naive O(N D^2) approach)."""
+    return torch.stack(
+        [rotation_matrix(a, b) @ xi.double() for xi, a, b in zip(x, src, dst)]
+    )
+
+
+def random_unit(n, d, generator, dtype=torch.float64, device="cpu"):
+    x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    return torch.nn.functional.normalize(x, dim=1).to(dtype=dtype, device=device)

@@ -1,0 +1,209 @@
+import pytest
+import torch
+
+from pml_sft import (
+    BatchClassCenters,
+    FeatureTranslation,
+    MovingAverageClassCenters,
+    SphericalFeatureTransform,
+)
+
+from .helpers import DEVICE, rotation_matrix, tol, unit
+
+
+def _batch(dtype=torch.float64, per_class=4, classes=(3, 8, 11, 20), d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.tensor(classes).repeat_interleave(per_class)
+    centres = unit(torch.randn(len(classes), d, generator=g, dtype=torch.float64))
+    x = centres.repeat_interleave(per_class, 0) + 0.3 * torch.randn(len(labels), d, generator=g, dtype=torch.float64)
+    return x.to(dtype=dtype, device=DEVICE), labels.to(DEVICE)
+
+
+def _class_means(x, labels):
+    return {lab: unit(unit(x.double())[labels == lab].mean(0)) for lab in labels.unique().tolist()}
+
+
+def test_sft_rotates_each_sample_onto_its_target_class(dtype):
+    x, y = _batch(dtype)
+    aug, aug_labels, src = SphericalFeatureTransform()(x, y)
+    assert aug.dtype == dtype and aug_labels.dtype == y.dtype
+    assert aug.shape == x.shape and torch.equal(src, torch.arange(len(x), device=DEVICE))
+    means = _class_means(x, y)
+    for i in range(len(aug)):
+        source_label, target_label = y[src[i]].item(), aug_labels[i].item()
+        assert source_label != target_label
+        r = rotation_matrix(means[source_label], means[target_label])
+        expected = r @ unit(x[src[i]].double().cpu())
+        assert torch.allclose(aug[i].double().cpu(), expected, atol=tol(dtype) * 100)
+
+
+def test_sft_keeps_the_angle_to_the_class_centre_translation_does_not():
+    x, y = _batch(torch.float64, per_class=6)
+    means = _class_means(x, y)
+    for augmenter, keeps in ((SphericalFeatureTransform(), True), (FeatureTranslation(), False)):
+        aug, aug_labels, src = augmenter(x, y)
+        before = torch.stack([unit(x[s]) @ means[y[s].item()] for s in src.tolist()])
+        after = torch.stack([aug[i] @ means[aug_labels[i].item()] for i in range(len(aug))])
+        assert torch.allclose(before, after, atol=1e-10) == keeps
+
+
+def test_translation_augmenter_matches_formula():
+    x, y = _batch(torch.float64)
+    aug, aug_labels, src = FeatureTranslation()(x, y)
+    means = _class_means(x, y)
+    for i in range(len(aug)):
+        a, b = means[y[src[i]].item()], means[aug_labels[i].item()]
+        assert torch.allclose(aug[i], unit(unit(x[src[i]]) - a + b), atol=1e-10)
+    raw, _, _ = FeatureTranslation(renormalize=False)(x, y)
+    assert (raw.norm(dim=1) - 1).abs().max() > 0.05
+
+
+def test_several_distinct_targets_per_sample():
+    x, y = _batch(per_class=3)
+    aug, aug_labels, src = SphericalFeatureTransform(num_targets=3)(x, y)
+    assert len(aug) == 3 * len(x)
+    for i in range(len(x)):
+        targets = aug_labels[src == i].tolist()
+        assert len(set(targets)) == 3 and y[i].item() not in targets
+    # more targets than other classes: capped at the number of other classes
+    aug, _, _ = SphericalFeatureTransform(num_targets=10)(x, y)
+    assert len(aug) == 3 * len(x)
+
+
+def test_single_class_batch_gives_nothing_and_records_it():
+    x, y = _batch(classes=(5,), per_class=6)
+    sft = SphericalFeatureTransform(collect_stats=True)
+    aug, aug_labels, src = sft(x, y)
+    assert aug.shape == (0, x.shape[1]) and len(aug_labels) == 0 and len(src) == 0
+    assert sft.num_augmented == 0 and sft.num_unmoved_samples == 6
+
+
+def test_singleton_classes_are_skipped_with_batch_centres_not_with_moving_average():
+    x, y = _batch(per_class=1, classes=(0, 1, 2, 3))
+    assert len(SphericalFeatureTransform()(x, y)[0]) == 0
+    sft = SphericalFeatureTransform(centers=MovingAverageClassCenters(4, x.shape[1]))
+    aug, aug_labels, src = sft(x, y)
+    assert len(aug) == 4 and (aug_labels != y[src]).all()
+    xs, ys = _batch(per_class=2, classes=(0, 1))
+    xs = torch.cat([xs, x[:1]])
+    ys = torch.cat([ys, torch.tensor([9], device=DEVICE)])
+    aug, aug_labels, src = SphericalFeatureTransform()(xs, ys)
+    assert 4 not in src.tolist() and 9 not in aug_labels.tolist()
+
+
+def test_target_pool_all_reaches_classes_absent_from_the_batch():
+    centres = MovingAverageClassCenters(30, 6)
+    sft = SphericalFeatureTransform(centers=centres, target_pool="all", num_targets=3)
+    x1, y1 = _batch(classes=(21, 22, 23, 24))
+    sft(x1, y1)
+    x2, y2 = _batch(classes=(3, 8, 11, 20), seed=1)
+    _, aug_labels, _ = sft(x2, y2)
+    assert set(aug_labels.tolist()) & {21, 22, 23, 24}
+    _, batch_only, _ = SphericalFeatureTransform(centers=centres, num_targets=3)(x2, y2)
+    assert set(batch_only.tolist()) <= {3, 8, 11, 20}
+
+
+def test_generator_makes_draws_reproducible():
+    x, y = _batch()
+    outs = [
+        SphericalFeatureTransform(generator=torch.Generator(device=DEVICE).manual_seed(4))(x, y)
+        for _ in range(2)
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_gradients_reach_sources_unless_detached():
+    x, y = _batch()
+    x.requires_grad_()
+    aug, _, _ = SphericalFeatureTransform()(x, y)
+    aug.sum().backward()
+    assert x.grad.abs().sum() > 0
+    aug, _, _ = SphericalFeatureTransform(detach_augmented=True)(x, y)
+    assert not aug.requires_grad
+
+
+def test_gradients_through_batch_centres_when_not_detached():
+    x, y = _batch()
+    x.requires_grad_()
+    aug, _, src = SphericalFeatureTransform(detach_centers=False)(x, y)
+    detached, _, _ = SphericalFeatureTransform(
+        generator=torch.Generator().manual_seed(0)
+    )(x, y)
+    # every target-class sample influences the output through its centre
+    grad_rows = torch.autograd.grad(aug[0].sum(), x)[0].abs().sum(1) > 0
+    assert grad_rows.sum() > 1
+    with pytest.raises(ValueError, match="BatchClassCenters"):
+        SphericalFeatureTransform(centers=MovingAverageClassCenters(3, 4), detach_centers=False)
+
+
+def test_unnormalised_mode_keeps_source_norms():
+    x, y = _batch()
+    x = x * torch.linspace(0.5, 3, len(x), dtype=x.dtype, device=DEVICE).unsqueeze(1)
+    aug, _, src = SphericalFeatureTransform(normalize_embeddings=False)(x, y)
+    assert torch.allclose(aug.norm(dim=1), x[src].norm(dim=1))
+    aug, _, _ = SphericalFeatureTransform()(x, y)
+    assert torch.allclose(aug.norm(dim=1), torch.ones(len(aug), dtype=x.dtype, device=DEVICE))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_augmentation(dtype):
+    x, y = _batch()
+    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    ref, ref_labels, _ = SphericalFeatureTransform(generator=gen())(x, y)
+    got, got_labels, _ = SphericalFeatureTransform(generator=gen())(x.to(dtype), y)
+    assert got.dtype == dtype and torch.equal(got_labels, ref_labels)
+    assert torch.allclose(got.double(), ref, atol=5e-2)
+
+
+def test_reference_embeddings_only_inform_centres():
+    x, y = _batch(per_class=1)
+    ref, ref_labels = _batch(per_class=3, seed=5)
+    aug, aug_labels, src = SphericalFeatureTransform()(x, y, ref, ref_labels)
+    assert len(aug) == len(x) and (aug_labels != y).all()
+
+
+def test_stats_are_recorded():
+    x, y = _batch()
+    sft = SphericalFeatureTransform(collect_stats=True, num_targets=2)
+    sft(x, y)
+    assert sft.num_augmented == 2 * len(x)
+    assert sft.num_target_classes == 4
+    assert 0 < sft.mean_center_angle < 180
+    assert {"num_augmented", "mean_center_angle"} <= set(sft._record_these_stats)
+
+
+@pytest.mark.parametrize(
+    "mutate,err,match",
+    [
+        (lambda x, y: (x.clone().fill_(float("nan")), y), ValueError, "NaN or inf"),
+        (lambda x, y: (torch.cat([x[:-1], torch.zeros_like(x[:1])]), y), ValueError, "zero vector"),
+        (lambda x, y: (x, y[:-1]), ValueError, "entries but there are"),
+        (lambda x, y: (x, y.double()), TypeError, "integer"),
+        (lambda x, y: (x, None), ValueError, "labels are required"),
+        (lambda x, y: (x[None], y), ValueError, "shape"),
+        (lambda x, y: (x, y.to("meta")), ValueError, "is on meta"),
+    ],
+)
+def test_bad_input(mutate, err, match):
+    x, y = _batch()
+    with pytest.raises(err, match=match):
+        SphericalFeatureTransform()(*mutate(x, y))
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="num_targets"):
+        SphericalFeatureTransform(num_targets=0)
+    with pytest.raises(ValueError, match="target_pool"):
+        SphericalFeatureTransform(target_pool="everything")
+    with pytest.raises(TypeError, match="centers"):
+        SphericalFeatureTransform(centers="batch")
+    with pytest.raises(TypeError, match="generator"):
+        SphericalFeatureTransform(generator=0)
+    assert isinstance(SphericalFeatureTransform().centers, BatchClassCenters)
+
+
+def test_empty_batch():
+    x = torch.zeros(0, 4, device=DEVICE)
+    y = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    aug, aug_labels, src = SphericalFeatureTransform()(x, y)
+    assert aug.shape == (0, 4) and len(aug_labels) == 0 and len(src) == 0

@@ -1,0 +1,127 @@
+import pytest
+import torch
+
+from pml_sft import BatchClassCenters, MovingAverageClassCenters
+
+from .helpers import DEVICE, tol, unit
+
+
+def _batch(dtype, labels, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = unit(torch.randn(len(labels), d, generator=g, dtype=torch.float64))
+    return x.to(dtype=dtype, device=DEVICE), torch.tensor(labels, device=DEVICE)
+
+
+def _loop_means(x, labels):
+    out = {}
+    for label in labels.unique().tolist():
+        out[label] = unit(x[labels == label].double().mean(0))
+    return out
+
+
+def test_batch_centres_are_normalised_class_means(dtype):
+    labels = [7, 7, 7, -3, -3, 1000, 1000, 1000, 1000, 5]
+    x, y = _batch(dtype, labels)
+    result = BatchClassCenters()(x, y)
+    expected = _loop_means(x, y)
+    assert sorted(result.labels.tolist()) == [-3, 7, 1000]  # 5 has one sample only
+    for row, label in enumerate(result.labels.tolist()):
+        assert torch.allclose(result.centers[row].double(), expected[label], atol=tol(dtype) * 10)
+    for i, label in enumerate(labels):
+        row = result.sample_rows[i].item()
+        assert (row == -1) if label == 5 else (result.labels[row].item() == label)
+    assert result.in_batch.all()
+
+
+def test_batch_centres_min_samples_and_zero_mean():
+    x, y = _batch(torch.float64, [0, 0, 1, 1, 2])
+    x[3] = -x[2]  # class 1 has mean zero: no direction, no centre
+    result = BatchClassCenters(min_samples=1)(x, y)
+    assert result.labels.tolist() == [0, 2]
+    assert result.sample_rows.tolist() == [0, 0, -1, -1, 1]
+
+
+def test_half_precision_centres_accumulate_in_float32():
+    x, y = _batch(torch.float16, [0] * 6 + [1] * 6, d=8)
+    result = BatchClassCenters()(x, y)
+    assert result.centers.dtype == torch.float32
+    expected = _loop_means(x.double(), y)
+    assert torch.allclose(result.centers[0].double(), expected[0], atol=1e-3)
+
+
+def test_moving_average_update_rule():
+    centres = MovingAverageClassCenters(num_classes=4, embedding_size=5, momentum=0.75).to(DEVICE)
+    x1, y1 = _batch(torch.float32, [0, 0, 2], seed=1)
+    first = centres(x1, y1)
+    m1 = _loop_means(x1, y1)
+    assert first.labels.tolist() == [0, 2]
+    assert torch.allclose(first.centers[0].double(), m1[0], atol=1e-6)
+    x2, y2 = _batch(torch.float32, [0, 3, 3], seed=2)
+    second = centres(x2, y2)
+    m2 = _loop_means(x2, y2)
+    expected0 = unit(0.75 * m1[0] + 0.25 * m2[0])
+    assert second.labels.tolist() == [0, 2, 3]
+    assert torch.allclose(second.centers[0].double(), expected0, atol=1e-6)
+    assert torch.allclose(second.centers[1].double(), m1[2], atol=1e-6)
+    assert second.in_batch.tolist() == [True, False, True]
+    assert second.sample_rows.tolist() == [0, 2, 2]
+    assert centres.num_updates.tolist() == [2, 0, 1, 1]
+    only_batch = centres(x2, y2, include_absent=False)
+    assert only_batch.labels.tolist() == [0, 3]
+
+
+def test_moving_average_state_follows_to_and_state_dict():
+    centres = MovingAverageClassCenters(3, 5)
+    x, y = _batch(torch.float32, [0, 1, 1])
+    centres(x, y)
+    state = centres.state_dict()
+    assert set(state) >= {"centers", "num_updates"}
+    other = MovingAverageClassCenters(3, 5)
+    other.load_state_dict(state)
+    assert torch.equal(other.centers, centres.centers)
+    assert other.to(torch.float64).centers.dtype == torch.float64
+    with pytest.raises(ValueError, match="num_classes=4, embedding_size=5"):
+        MovingAverageClassCenters(4, 5).load_state_dict(state)
+    with pytest.raises(ValueError, match="embedding_size=6"):
+        MovingAverageClassCenters(3, 6).load_state_dict(state)
+
+
+def test_moving_average_frozen():
+    centres = MovingAverageClassCenters(3, 5, update=False)
+    x, y = _batch(torch.float32, [0, 1, 1])
+    assert len(centres(x, y)) == 0
+    assert centres.num_updates.sum() == 0
+
+
+@pytest.mark.parametrize("labels", [[0, 3], [-1, 0], [0, 10**12]])
+def test_moving_average_labels_out_of_range(labels):
+    x, y = _batch(torch.float32, labels)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        MovingAverageClassCenters(3, 5)(x, y)
+
+
+def test_centre_input_errors():
+    x, y = _batch(torch.float32, [0, 0, 1, 1])
+    with pytest.raises(ValueError, match="4 entries but there are 3"):
+        BatchClassCenters()(x[:3], y)
+    with pytest.raises(TypeError, match="integer"):
+        BatchClassCenters()(x, y.float())
+    with pytest.raises(ValueError, match="embedding_size=6"):
+        MovingAverageClassCenters(3, 6)(x, y)
+    x[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        BatchClassCenters()(x, y)
+    for bad in (dict(momentum=1.0), dict(momentum=-0.1), dict(num_classes=0)):
+        kwargs = dict(num_classes=3, embedding_size=4)
+        kwargs.update(bad)
+        with pytest.raises(ValueError):
+            MovingAverageClassCenters(**kwargs)
+    with pytest.raises(ValueError, match="min_samples"):
+        BatchClassCenters(min_samples=0)
+
+
+def test_empty_batch():
+    x = torch.zeros(0, 5, device=DEVICE)
+    y = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    assert len(BatchClassCenters()(x, y)) == 0
+    assert len(MovingAverageClassCenters(3, 5)(x, y)) == 0
