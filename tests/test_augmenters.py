@@ -15,19 +15,26 @@ def _batch(dtype=torch.float64, per_class=4, classes=(3, 8, 11, 20), d=6, seed=0
     g = torch.Generator().manual_seed(seed)
     labels = torch.tensor(classes).repeat_interleave(per_class)
     centres = unit(torch.randn(len(classes), d, generator=g, dtype=torch.float64))
-    x = centres.repeat_interleave(per_class, 0) + 0.3 * torch.randn(len(labels), d, generator=g, dtype=torch.float64)
+    x = centres.repeat_interleave(per_class, 0) + 0.3 * torch.randn(
+        len(labels), d, generator=g, dtype=torch.float64
+    )
     return x.to(dtype=dtype, device=DEVICE), labels.to(DEVICE)
 
 
 def _class_means(x, labels):
-    return {lab: unit(unit(x.double())[labels == lab].mean(0)) for lab in labels.unique().tolist()}
+    return {
+        lab: unit(unit(x.double())[labels == lab].mean(0))
+        for lab in labels.unique().tolist()
+    }
 
 
 def test_sft_rotates_each_sample_onto_its_target_class(dtype):
     x, y = _batch(dtype)
     aug, aug_labels, src = SphericalFeatureTransform()(x, y)
     assert aug.dtype == dtype and aug_labels.dtype == y.dtype
-    assert aug.shape == x.shape and torch.equal(src, torch.arange(len(x), device=DEVICE))
+    assert aug.shape == x.shape and torch.equal(
+        src, torch.arange(len(x), device=DEVICE)
+    )
     means = _class_means(x, y)
     for i in range(len(aug)):
         source_label, target_label = y[src[i]].item(), aug_labels[i].item()
@@ -40,10 +47,15 @@ def test_sft_rotates_each_sample_onto_its_target_class(dtype):
 def test_sft_keeps_the_angle_to_the_class_centre_translation_does_not():
     x, y = _batch(torch.float64, per_class=6)
     means = _class_means(x, y)
-    for augmenter, keeps in ((SphericalFeatureTransform(), True), (FeatureTranslation(), False)):
+    for augmenter, keeps in (
+        (SphericalFeatureTransform(), True),
+        (FeatureTranslation(), False),
+    ):
         aug, aug_labels, src = augmenter(x, y)
         before = torch.stack([unit(x[s]) @ means[y[s].item()] for s in src.tolist()])
-        after = torch.stack([aug[i] @ means[aug_labels[i].item()] for i in range(len(aug))])
+        after = torch.stack(
+            [aug[i] @ means[aug_labels[i].item()] for i in range(len(aug))]
+        )
         assert torch.allclose(before, after, atol=1e-10) == keeps
 
 
@@ -106,7 +118,9 @@ def test_target_pool_all_reaches_classes_absent_from_the_batch():
 def test_generator_makes_draws_reproducible():
     x, y = _batch()
     outs = [
-        SphericalFeatureTransform(generator=torch.Generator(device=DEVICE).manual_seed(4))(x, y)
+        SphericalFeatureTransform(
+            generator=torch.Generator(device=DEVICE).manual_seed(4)
+        )(x, y)
         for _ in range(2)
     ]
     assert all(torch.equal(a, b) for a, b in zip(*outs))
@@ -133,7 +147,9 @@ def test_gradients_through_batch_centres_when_not_detached():
     grad_rows = torch.autograd.grad(aug[0].sum(), x)[0].abs().sum(1) > 0
     assert grad_rows.sum() > 1
     with pytest.raises(ValueError, match="BatchClassCenters"):
-        SphericalFeatureTransform(centers=MovingAverageClassCenters(3, 4), detach_centers=False)
+        SphericalFeatureTransform(
+            centers=MovingAverageClassCenters(3, 4), detach_centers=False
+        )
 
 
 def test_unnormalised_mode_keeps_source_norms():
@@ -142,7 +158,9 @@ def test_unnormalised_mode_keeps_source_norms():
     aug, _, src = SphericalFeatureTransform(normalize_embeddings=False)(x, y)
     assert torch.allclose(aug.norm(dim=1), x[src].norm(dim=1))
     aug, _, _ = SphericalFeatureTransform()(x, y)
-    assert torch.allclose(aug.norm(dim=1), torch.ones(len(aug), dtype=x.dtype, device=DEVICE))
+    assert torch.allclose(
+        aug.norm(dim=1), torch.ones(len(aug), dtype=x.dtype, device=DEVICE)
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -176,7 +194,11 @@ def test_stats_are_recorded():
     "mutate,err,match",
     [
         (lambda x, y: (x.clone().fill_(float("nan")), y), ValueError, "NaN or inf"),
-        (lambda x, y: (torch.cat([x[:-1], torch.zeros_like(x[:1])]), y), ValueError, "zero vector"),
+        (
+            lambda x, y: (torch.cat([x[:-1], torch.zeros_like(x[:1])]), y),
+            ValueError,
+            "zero vector",
+        ),
         (lambda x, y: (x, y[:-1]), ValueError, "entries but there are"),
         (lambda x, y: (x, y.double()), TypeError, "integer"),
         (lambda x, y: (x, None), ValueError, "labels are required"),

@@ -26,7 +26,9 @@ def test_batch_centres_are_normalised_class_means(dtype):
     expected = _loop_means(x, y)
     assert sorted(result.labels.tolist()) == [-3, 7, 1000]  # 5 has one sample only
     for row, label in enumerate(result.labels.tolist()):
-        assert torch.allclose(result.centers[row].double(), expected[label], atol=tol(dtype) * 10)
+        assert torch.allclose(
+            result.centers[row].double(), expected[label], atol=tol(dtype) * 10
+        )
     for i, label in enumerate(labels):
         row = result.sample_rows[i].item()
         assert (row == -1) if label == 5 else (result.labels[row].item() == label)
@@ -50,7 +52,9 @@ def test_half_precision_centres_accumulate_in_float32():
 
 
 def test_moving_average_update_rule():
-    centres = MovingAverageClassCenters(num_classes=4, embedding_size=5, momentum=0.75).to(DEVICE)
+    centres = MovingAverageClassCenters(
+        num_classes=4, embedding_size=5, momentum=0.75
+    ).to(DEVICE)
     x1, y1 = _batch(torch.float32, [0, 0, 2], seed=1)
     first = centres(x1, y1)
     m1 = _loop_means(x1, y1)

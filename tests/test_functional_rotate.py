@@ -97,7 +97,11 @@ def test_half_precision_matches_float64_reference():
     x, a, b = _inputs(40, 32, torch.float64)
     expected = rotate(x, a, b)
     for dtype, t in ((torch.float16, 1e-2), (torch.bfloat16, 5e-2)):
-        got = rotate(x.to(dtype), unit(a.to(dtype).float()).to(dtype), unit(b.to(dtype).float()).to(dtype))
+        got = rotate(
+            x.to(dtype),
+            unit(a.to(dtype).float()).to(dtype),
+            unit(b.to(dtype).float()).to(dtype),
+        )
         assert got.dtype == dtype
         assert torch.allclose(got.double(), expected, atol=t * x.abs().max().item())
 
@@ -112,7 +116,11 @@ def test_gradcheck_generic_and_near_special_cases():
     x = torch.randn(3, d, generator=g, dtype=torch.float64)
     a = random_unit(3, d, g)
     b = random_unit(3, d, g)
-    cases = [b, unit(a + 0.05 * b), unit(-a + 0.2 * b)]  # generic, near-identity, near-antipodal
+    cases = [
+        b,
+        unit(a + 0.05 * b),
+        unit(-a + 0.2 * b),
+    ]  # generic, near-identity, near-antipodal
     for bb in cases:
         inputs = [t.clone().to(DEVICE).requires_grad_() for t in (x, a, bb)]
         assert torch.autograd.gradcheck(f, inputs)
@@ -145,7 +153,11 @@ def test_empty_input_returns_empty():
         (lambda x, a, b: (x.long(), a.long(), b.long()), TypeError, "floating-point"),
         (lambda x, a, b: (x, a.to("meta"), b), ValueError, "device"),
         (lambda x, a, b: ([[1.0]], a, b), TypeError, "torch.Tensor"),
-        (lambda x, a, b: (x[:, :1], a[:, :1], b[:, :1]), ValueError, "at least 2 dimensions"),
+        (
+            lambda x, a, b: (x[:, :1], a[:, :1], b[:, :1]),
+            ValueError,
+            "at least 2 dimensions",
+        ),
     ],
 )
 def test_layout_errors(make, err, match):

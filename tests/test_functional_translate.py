@@ -14,7 +14,9 @@ def _inputs(dtype, n=10, d=6):
 def test_translation_matches_formula(dtype):
     x, a, b = _inputs(dtype)
     raw = x.double() - a.double() + b.double()
-    assert torch.allclose(translate(x, a, b, renormalize=False).double(), raw, atol=tol(dtype))
+    assert torch.allclose(
+        translate(x, a, b, renormalize=False).double(), raw, atol=tol(dtype)
+    )
     out = translate(x, a, b)
     assert out.dtype == dtype
     assert torch.allclose(out.double(), unit(raw), atol=tol(dtype) * 10)

@@ -121,14 +121,20 @@ def test_augmented_rows_only_as_partners():
     a1, p, a2, n = seen["indices"]
     assert (a1 < len(x)).all() and (a2 < len(x)).all()
     assert (p >= len(x)).any() and (n >= len(x)).any()
-    SFTLoss(Recording(), augmented_anchors=False, miner=miners.MultiSimilarityMiner(epsilon=10))(x, y)
+    SFTLoss(
+        Recording(),
+        augmented_anchors=False,
+        miner=miners.MultiSimilarityMiner(epsilon=10),
+    )(x, y)
     a1, p, a2, n = seen["indices"]
     assert (a1 < len(x)).all() and (a2 < len(x)).all() and (p >= len(x)).any()
 
 
 def test_state_dict_holds_iteration_and_centres():
     wrapped = SFTLoss(
-        losses.ArcFaceLoss(4, 8), centers=MovingAverageClassCenters(4, 8), warmup_iterations=1
+        losses.ArcFaceLoss(4, 8),
+        centers=MovingAverageClassCenters(4, 8),
+        warmup_iterations=1,
     )
     x, y = _batch()
     wrapped(x, y)
@@ -137,22 +143,35 @@ def test_state_dict_holds_iteration_and_centres():
     assert int(state["iteration"]) == 2
     assert "transform.centers.centers" in state and "loss.W" in state
     fresh = SFTLoss(
-        losses.ArcFaceLoss(4, 8), centers=MovingAverageClassCenters(4, 8), warmup_iterations=1
+        losses.ArcFaceLoss(4, 8),
+        centers=MovingAverageClassCenters(4, 8),
+        warmup_iterations=1,
     )
     fresh.load_state_dict(state)
     assert fresh.current_weight() == 1.0
-    assert torch.equal(fresh.transform.centers.centers, wrapped.transform.centers.centers)
+    assert torch.equal(
+        fresh.transform.centers.centers, wrapped.transform.centers.centers
+    )
 
 
 def test_kwargs_are_routed_to_transform_and_wrapper():
-    wrapped = SFTLoss(losses.ContrastiveLoss(), num_targets=3, target_pool="batch", aug_weight=0.5)
+    wrapped = SFTLoss(
+        losses.ContrastiveLoss(), num_targets=3, target_pool="batch", aug_weight=0.5
+    )
     assert wrapped.transform.num_targets == 3 and wrapped.aug_weight == 0.5
-    assert isinstance(FeatureTranslationLoss(losses.ContrastiveLoss()).transform, FeatureTranslation)
-    assert isinstance(FeatureTransformLoss(losses.ContrastiveLoss()).transform, SphericalFeatureTransform)
+    assert isinstance(
+        FeatureTranslationLoss(losses.ContrastiveLoss()).transform, FeatureTranslation
+    )
+    assert isinstance(
+        FeatureTransformLoss(losses.ContrastiveLoss()).transform,
+        SphericalFeatureTransform,
+    )
     with pytest.raises(TypeError, match="builds its own transform"):
         SFTLoss(losses.ContrastiveLoss(), transform=FeatureTranslation())
     with pytest.raises(TypeError, match="belong to the transform"):
-        FeatureTransformLoss(losses.ContrastiveLoss(), transform=FeatureTranslation(), num_targets=2)
+        FeatureTransformLoss(
+            losses.ContrastiveLoss(), transform=FeatureTranslation(), num_targets=2
+        )
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ class RecallAtK(AccuracyCalculator):
             setattr(
                 self,
                 f"calculate_recall_at_{recall_k}",
-                functools.partial(self.calculate_recall_at_k, recall_k=recall_k),
+                functools.partial(self.recall_at_k, recall_k=recall_k),
             )
         super().__init__(k=k, **kwargs)
 
@@ -48,7 +48,7 @@ class RecallAtK(AccuracyCalculator):
         available = num_reference_embeddings - int(ref_includes_query)
         return min(max(k, max(self.recall_ks)), available)
 
-    def calculate_recall_at_k(
+    def recall_at_k(
         self,
         knn_labels,
         query_labels,

@@ -1,0 +1,66 @@
+"""Every loss, miner, reducer and distance PML exports, through the wrapper.
+
+Parametrised from PML's own exports (see tests/compat_matrix.py), so a class PML
+adds later is tested too, and fails here until it works or is refused on purpose.
+"""
+
+import pytest
+
+from . import compat_matrix as cm
+
+
+@pytest.mark.parametrize("name", list(cm.exported_losses()))
+def test_loss(name):
+    outcome = cm.loss_outcome(name)
+    if name in cm.REFUSED_LOSSES:
+        assert outcome.startswith("refused") and cm.REFUSED_LOSSES[name] in outcome
+        assert "because" in outcome or ": it" in outcome  # the reason is given
+    elif name in cm.KNOWN_PML_BUGS:
+        inner = cm.build(cm.exported_losses()[name], cm.LOSS_KWARGS)
+        with pytest.raises(Exception):  # fails without the wrapper too
+            cm.check_trains(inner)
+    else:
+        assert outcome == "works"
+
+
+@pytest.mark.parametrize("role", ["inner", "outer"])
+@pytest.mark.parametrize("name", list(cm.exported_miners()))
+def test_miner(name, role):
+    outcome = cm.miner_outcome(name, role)
+    if role == "inner" and name in cm.REFUSED_INNER_MINERS:
+        assert outcome.startswith("refused") and "outer miner instead" in outcome
+    else:
+        assert outcome == "works"
+
+
+@pytest.mark.parametrize("name", list(cm.exported_reducers()))
+def test_reducer(name):
+    assert cm.reducer_outcome(name).startswith("works")
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [(name, {}) for name in cm.exported_distances()]
+    + [
+        ("LpDistance", dict(normalize_embeddings=False)),
+        ("LpDistance", dict(p=1)),
+        ("LpDistance", dict(power=2)),
+        ("DotProductSimilarity", dict(normalize_embeddings=True)),
+    ],
+)
+def test_distance(name, kwargs):
+    outcome = cm.distance_outcome(name, kwargs)
+    if name in cm.NOT_APPLICABLE:
+        assert outcome.startswith("not applicable")
+    else:
+        assert outcome == "works"
+
+
+def test_every_export_is_classified():
+    # the generated lists are not empty and include the well-known classes
+    assert {"ArcFaceLoss", "MultiSimilarityLoss", "ProxyAnchorLoss"} <= set(
+        cm.exported_losses()
+    )
+    assert "MultiSimilarityMiner" in cm.exported_miners()
+    assert "MeanReducer" in cm.exported_reducers()
+    assert "CosineSimilarity" in cm.exported_distances()
