@@ -28,7 +28,7 @@ LOSS_KWARGS = {
     "LargeMarginSoftmaxLoss": lambda: dict(
         num_classes=NUM_CLASSES, embedding_size=EMBEDDING_SIZE
     ),
-    "ManifoldLoss": lambda: dict(l=EMBEDDING_SIZE),
+    "ManifoldLoss": lambda: {"l": EMBEDDING_SIZE},
     "MultipleLosses": lambda: dict(
         losses=[losses.ContrastiveLoss(), losses.MultiSimilarityLoss()]
     ),

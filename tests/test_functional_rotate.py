@@ -126,6 +126,24 @@ def test_gradcheck_generic_and_near_special_cases():
         assert torch.autograd.gradcheck(f, inputs)
 
 
+def test_gradcheck_with_fixed_centres_uses_inverse_rotation():
+    # only x needs gradients: the backward pass is the inverse rotation
+    g = _gen(9)
+    x = torch.randn(5, 6, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+    a = random_unit(5, 6, g).to(DEVICE)
+    b = random_unit(5, 6, g).to(DEVICE)
+    b[0], b[1], b[2] = a[0], -a[1], unit(-a[2] + 0.1 * b[2])
+    assert torch.autograd.gradcheck(lambda t: rotate(t, a, b), [x])
+    assert torch.autograd.gradgradcheck(lambda t: rotate(t, a, b), [x])
+    out = rotate(x, a, b)
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    # d sum(R x) / dx = R^T 1 = R_{b -> a} 1
+    expected = rotate_reference(
+        torch.ones(2, 6, dtype=torch.float64), b[3:].cpu(), a[3:].cpu()
+    )
+    assert torch.allclose(grad[3:].cpu(), expected, atol=1e-10)
+
+
 def test_gradients_finite_at_identical_and_antipodal_centres():
     g = _gen(8)
     x = torch.randn(2, 6, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()

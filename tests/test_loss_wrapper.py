@@ -11,7 +11,7 @@ from pml_sft import (
     SphericalFeatureTransform,
 )
 
-from .helpers import DEVICE, unit
+from .helpers import DEVICE
 
 
 def _batch(dtype=torch.float32, classes=4, per_class=4, d=8, seed=0):

@@ -89,8 +89,15 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             is_stat=True,
         )
 
-    def transform_rows(self, x, src, dst):
-        """Move unit rows ``x`` from unit centres ``src`` to ``dst`` (all (M, D))."""
+    def transform_rows(self, x, unit, norms, centers, src_rows, dst_rows):
+        """Move rows ``x`` (M, D) from the unit centres ``centers[src_rows]`` to
+        ``centers[dst_rows]`` (``centers`` is (K, D)).
+
+        ``unit`` and ``norms`` are the rows' directions and norms, computed without
+        gradient in the compute dtype (float32 for half-precision input), which is
+        also the dtype of ``centers``. The transform acts on the directions; the
+        result is a unit vector when ``self.normalize_embeddings``, else it keeps the
+        norm of its source row. Gradients must flow to ``x``."""
         raise NotImplementedError
 
     def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
@@ -106,73 +113,108 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         self.reset_stats()
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0], embeddings.device)
-        check_finite(embeddings, "embeddings")
         n = embeddings.shape[0]
-        directions, norms = self.directions(embeddings, "embeddings")
+        with torch.no_grad():
+            directions, norms = self.directions(embeddings, "embeddings")
         center_emb, center_labels = directions, labels
         if ref_emb is not None or ref_labels is not None:
-            check_embeddings(ref_emb, "ref_emb")
-            check_labels(ref_labels, ref_emb.shape[0], embeddings.device, "ref_labels")
-            if (
-                ref_emb.shape[1] != embeddings.shape[1]
-                or ref_emb.dtype != embeddings.dtype
-            ):
-                raise ValueError("ref_emb must have the embeddings' size and dtype")
-            check_finite(ref_emb, "ref_emb")
-            center_emb = torch.cat([directions, self.directions(ref_emb, "ref_emb")[0]])
-            center_labels = torch.cat([labels, ref_labels.to(labels.dtype)])
+            center_emb, center_labels = self.with_reference(
+                embeddings, labels, directions, ref_emb, ref_labels
+            )
         if self.detach_centers:
-            centers = self.centers(center_emb, center_labels, self.target_pool == "all")
+            centers = self.centers(
+                center_emb, center_labels, self.target_pool == "all", validate=False
+            )
         else:
-            centers = self.batch_centers_with_gradient(center_emb, center_labels)
-        source_samples = (centers.sample_rows[:n] >= 0).nonzero().squeeze(1)
+            centers = self.batch_centers_with_gradient(embeddings, labels)
+        sample_rows = centers.sample_rows[:n]
+        all_have_centres = bool((sample_rows >= 0).all())
+        source_samples = (
+            None if all_have_centres else (sample_rows >= 0).nonzero().squeeze(1)
+        )
         candidate_mask = (
             centers.in_batch
             if self.target_pool == "batch"
             else torch.ones_like(centers.in_batch)
         )
         positions, target_rows = sample_target_rows(
-            centers.sample_rows[source_samples],
+            sample_rows if all_have_centres else sample_rows[source_samples],
             candidate_mask,
             self.num_targets,
             self.generator,
         )
-        source_indices = source_samples[positions]
-        table = centers.centers.to(embeddings.dtype)
-        if table.dtype != centers.centers.dtype:
-            table = torch.nn.functional.normalize(table, dim=1)
-        src = table[centers.sample_rows[source_indices]]
-        dst = table[target_rows]
-        aug = self.transform_rows(directions[source_indices], src, dst)
-        if not self.normalize_embeddings:
-            aug = aug * norms[source_indices]
+        if all_have_centres and positions.shape[0] == n:  # one target each: no gathers
+            source_indices = positions
+            rows_x, rows_unit, rows_norms = embeddings, directions, norms
+        else:
+            source_indices = (
+                positions
+                if all_have_centres
+                else source_samples.index_select(0, positions)
+            )
+            rows_x = embeddings.index_select(0, source_indices)
+            rows_unit = directions.index_select(0, source_indices)
+            rows_norms = norms.index_select(0, source_indices)
+        src_rows = sample_rows.index_select(0, source_indices)
+        table = centers.centers
+        if table.dtype != directions.dtype:
+            table = torch.nn.functional.normalize(table.to(directions.dtype), dim=1)
+        aug = self.transform_rows(
+            rows_x, rows_unit, rows_norms, table, src_rows, target_rows
+        )
+        aug = aug.to(embeddings.dtype)
         if self.detach_augmented:
             aug = aug.detach()
         aug_labels = centers.labels[target_rows].to(labels.dtype)
         if self.collect_stats:
-            self.record_stats(n, source_indices, candidate_mask, src, dst)
+            self.record_stats(
+                n, source_indices, candidate_mask, table, src_rows, target_rows
+            )
         return aug, aug_labels, source_indices
 
-    def directions(self, embeddings, name):
-        """Unit directions and norms of the rows; zero rows cannot be normalised."""
-        compute = (
-            embeddings.float()
-            if embeddings.dtype in (torch.float16, torch.bfloat16)
-            else embeddings
-        )
+    @staticmethod
+    def directions(embeddings, name):
+        """Unit directions and norms of the rows, in the compute dtype (float32 for
+        half precision). Rows with NaN/inf, zero rows and rows whose norm overflows
+        are refused (a NaN or inf anywhere in a row makes its norm NaN or inf)."""
+        compute = BaseFeatureAugmenter.compute_dtype(embeddings)
         norms = torch.linalg.vector_norm(compute, dim=1, keepdim=True)
         if embeddings.shape[0] > 0:
-            smallest = norms.min().item()
+            smallest, largest = torch.stack(torch.aminmax(norms)).tolist()
+            if not math.isfinite(smallest + largest):
+                check_finite(embeddings, name)
+                raise ValueError(
+                    f"{name} contains a vector too large to normalise in "
+                    f"{compute.dtype} (its norm overflows)"
+                )
             if not smallest > torch.finfo(compute.dtype).tiny:
                 raise ValueError(
                     f"{name} contains a zero vector, which has no direction and "
                     "cannot be L2-normalised"
                 )
-        return (compute / norms).to(embeddings.dtype), norms.to(embeddings.dtype)
+        return compute / norms, norms
+
+    def with_reference(self, embeddings, labels, directions, ref_emb, ref_labels):
+        """Directions and labels of the batch plus the reference set, for centres."""
+        check_embeddings(ref_emb, "ref_emb")
+        check_labels(ref_labels, ref_emb.shape[0], embeddings.device, "ref_labels")
+        if ref_emb.shape[1] != embeddings.shape[1] or ref_emb.dtype != embeddings.dtype:
+            raise ValueError("ref_emb must have the embeddings' size and dtype")
+        if not self.detach_centers:
+            raise ValueError("ref_emb cannot be used with detach_centers=False")
+        with torch.no_grad():
+            ref_directions, _ = self.directions(ref_emb, "ref_emb")
+        return (
+            torch.cat([directions, ref_directions]),
+            torch.cat([labels, ref_labels.to(labels.dtype)]),
+        )
 
     def batch_centers_with_gradient(self, embeddings, labels):
         """Batch centres through which gradients flow back to the embeddings."""
-        centers = self.centers(embeddings, labels, False)
+        embeddings = torch.nn.functional.normalize(
+            self.compute_dtype(embeddings), dim=1
+        )
+        centers = self.centers(embeddings, labels, False, validate=False)
         unique_labels, inverse = torch.unique(labels, return_inverse=True)
         sums = torch.zeros(
             unique_labels.shape[0],
@@ -184,8 +226,15 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         centers.centers = torch.nn.functional.normalize(sums[rows], dim=1)
         return centers
 
-    def record_stats(self, n, source_indices, candidate_mask, src, dst):
+    @staticmethod
+    def compute_dtype(x):
+        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+    def record_stats(
+        self, n, source_indices, candidate_mask, table, src_rows, dst_rows
+    ):
         with torch.no_grad():
+            src, dst = table[src_rows], table[dst_rows]
             self.num_augmented = source_indices.shape[0]
             self.num_unmoved_samples = n - int(torch.unique(source_indices).shape[0])
             self.num_target_classes = int(candidate_mask.sum())

@@ -1,3 +1,5 @@
+import torch
+
 from ..functional import translate
 from .base_feature_augmenter import BaseFeatureAugmenter
 
@@ -19,5 +21,10 @@ class FeatureTranslation(BaseFeatureAugmenter):
         self.renormalize = renormalize
         self.add_to_recordable_attributes(name="renormalize", is_stat=False)
 
-    def transform_rows(self, x, src, dst):
-        return translate(x, src, dst, renormalize=self.renormalize)
+    def transform_rows(self, x, unit, norms, centers, src_rows, dst_rows):
+        x = self.compute_dtype(x)
+        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        src = centers.index_select(0, src_rows)
+        dst = centers.index_select(0, dst_rows)
+        out = translate(x / norms, src, dst, renormalize=self.renormalize)
+        return out if self.normalize_embeddings else out * norms

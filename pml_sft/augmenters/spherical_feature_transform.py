@@ -1,4 +1,4 @@
-from ..functional import rotate
+from ..functional.center_rotation import rotate_directions_between_centers
 from .base_feature_augmenter import BaseFeatureAugmenter
 
 
@@ -16,5 +16,10 @@ class SphericalFeatureTransform(BaseFeatureAugmenter):
     target pool, normalisation, detaching, generator).
     """
 
-    def transform_rows(self, x, src, dst):
-        return rotate(x, src, dst)
+    def transform_rows(self, x, unit, norms, centers, src_rows, dst_rows):
+        x = self.compute_dtype(x)
+        if not self.normalize_embeddings:  # rotations keep norms: rotate x itself
+            unit, norms = x.detach(), None
+        return rotate_directions_between_centers(
+            x, unit, norms, centers, src_rows, dst_rows
+        )

@@ -27,7 +27,7 @@ class BaseClassCenters(ModuleWithRecords):
             list_of_names=["num_centers", "num_batch_classes"], is_stat=True
         )
 
-    def forward(self, embeddings, labels, include_absent=True):
+    def forward(self, embeddings, labels, include_absent=True, validate=True):
         """Args:
         embeddings: (N, D) embeddings, already L2-normalised by the caller if the
             centres should be spherical (the augmenters do this).
@@ -35,11 +35,13 @@ class BaseClassCenters(ModuleWithRecords):
         include_absent: also return known centres of classes absent from the batch
             (only estimators with memory have any); False saves work when only the
             batch's classes are needed.
+        validate: check the inputs (callers that already did may skip it).
         """
         self.reset_stats()
-        check_embeddings(embeddings)
-        check_labels(labels, embeddings.shape[0], embeddings.device)
-        check_finite(embeddings, "embeddings")
+        if validate:
+            check_embeddings(embeddings)
+            check_labels(labels, embeddings.shape[0], embeddings.device)
+            check_finite(embeddings, "embeddings")
         with torch.no_grad():
             result = self.compute(embeddings.detach(), labels, include_absent)
         if self.collect_stats:
@@ -71,9 +73,8 @@ class BaseClassCenters(ModuleWithRecords):
 
     @staticmethod
     def normalize_rows(x):
-        """L2-normalise rows; rows too short to normalise are returned as zeros with
-        a False entry in the returned mask."""
+        """L2-normalise rows; rows too short to normalise come back as zeros, with a
+        False entry in the returned mask."""
         norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-        ok = norms.squeeze(1) > torch.finfo(x.dtype).eps
-        unit = x / torch.where(ok.unsqueeze(1), norms, torch.ones_like(norms))
-        return unit * ok.unsqueeze(1), ok
+        eps = torch.finfo(x.dtype).eps
+        return x / norms.clamp_min(eps), norms.squeeze(1) > eps

@@ -25,6 +25,13 @@ class BatchClassCenters(BaseClassCenters):
         unique_labels, inverse, sums, counts = self.batch_class_sums(embeddings, labels)
         centers, nonzero = self.normalize_rows(sums)
         valid = nonzero & (counts >= self.min_samples)
+        if bool(valid.all()):  # the usual case: no renumbering needed
+            return ClassCenters(
+                labels=unique_labels,
+                centers=centers,
+                in_batch=valid,
+                sample_rows=inverse,
+            )
         rows = valid.nonzero().squeeze(1)
         new_row = torch.full_like(counts, -1)
         new_row[rows] = torch.arange(rows.shape[0], device=rows.device)

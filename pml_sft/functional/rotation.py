@@ -90,13 +90,47 @@ def _describe_non_finite(x, src, dst):
     return "x is so large that its inner products overflow"
 
 
+def _rotate_rows(x, src, dst):
+    """Rotated rows in x's dtype, plus the values :func:`rotate` validates."""
+    out, c, a_err, b_err, finite = run_kernel(
+        _rotate_closed_form, _rotate_closed_form_eager, x.numel(), x, src, dst
+    )
+    near = ((1 + c) < ANTIPODAL_MARGIN).nonzero().squeeze(1)
+    if near.numel() > 0:
+        dtype = out.dtype
+        patched = _rotate_plane_form(
+            x[near].to(dtype), src[near].to(dtype), dst[near].to(dtype)
+        )
+        out = out.index_copy(0, near, patched)
+    return out.to(x.dtype), a_err, b_err, finite
+
+
+class _RotateWithFixedCentres(torch.autograd.Function):
+    """Rotation whose gradient w.r.t. x is the inverse rotation of the gradient:
+    one fused pass instead of the autograd graph of the closed form."""
+
+    @staticmethod
+    def forward(ctx, x, src, dst):
+        out, a_err, b_err, finite = _rotate_rows(x, src, dst)
+        ctx.save_for_backward(src, dst)
+        ctx.mark_non_differentiable(a_err, b_err, finite)
+        return out, a_err, b_err, finite
+
+    @staticmethod
+    def backward(ctx, grad, *unused):
+        src, dst = ctx.saved_tensors
+        return _rotate_rows(grad, dst, src)[0], None, None
+
+
 def rotate(x, src, dst, check=True):
     """Rotate each row of ``x`` by the minimal rotation that carries ``src`` onto ``dst``.
 
     For row n, R_n turns the plane span{src_n, dst_n} by the angle between src_n and
     dst_n and is the identity on the orthogonal complement, so ``R_n src_n = dst_n``,
     norms and inner products are preserved and ``det R_n = +1``. Cost is O(N * D): no
-    D x D matrix is formed. Differentiable with respect to all three inputs.
+    D x D matrix is formed. Differentiable with respect to all three inputs; when
+    only ``x`` needs gradients (fixed centres, the usual case) the backward pass is
+    the inverse rotation R^T g = R_{dst -> src} g, one more O(N * D) pass.
 
     Args:
         x: (N, D) tensor of vectors to rotate (need not be unit vectors).
@@ -121,9 +155,13 @@ def rotate(x, src, dst, check=True):
         raise ValueError(f"rotations need at least 2 dimensions, got D={d}")
     if n == 0:
         return x.clone()
-    out, c, a_err, b_err, finite = run_kernel(
-        _rotate_closed_form, _rotate_closed_form_eager, x.numel(), x, src, dst
+    centres_need_grad = torch.is_grad_enabled() and (
+        src.requires_grad or dst.requires_grad
     )
+    if x.requires_grad and not centres_need_grad and torch.is_grad_enabled():
+        out, a_err, b_err, finite = _RotateWithFixedCentres.apply(x, src, dst)
+    else:
+        out, a_err, b_err, finite = _rotate_rows(x, src, dst)
     if check:
         if not bool(finite):
             raise ValueError("rotate: " + _describe_non_finite(x, src, dst))
@@ -136,11 +174,4 @@ def rotate(x, src, dst, check=True):
                     f"a row norm from 1 is {err:.3g} (tolerance {tol:.3g}). Normalise "
                     "it first; zero vectors cannot be normalised"
                 )
-    near = ((1 + c) < ANTIPODAL_MARGIN).nonzero().squeeze(1)
-    if near.numel() > 0:
-        dtype = out.dtype
-        patched = _rotate_plane_form(
-            x[near].to(dtype), src[near].to(dtype), dst[near].to(dtype)
-        )
-        out = out.index_copy(0, near, patched)
-    return out.to(x.dtype)
+    return out

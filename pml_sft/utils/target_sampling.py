@@ -28,25 +28,22 @@ def sample_target_rows(source_rows, candidate_mask, num_targets, generator=None)
         which keeps every source at the same k (one rectangular draw, no loops).
     """
     device = source_rows.device
-    candidates = candidate_mask.nonzero().squeeze(1)
-    num_candidates = candidates.shape[0]
-    empty = torch.empty(0, dtype=torch.long, device=device)
-    if source_rows.shape[0] == 0 or num_candidates == 0:
-        return empty, empty
-    position_of_row = torch.full(
-        (candidate_mask.shape[0],), -1, dtype=torch.long, device=device
-    )
-    position_of_row[candidates] = torch.arange(num_candidates, device=device)
-    own_position = position_of_row[source_rows]
-    own_is_candidate = own_position >= 0
+    num_sources, num_rows = source_rows.shape[0], candidate_mask.shape[0]
+    num_candidates = int(candidate_mask.sum())
+    own_is_candidate = candidate_mask.index_select(0, source_rows)
     k = min(num_targets, num_candidates - int(bool(own_is_candidate.any())))
-    if k <= 0:
+    if num_sources == 0 or k <= 0:
+        empty = torch.empty(0, dtype=torch.long, device=device)
         return empty, empty
-    scores = random_scores((source_rows.shape[0], num_candidates), device, generator)
-    sources_with_own = own_is_candidate.nonzero().squeeze(1)
-    scores[sources_with_own, own_position[sources_with_own]] = -1.0
+    # random scores in (0, 1) for candidates; -1 for non-candidates and own rows,
+    # which top-k then never picks since k <= the number of valid candidates
+    scores = random_scores((num_sources, num_rows), device, generator)
+    if num_candidates < num_rows:
+        scores = scores.masked_fill(~candidate_mask, -1.0)
+    scores = scores.scatter(1, source_rows.unsqueeze(1), -1.0)
+    if k == 1:
+        target_rows = scores.argmax(dim=1)
+        return torch.arange(num_sources, device=device), target_rows
     chosen = scores.topk(k, dim=1).indices
-    source_positions = torch.arange(
-        source_rows.shape[0], device=device
-    ).repeat_interleave(k)
-    return source_positions, candidates[chosen.reshape(-1)]
+    source_positions = torch.arange(num_sources, device=device).repeat_interleave(k)
+    return source_positions, chosen.reshape(-1)
