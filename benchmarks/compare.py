@@ -1,0 +1,280 @@
+"""The main job: baseline vs +translation vs +SFT, several losses and seeds.
+
+    python -m benchmarks.compare                 # the full default comparison
+    python -m benchmarks.compare --quick         # a few minutes: 1 seed, 2 epochs
+    python -m benchmarks.compare --preset ablation   # SFT options, validation classes
+
+Each run trains on the training classes and is evaluated on classes never seen in
+training (``--split val`` evaluates on held-out *training* classes instead, for
+tuning). Finished runs are reused, so an interrupted comparison resumes. Results:
+``<out>/runs.csv`` (one row per run), ``<out>/summary.csv`` and ``<out>/summary.md``
+(mean +- std over seeds), ``<out>/recall_at_1.png`` and ``<out>/learning_curves.png``.
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import multiprocessing
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .train import LOSSES, METHODS, METRICS, RunConfig, add_config_arguments, run
+
+DEFAULT_LOSSES = ("contrastive", "multisimilarity", "triplet", "proxyanchor")
+
+# SFT options varied one at a time around the defaults, on one loss, evaluated on
+# validation classes carved from the training classes.
+ABLATIONS = {
+    "default (batch centres, 1 target, weight 1)": {},
+    "moving-average centres": {"centers": "ema"},
+    "moving-average centres, targets from all classes": {
+        "centers": "ema",
+        "target_pool": "all",
+    },
+    "2 targets per sample": {"num_targets": 2},
+    "aug_weight 0.5": {"aug_weight": 0.5},
+    "warm-up 2 epochs": {"warmup_epochs": 2.0},
+    "augmented samples only as partners": {"augmented_anchors": False},
+    "augmented samples detached": {"detach_augmented": True},
+}
+METRIC_LABELS = {
+    "recall_at_1": "R@1",
+    "recall_at_2": "R@2",
+    "recall_at_4": "R@4",
+    "recall_at_8": "R@8",
+    "mean_average_precision_at_r": "MAP@R",
+    "NMI": "NMI",
+}
+
+
+def _run_job(job):
+    cfg_dict, out = job
+    cfg = RunConfig(**cfg_dict)
+    started = time.time()
+    result = run(cfg, out)
+    return result, time.time() - started
+
+
+def run_all(configs, out, workers):
+    jobs = [(dataclasses.asdict(c), str(out)) for c in configs]
+    results = []
+    if workers <= 1:
+        for i, job in enumerate(jobs, 1):
+            result, seconds = _run_job(job)
+            print(f"[{i}/{len(jobs)}] {result['name']}: R@1 {result['metrics']['recall_at_1']:.4f} ({seconds:.0f} s)", flush=True)
+            results.append(result)
+        return results
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, maxtasksperchild=1) as pool:
+        for i, (result, seconds) in enumerate(pool.imap_unordered(_run_job, jobs), 1):
+            print(f"[{i}/{len(jobs)}] {result['name']}: R@1 {result['metrics']['recall_at_1']:.4f} ({seconds:.0f} s)", flush=True)
+            results.append(result)
+    return results
+
+
+def group_key(result, keys):
+    return tuple(result["config"][k] for k in keys)
+
+
+def summarize(results, group_keys):
+    """Mean and std (over seeds) of every metric, per group."""
+    groups = defaultdict(list)
+    for r in results:
+        groups[group_key(r, group_keys)].append(r)
+    rows = []
+    for key, members in groups.items():
+        row = dict(zip(group_keys, key))
+        row["seeds"] = len(members)
+        for m in METRICS:
+            values = np.array([r["metrics"][m] for r in members], dtype=float)
+            row[f"{m}_mean"] = float(values.mean())
+            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        row["train_minutes_mean"] = float(np.mean([r["train_seconds"] for r in members]) / 60)
+        rows.append(row)
+    return rows
+
+
+def write_csv(path, rows):
+    if not rows:
+        return
+    keys = list(rows[0].keys())
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown_table(rows, label_keys):
+    header = [*label_keys, "seeds", *METRIC_LABELS.values()]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for row in rows:
+        cells = [str(row[k]) for k in label_keys] + [str(row["seeds"])]
+        cells += [
+            f"{100 * row[f'{m}_mean']:.1f} ± {100 * row[f'{m}_std']:.1f}" for m in METRICS
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_recall(rows, path, losses, methods):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(losses), 3.6))
+    width = 0.8 / len(methods)
+    index = {(r["loss"], r["method"]): r for r in rows}
+    for j, method in enumerate(methods):
+        xs, means, stds = [], [], []
+        for i, loss in enumerate(losses):
+            if (loss, method) in index:
+                r = index[(loss, method)]
+                xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                means.append(100 * r["recall_at_1_mean"])
+                stds.append(100 * r["recall_at_1_std"])
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=method)
+    ax.set_xticks(range(len(losses)))
+    ax.set_xticklabels(losses)
+    ax.set_ylabel("Recall@1 (%) on unseen classes")
+    lows = [100 * r["recall_at_1_mean"] for r in rows]
+    if lows:
+        ax.set_ylim(max(0, min(lows) - 10), min(100, max(lows) + 5))
+    ax.legend(title="augmentation")
+    ax.set_title("mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(results, path, losses, methods):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(losses), figsize=(3.4 * len(losses), 3.2), squeeze=False)
+    for ax, loss in zip(axes[0], losses):
+        for method in methods:
+            members = [
+                r for r in results if r["config"]["loss"] == loss and r["config"]["method"] == method
+            ]
+            if not members:
+                continue
+            epochs = members[0]["curves"]["epoch"]
+            points = [
+                (e, np.mean([m["curves"]["recall_at_1"][i] for m in members]))
+                for i, e in enumerate(epochs)
+                if members[0]["curves"]["recall_at_1"][i] is not None
+            ]
+            ax.plot(*zip(*points), marker="o", label=method)
+        ax.set_title(loss)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("Recall@1")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def machine_description():
+    import torch
+
+    return (
+        f"{platform.platform()}, {multiprocessing.cpu_count()} CPU cores, Python "
+        f"{platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=LOSSES)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--preset", choices=("comparison", "ablation"), default="comparison")
+    parser.add_argument("--ablation-loss", default="multisimilarity", choices=LOSSES)
+    parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs")
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--out", default=None, help="results folder")
+    add_config_arguments(parser, exclude=("loss", "method", "seed", "threads", "progress"))
+    args = parser.parse_args(argv)
+    base = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
+    base["threads"] = 1 if args.workers > 1 else 0
+    base["progress"] = args.workers <= 1
+    if args.quick:
+        args.seeds = args.seeds[:1]
+        base["epochs"] = 2
+        base["eval_every"] = 1
+    out = Path(args.out or ("runs/quick" if args.quick else f"runs/{args.preset}"))
+    out.mkdir(parents=True, exist_ok=True)
+
+    configs, labels = [], {}
+    if args.preset == "ablation":
+        base["split"] = "val"
+        for seed in args.seeds:
+            configs.append(RunConfig(**base, loss=args.ablation_loss, method="none", seed=seed))
+            labels[configs[-1].name()] = "baseline (no augmentation)"
+            for label, options in ABLATIONS.items():
+                cfg = RunConfig(**{**base, **options}, loss=args.ablation_loss, method="sft", seed=seed)
+                configs.append(cfg)
+                labels[cfg.name()] = label
+    else:
+        for loss in args.losses:
+            for method in args.methods:
+                for seed in args.seeds:
+                    configs.append(RunConfig(**base, loss=loss, method=method, seed=seed))
+
+    started = time.time()
+    results = run_all(configs, out, args.workers)
+    results.sort(key=lambda r: r["name"])
+    per_run = [
+        {"name": r["name"], **{k: r["config"][k] for k in ("loss", "method", "seed", "split")},
+         **r["metrics"], "train_seconds": r["train_seconds"]}
+        for r in results
+    ]
+    write_csv(out / "runs.csv", per_run)
+    command = "python -m benchmarks.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    header = [
+        f"Command: `{command.strip()}`",
+        f"Machine: {machine_description()}",
+        f"Wall time: {(time.time() - started) / 60:.1f} min for {len(results)} runs "
+        f"(finished runs are reused)",
+        f"Data: {base['dataset']}, evaluated on the {base['split']} classes "
+        f"({results[0]['num_eval_classes']} classes, {results[0]['num_eval_samples']} images); "
+        f"{results[0]['num_train_classes']} training classes; "
+        f"{base['epochs']} epochs, batch {base['batch_size']} ({base['m_per_class']} per class), "
+        f"backbone {base['backbone']}, embedding {base['embedding_size']}.",
+        "Metrics in %, mean ± std over seeds (sample std).",
+        "",
+    ]
+    if args.preset == "ablation":
+        for r in results:
+            r["config"]["variant"] = labels[r["name"]]
+        rows = summarize(results, ["variant"])
+        order = ["baseline (no augmentation)", *ABLATIONS]
+        rows.sort(key=lambda row: order.index(row["variant"]))
+        table = markdown_table(rows, ["variant"])
+        title = f"# SFT ablation ({args.ablation_loss}, validation classes)\n"
+    else:
+        rows = summarize(results, ["loss", "method"])
+        rows.sort(key=lambda row: (args.losses.index(row["loss"]), args.methods.index(row["method"])))
+        table = markdown_table(rows, ["loss", "method"])
+        title = "# Baseline vs +translation vs +SFT\n"
+        plot_recall(rows, out / "recall_at_1.png", args.losses, args.methods)
+        plot_curves(results, out / "learning_curves.png", args.losses, args.methods)
+    write_csv(out / "summary.csv", rows)
+    (out / "summary.md").write_text(title + "\n" + "\n".join(header) + "\n" + table + "\n")
+    (out / "command.json").write_text(json.dumps({"command": command, "machine": machine_description()}))
+    print(title + "\n" + table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,418 @@
+"""Train one embedding model (baseline, +translation or +SFT) and evaluate it on
+classes never seen in training.
+
+    python -m benchmarks.train --loss multisimilarity --method sft --epochs 8
+
+Writes ``<out>/<run name>/``: result.json (config, final metrics, learning curves,
+timing), record-keeper logs (logs/*.csv, logs/logs.db) with the loss wrapper's SFT
+statistics, and the trained weights (model.pt) for ``benchmarks.diagnostics``.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytorch_metric_learning import losses, miners, samplers
+from pytorch_metric_learning.utils import common_functions as c_f
+from tqdm import tqdm
+
+import pml_sft
+
+from .data import emoji
+from .models import BACKBONES, Embedder, build_trunk
+
+LOSSES = ("contrastive", "multisimilarity", "triplet", "proxyanchor", "arcface")
+METHODS = ("none", "translation", "sft")
+METRICS = (
+    "recall_at_1",
+    "recall_at_2",
+    "recall_at_4",
+    "recall_at_8",
+    "mean_average_precision_at_r",
+    "NMI",
+)
+
+
+@dataclasses.dataclass
+class RunConfig:
+    loss: str = "multisimilarity"
+    method: str = "sft"
+    seed: int = 0
+    dataset: str = "emoji"
+    dataset_root: str = "data"
+    cache_dir: str = ".cache/pml_sft"
+    image_size: int = 32
+    max_classes: int = 0  # 0: all classes (emoji only)
+    split: str = "test"  # evaluate on "test" classes, or "val" (held-out training classes)
+    val_fraction: float = 0.2
+    backbone: str = "small_cnn"
+    width: int = 32
+    pretrained: bool = False
+    embedding_size: int = 128
+    batch_size: int = 128
+    m_per_class: int = 4
+    epochs: int = 6
+    lr: float = 1e-3
+    proxy_lr: float = 1e-1
+    weight_decay: float = 1e-4
+    # feature-space augmentation options (method translation / sft)
+    centers: str = "batch"  # "batch" or "ema"
+    ema_momentum: float = 0.9
+    num_targets: int = 1
+    target_pool: str = "batch"
+    aug_weight: float = 1.0
+    warmup_epochs: float = 0.0
+    augmented_anchors: bool = True
+    detach_augmented: bool = False
+    eval_every: int = 2
+    eval_batch_size: int = 512
+    device: str = "cpu"
+    threads: int = 0  # 0: leave torch's default
+    num_workers: int = 0
+    progress: bool = True
+
+    def name(self):
+        parts = [self.dataset, self.loss, self.method]
+        if self.method != "none":
+            defaults = RunConfig()
+            for key in (
+                "centers",
+                "num_targets",
+                "target_pool",
+                "aug_weight",
+                "warmup_epochs",
+                "augmented_anchors",
+                "detach_augmented",
+            ):
+                value = getattr(self, key)
+                if value != getattr(defaults, key):
+                    parts.append(f"{key}={value}")
+        parts.append(f"split={self.split}")
+        parts.append(f"seed={self.seed}")
+        return "_".join(str(p) for p in parts)
+
+
+class ImageTensorDataset(torch.utils.data.Dataset):
+    """In-memory uint8 NHWC images; training adds a random 2-pixel shift (reflect pad)."""
+
+    MEAN, STD = 0.5, 0.25
+
+    def __init__(self, images, labels, train):
+        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        self.labels = np.asarray(labels)
+        self.label_tensor = torch.from_numpy(self.labels)
+        self.train = train
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = self.images[i].float().div_(255).sub_(self.MEAN).div_(self.STD)
+        if self.train:
+            size = x.shape[-1]
+            x = torch.nn.functional.pad(x[None], (2, 2, 2, 2), mode="reflect")[0]
+            dx, dy = np.random.randint(0, 5, size=2)
+            x = x[:, dy : dy + size, dx : dx + size]
+        return x, self.label_tensor[i]
+
+
+def relabel(labels):
+    """Labels mapped to 0..C-1."""
+    return np.unique(labels, return_inverse=True)[1]
+
+
+def emoji_splits(cfg):
+    data = emoji.prepare(
+        cfg.cache_dir, cfg.image_size, cfg.max_classes or None, progress=cfg.progress
+    )
+    num_classes = len(data["class_codes"])
+    train_c, val_c, test_c = emoji.class_split(
+        num_classes, seed=0, val_fraction=cfg.val_fraction if cfg.split == "val" else 0.0
+    )
+    eval_c = val_c if cfg.split == "val" else test_c
+    train_mask = np.isin(data["labels"], train_c)
+    eval_mask = np.isin(data["labels"], eval_c)
+    train = ImageTensorDataset(
+        data["images"][train_mask], relabel(data["labels"][train_mask]), train=True
+    )
+    evaluation = ImageTensorDataset(
+        data["images"][eval_mask], data["labels"][eval_mask], train=False
+    )
+    return train, evaluation
+
+
+def standard_splits(cfg):
+    from .data.standard import standard_split, validation_subset
+
+    size = cfg.image_size
+    if cfg.split == "val":  # held-out classes of the training split
+        train_aug = standard_split(cfg.dataset, cfg.dataset_root, "train", size, train=True)
+        train_eval = standard_split(cfg.dataset, cfg.dataset_root, "train", size, train=False)
+        train_idx, val_idx = validation_subset(train_aug, cfg.val_fraction)
+        labels = train_aug.labels
+        return (
+            IndexedDataset(train_aug, train_idx, relabel(labels[train_idx])),
+            IndexedDataset(train_eval, val_idx, labels[val_idx]),
+        )
+    train = standard_split(cfg.dataset, cfg.dataset_root, "train", size, train=True)
+    evaluation = standard_split(cfg.dataset, cfg.dataset_root, "test", size, train=False)
+    return train, evaluation
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Rows ``indices`` of ``dataset`` with new labels."""
+
+    def __init__(self, dataset, indices, labels):
+        self.dataset, self.indices, self.labels = dataset, indices, np.asarray(labels)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]][0], int(self.labels[i])
+
+
+def build_datasets(cfg):
+    if cfg.dataset == "emoji":
+        return emoji_splits(cfg)
+    return standard_splits(cfg)
+
+
+def build_loss(cfg, num_classes):
+    """(loss, miner) for the loss name; proxy losses keep parameters of their own."""
+    size = cfg.embedding_size
+    if cfg.loss == "contrastive":
+        return losses.ContrastiveLoss(pos_margin=0.0, neg_margin=0.5), None
+    if cfg.loss == "multisimilarity":
+        return (
+            losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5),
+            miners.MultiSimilarityMiner(epsilon=0.1),
+        )
+    if cfg.loss == "triplet":
+        return (
+            losses.TripletMarginLoss(margin=0.1),
+            miners.TripletMarginMiner(margin=0.1, type_of_triplets="semihard"),
+        )
+    if cfg.loss == "proxyanchor":
+        return losses.ProxyAnchorLoss(num_classes, size, margin=0.1, alpha=32), None
+    if cfg.loss == "arcface":
+        return losses.ArcFaceLoss(num_classes, size, margin=28.6, scale=64), None
+    raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
+
+
+def build_objective(cfg, num_classes, iterations_per_epoch, generator):
+    """The metric loss: the plain loss with its miner, or the feature-transform
+    wrapper around it (the miner then mines the enlarged batch)."""
+    inner, miner = build_loss(cfg, num_classes)
+    if cfg.method == "none":
+        return inner, miner
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
+    if cfg.centers == "ema":
+        centers = pml_sft.MovingAverageClassCenters(
+            num_classes, cfg.embedding_size, momentum=cfg.ema_momentum
+        )
+    elif cfg.centers == "batch":
+        centers = pml_sft.BatchClassCenters()
+    else:
+        raise ValueError(f"centers must be 'batch' or 'ema', got {cfg.centers!r}")
+    transform_class = (
+        pml_sft.SphericalFeatureTransform if cfg.method == "sft" else pml_sft.FeatureTranslation
+    )
+    transform = transform_class(
+        centers=centers,
+        num_targets=cfg.num_targets,
+        target_pool=cfg.target_pool,
+        detach_augmented=cfg.detach_augmented,
+        generator=generator,
+        collect_stats=True,
+    )
+    wrapped = pml_sft.FeatureTransformLoss(
+        inner,
+        transform=transform,
+        miner=miner,
+        aug_weight=cfg.aug_weight,
+        warmup_iterations=int(round(cfg.warmup_epochs * iterations_per_epoch)),
+        augmented_anchors=cfg.augmented_anchors,
+        collect_stats=True,
+    )
+    return wrapped, None
+
+
+@torch.no_grad()
+def embed(trunk, embedder, dataset, cfg, device):
+    trunk.eval()
+    embedder.eval()
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers
+    )
+    out, labels = [], []
+    for x, y in loader:
+        out.append(embedder(trunk(x.to(device))).float().cpu())
+        labels.append(torch.as_tensor(y))
+    trunk.train()
+    embedder.train()
+    return torch.nn.functional.normalize(torch.cat(out), dim=1), torch.cat(labels)
+
+
+def evaluate(trunk, embedder, dataset, cfg, device):
+    emb, labels = embed(trunk, embedder, dataset, cfg, device)
+    calculator = pml_sft.RecallAtK(
+        include=METRICS, recall_ks=(1, 2, 4, 8), device=torch.device("cpu")
+    )
+    acc = calculator.get_accuracy(emb, labels)
+    return {k: float(acc[k]) for k in METRICS}
+
+
+def record_children(obj):
+    """record-keeper follows plain attributes only; this hands it the sub-modules
+    (a wrapper's transform, its centre estimator, a loss's distance and reducer)."""
+    if isinstance(obj, torch.nn.Module):
+        return dict(obj.named_children())
+    return {}
+
+
+def make_record_keeper(folder):
+    from record_keeper import RecordKeeper, RecordWriter
+
+    return RecordKeeper(
+        record_writer=RecordWriter(folder),
+        attributes_to_search_for=c_f.list_of_recordable_attributes_list_names(),
+    )
+
+
+def run(cfg, out_dir):
+    """Train and evaluate one configuration; returns the result dict (also saved)."""
+    run_dir = Path(out_dir) / cfg.name()
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    device = torch.device(cfg.device)
+    c_f.COLLECT_STATS = True
+
+    train_set, eval_set = build_datasets(cfg)
+    num_classes = int(np.max(train_set.labels)) + 1
+    sampler = samplers.MPerClassSampler(
+        train_set.labels,
+        m=cfg.m_per_class,
+        batch_size=cfg.batch_size,
+        length_before_new_iter=len(train_set.labels),
+    )
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        drop_last=True,
+    )
+    iterations_per_epoch = len(loader)
+
+    trunk = build_trunk(cfg.backbone, cfg.pretrained, cfg.width).to(device)
+    embedder = Embedder(trunk.output_size, cfg.embedding_size).to(device)
+    generator = torch.Generator().manual_seed(cfg.seed + 1000)
+    objective, miner = build_objective(cfg, num_classes, iterations_per_epoch, generator)
+    objective = objective.to(device)
+    param_groups = [
+        {"params": list(trunk.parameters()) + list(embedder.parameters()), "lr": cfg.lr}
+    ]
+    if len(list(objective.parameters())):
+        param_groups.append({"params": list(objective.parameters()), "lr": cfg.proxy_lr})
+    optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+    record_keeper = make_record_keeper(str(run_dir / "logs"))
+
+    curves = {"epoch": [], "train_loss": [], **{m: [] for m in METRICS}}
+    iteration, start = 0, time.time()
+    for epoch in range(1, cfg.epochs + 1):
+        losses_this_epoch = []
+        bar = tqdm(loader, desc=f"{cfg.name()} epoch {epoch}", disable=not cfg.progress)
+        for x, y in bar:
+            x, y = x.to(device), y.to(device)
+            embeddings = embedder(trunk(x))
+            indices = miner(embeddings, y) if miner is not None else None
+            loss = objective(embeddings, y, indices)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            iteration += 1
+            losses_this_epoch.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if iteration % 10 == 0:
+                record_keeper.update_records(
+                    {
+                        "loss_histories": {"metric_loss": loss.item()},
+                        "loss_funcs": {"metric_loss": objective},
+                        "mining_funcs": {"tuple_miner": miner} if miner else {},
+                    },
+                    iteration,
+                    custom_attr_func=record_children,
+                )
+        curves["epoch"].append(epoch)
+        curves["train_loss"].append(float(np.mean(losses_this_epoch)))
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            acc = evaluate(trunk, embedder, eval_set, cfg, device)
+            record_keeper.update_records({"accuracies": acc}, epoch)
+        else:
+            acc = {m: None for m in METRICS}
+        for m in METRICS:
+            curves[m].append(acc[m])
+        record_keeper.save_records()
+    result = dict(
+        config=dataclasses.asdict(cfg),
+        name=cfg.name(),
+        metrics={m: curves[m][-1] for m in METRICS},
+        curves=curves,
+        train_seconds=time.time() - start,
+        num_train_classes=num_classes,
+        num_train_samples=len(train_set.labels),
+        num_eval_samples=len(eval_set.labels),
+        num_eval_classes=int(len(np.unique(eval_set.labels))),
+        iterations=iteration,
+    )
+    torch.save({"trunk": trunk.state_dict(), "embedder": embedder.state_dict()}, run_dir / "model.pt")
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, result_path)
+    return result
+
+
+def add_config_arguments(parser, exclude=()):
+    """One --option per RunConfig field (booleans take true/false)."""
+    for field in dataclasses.fields(RunConfig):
+        if field.name in exclude:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.type is bool or isinstance(field.default, bool):
+            parser.add_argument(
+                flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=field.default
+            )
+        else:
+            kind = type(field.default)
+            parser.add_argument(flag, type=kind, default=field.default)
+    return parser
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Train and evaluate one run.")
+    add_config_arguments(parser)
+    parser.add_argument("--out", default="runs")
+    args = parser.parse_args(argv)
+    out = args.__dict__.pop("out")
+    cfg = RunConfig(**vars(args))
+    if cfg.backbone not in BACKBONES:
+        parser.error(f"--backbone must be one of {BACKBONES}")
+    result = run(cfg, out)
+    print(json.dumps(result["metrics"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
