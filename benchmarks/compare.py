@@ -67,13 +67,19 @@ def run_all(configs, out, workers):
     if workers <= 1:
         for i, job in enumerate(jobs, 1):
             result, seconds = _run_job(job)
-            print(f"[{i}/{len(jobs)}] {result['name']}: R@1 {result['metrics']['recall_at_1']:.4f} ({seconds:.0f} s)", flush=True)
+            print(
+                f"[{i}/{len(jobs)}] {result['name']}: R@1 {result['metrics']['recall_at_1']:.4f} ({seconds:.0f} s)",
+                flush=True,
+            )
             results.append(result)
         return results
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, maxtasksperchild=1) as pool:
         for i, (result, seconds) in enumerate(pool.imap_unordered(_run_job, jobs), 1):
-            print(f"[{i}/{len(jobs)}] {result['name']}: R@1 {result['metrics']['recall_at_1']:.4f} ({seconds:.0f} s)", flush=True)
+            print(
+                f"[{i}/{len(jobs)}] {result['name']}: R@1 {result['metrics']['recall_at_1']:.4f} ({seconds:.0f} s)",
+                flush=True,
+            )
             results.append(result)
     return results
 
@@ -95,7 +101,9 @@ def summarize(results, group_keys):
             values = np.array([r["metrics"][m] for r in members], dtype=float)
             row[f"{m}_mean"] = float(values.mean())
             row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        row["train_minutes_mean"] = float(np.mean([r["train_seconds"] for r in members]) / 60)
+        row["train_minutes_mean"] = float(
+            np.mean([r["train_seconds"] for r in members]) / 60
+        )
         rows.append(row)
     return rows
 
@@ -112,11 +120,15 @@ def write_csv(path, rows):
 
 def markdown_table(rows, label_keys):
     header = [*label_keys, "seeds", *METRIC_LABELS.values()]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---" for _ in header) + " |",
+    ]
     for row in rows:
         cells = [str(row[k]) for k in label_keys] + [str(row["seeds"])]
         cells += [
-            f"{100 * row[f'{m}_mean']:.1f} ± {100 * row[f'{m}_std']:.1f}" for m in METRICS
+            f"{100 * row[f'{m}_mean']:.1f} ± {100 * row[f'{m}_std']:.1f}"
+            for m in METRICS
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -159,11 +171,15 @@ def plot_curves(results, path, losses, methods):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(losses), figsize=(3.4 * len(losses), 3.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(losses), figsize=(3.4 * len(losses), 3.2), squeeze=False
+    )
     for ax, loss in zip(axes[0], losses):
         for method in methods:
             members = [
-                r for r in results if r["config"]["loss"] == loss and r["config"]["method"] == method
+                r
+                for r in results
+                if r["config"]["loss"] == loss and r["config"]["method"] == method
             ]
             if not members:
                 continue
@@ -194,19 +210,30 @@ def machine_description():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=LOSSES)
+    parser.add_argument(
+        "--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=LOSSES
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--preset", choices=("comparison", "ablation"), default="comparison")
+    parser.add_argument(
+        "--preset", choices=("comparison", "ablation"), default="comparison"
+    )
     parser.add_argument("--ablation-loss", default="multisimilarity", choices=LOSSES)
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
     parser.add_argument("--out", default=None, help="results folder")
-    add_config_arguments(parser, exclude=("loss", "method", "seed", "threads", "progress"))
+    add_config_arguments(
+        parser, exclude=("loss", "method", "seed", "threads", "progress")
+    )
     args = parser.parse_args(argv)
-    base = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
+    base = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(RunConfig)
+        if hasattr(args, f.name)
+    }
     base["threads"] = 1 if args.workers > 1 else 0
     base["progress"] = args.workers <= 1
     if args.quick:
@@ -220,28 +247,43 @@ def main(argv=None):
     if args.preset == "ablation":
         base["split"] = "val"
         for seed in args.seeds:
-            configs.append(RunConfig(**base, loss=args.ablation_loss, method="none", seed=seed))
+            configs.append(
+                RunConfig(**base, loss=args.ablation_loss, method="none", seed=seed)
+            )
             labels[configs[-1].name()] = "baseline (no augmentation)"
             for label, options in ABLATIONS.items():
-                cfg = RunConfig(**{**base, **options}, loss=args.ablation_loss, method="sft", seed=seed)
+                cfg = RunConfig(
+                    **{**base, **options},
+                    loss=args.ablation_loss,
+                    method="sft",
+                    seed=seed,
+                )
                 configs.append(cfg)
                 labels[cfg.name()] = label
     else:
         for loss in args.losses:
             for method in args.methods:
                 for seed in args.seeds:
-                    configs.append(RunConfig(**base, loss=loss, method=method, seed=seed))
+                    configs.append(
+                        RunConfig(**base, loss=loss, method=method, seed=seed)
+                    )
 
     started = time.time()
     results = run_all(configs, out, args.workers)
     results.sort(key=lambda r: r["name"])
     per_run = [
-        {"name": r["name"], **{k: r["config"][k] for k in ("loss", "method", "seed", "split")},
-         **r["metrics"], "train_seconds": r["train_seconds"]}
+        {
+            "name": r["name"],
+            **{k: r["config"][k] for k in ("loss", "method", "seed", "split")},
+            **r["metrics"],
+            "train_seconds": r["train_seconds"],
+        }
         for r in results
     ]
     write_csv(out / "runs.csv", per_run)
-    command = "python -m benchmarks.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.compare " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
     header = [
         f"Command: `{command.strip()}`",
         f"Machine: {machine_description()}",
@@ -265,14 +307,23 @@ def main(argv=None):
         title = f"# SFT ablation ({args.ablation_loss}, validation classes)\n"
     else:
         rows = summarize(results, ["loss", "method"])
-        rows.sort(key=lambda row: (args.losses.index(row["loss"]), args.methods.index(row["method"])))
+        rows.sort(
+            key=lambda row: (
+                args.losses.index(row["loss"]),
+                args.methods.index(row["method"]),
+            )
+        )
         table = markdown_table(rows, ["loss", "method"])
         title = "# Baseline vs +translation vs +SFT\n"
         plot_recall(rows, out / "recall_at_1.png", args.losses, args.methods)
         plot_curves(results, out / "learning_curves.png", args.losses, args.methods)
     write_csv(out / "summary.csv", rows)
-    (out / "summary.md").write_text(title + "\n" + "\n".join(header) + "\n" + table + "\n")
-    (out / "command.json").write_text(json.dumps({"command": command, "machine": machine_description()}))
+    (out / "summary.md").write_text(
+        title + "\n" + "\n".join(header) + "\n" + table + "\n"
+    )
+    (out / "command.json").write_text(
+        json.dumps({"command": command, "machine": machine_description()})
+    )
     print(title + "\n" + table)
 
 

@@ -33,14 +33,18 @@ from .train import RunConfig, build_datasets, embed
 
 def class_centres(emb, labels):
     classes, inverse = torch.unique(labels, return_inverse=True)
-    sums = torch.zeros(len(classes), emb.shape[1], dtype=emb.dtype).index_add_(0, inverse, emb)
+    sums = torch.zeros(len(classes), emb.shape[1], dtype=emb.dtype).index_add_(
+        0, inverse, emb
+    )
     return classes, inverse, torch.nn.functional.normalize(sums, dim=1)
 
 
 def spread_degrees(emb, inverse, centres):
     cos = (emb * centres[inverse]).sum(1).clamp(-1, 1)
     angles = torch.rad2deg(torch.acos(cos))
-    per_class = torch.zeros(len(centres), dtype=emb.dtype).index_add_(0, inverse, angles)
+    per_class = torch.zeros(len(centres), dtype=emb.dtype).index_add_(
+        0, inverse, angles
+    )
     counts = torch.bincount(inverse, minlength=len(centres)).to(emb.dtype)
     return per_class / counts
 
@@ -131,7 +135,9 @@ def plot(report, path, title):
     axes[0].set_xlabel("class spread: mean angle to centre (deg)")
     axes[0].set_ylabel("classes")
     cov = report["covariance_dissimilarity"]
-    axes[1].bar(list(cov), list(cov.values()), color=["grey", "tab:orange", "tab:green"])
+    axes[1].bar(
+        list(cov), list(cov.values()), color=["grey", "tab:orange", "tab:green"]
+    )
     axes[1].set_ylabel("mean relative distance\nbetween class covariances")
     axes[1].set_title("moved to a common centre by")
     axes[2].scatter(arrays["centre_angle"], arrays["gap"], s=2, alpha=0.3)
@@ -184,8 +190,12 @@ def markdown(report, name):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="a run folder (model.pt, result.json)")
-    parser.add_argument("--out", help="folder for diagnostics.json/png (default: the run)")
+    parser.add_argument(
+        "--run", required=True, help="a run folder (model.pt, result.json)"
+    )
+    parser.add_argument(
+        "--out", help="folder for diagnostics.json/png (default: the run)"
+    )
     parser.add_argument("--min-samples", type=int, default=8)
     args = parser.parse_args(argv)
     cfg, trunk, embedder = load_run(args.run)

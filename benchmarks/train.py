@@ -48,7 +48,9 @@ class RunConfig:
     cache_dir: str = ".cache/pml_sft"
     image_size: int = 32
     max_classes: int = 0  # 0: all classes (emoji only)
-    split: str = "test"  # evaluate on "test" classes, or "val" (held-out training classes)
+    split: str = (
+        "test"  # evaluate on "test" classes, or "val" (held-out training classes)
+    )
     val_fraction: float = 0.2
     backbone: str = "small_cnn"
     width: int = 32
@@ -132,7 +134,9 @@ def emoji_splits(cfg):
     )
     num_classes = len(data["class_codes"])
     train_c, val_c, test_c = emoji.class_split(
-        num_classes, seed=0, val_fraction=cfg.val_fraction if cfg.split == "val" else 0.0
+        num_classes,
+        seed=0,
+        val_fraction=cfg.val_fraction if cfg.split == "val" else 0.0,
     )
     eval_c = val_c if cfg.split == "val" else test_c
     train_mask = np.isin(data["labels"], train_c)
@@ -151,8 +155,12 @@ def standard_splits(cfg):
 
     size = cfg.image_size
     if cfg.split == "val":  # held-out classes of the training split
-        train_aug = standard_split(cfg.dataset, cfg.dataset_root, "train", size, train=True)
-        train_eval = standard_split(cfg.dataset, cfg.dataset_root, "train", size, train=False)
+        train_aug = standard_split(
+            cfg.dataset, cfg.dataset_root, "train", size, train=True
+        )
+        train_eval = standard_split(
+            cfg.dataset, cfg.dataset_root, "train", size, train=False
+        )
         train_idx, val_idx = validation_subset(train_aug, cfg.val_fraction)
         labels = train_aug.labels
         return (
@@ -160,7 +168,9 @@ def standard_splits(cfg):
             IndexedDataset(train_eval, val_idx, labels[val_idx]),
         )
     train = standard_split(cfg.dataset, cfg.dataset_root, "train", size, train=True)
-    evaluation = standard_split(cfg.dataset, cfg.dataset_root, "test", size, train=False)
+    evaluation = standard_split(
+        cfg.dataset, cfg.dataset_root, "test", size, train=False
+    )
     return train, evaluation
 
 
@@ -222,7 +232,9 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
     else:
         raise ValueError(f"centers must be 'batch' or 'ema', got {cfg.centers!r}")
     transform_class = (
-        pml_sft.SphericalFeatureTransform if cfg.method == "sft" else pml_sft.FeatureTranslation
+        pml_sft.SphericalFeatureTransform
+        if cfg.method == "sft"
+        else pml_sft.FeatureTranslation
     )
     transform = transform_class(
         centers=centers,
@@ -249,7 +261,10 @@ def embed(trunk, embedder, dataset, cfg, device):
     trunk.eval()
     embedder.eval()
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers
+        dataset,
+        batch_size=cfg.eval_batch_size,
+        shuffle=False,
+        num_workers=cfg.num_workers,
     )
     out, labels = [], []
     for x, y in loader:
@@ -320,13 +335,17 @@ def run(cfg, out_dir):
     trunk = build_trunk(cfg.backbone, cfg.pretrained, cfg.width).to(device)
     embedder = Embedder(trunk.output_size, cfg.embedding_size).to(device)
     generator = torch.Generator().manual_seed(cfg.seed + 1000)
-    objective, miner = build_objective(cfg, num_classes, iterations_per_epoch, generator)
+    objective, miner = build_objective(
+        cfg, num_classes, iterations_per_epoch, generator
+    )
     objective = objective.to(device)
     param_groups = [
         {"params": list(trunk.parameters()) + list(embedder.parameters()), "lr": cfg.lr}
     ]
     if len(list(objective.parameters())):
-        param_groups.append({"params": list(objective.parameters()), "lr": cfg.proxy_lr})
+        param_groups.append(
+            {"params": list(objective.parameters()), "lr": cfg.proxy_lr}
+        )
     optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
     record_keeper = make_record_keeper(str(run_dir / "logs"))
 
@@ -346,7 +365,7 @@ def run(cfg, out_dir):
             iteration += 1
             losses_this_epoch.append(loss.item())
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            if iteration % 10 == 0:
+            if iteration % 10 == 1:  # iterations 1, 11, 21, ...
                 record_keeper.update_records(
                     {
                         "loss_histories": {"metric_loss": loss.item()},
@@ -378,7 +397,10 @@ def run(cfg, out_dir):
         num_eval_classes=int(len(np.unique(eval_set.labels))),
         iterations=iteration,
     )
-    torch.save({"trunk": trunk.state_dict(), "embedder": embedder.state_dict()}, run_dir / "model.pt")
+    torch.save(
+        {"trunk": trunk.state_dict(), "embedder": embedder.state_dict()},
+        run_dir / "model.pt",
+    )
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, result_path)
@@ -393,7 +415,9 @@ def add_config_arguments(parser, exclude=()):
         flag = "--" + field.name.replace("_", "-")
         if field.type is bool or isinstance(field.default, bool):
             parser.add_argument(
-                flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=field.default
+                flag,
+                type=lambda s: s.lower() in ("1", "true", "yes"),
+                default=field.default,
             )
         else:
             kind = type(field.default)

@@ -107,7 +107,10 @@ def emoji_catalogue(datasource_tgz):
                     (
                         normalize_code(u),
                         image,
-                        {vendor: bool(meta.get(f"has_img_{vendor}")) for vendor in ("google", "twitter")},
+                        {
+                            vendor: bool(meta.get(f"has_img_{vendor}"))
+                            for vendor in ("google", "twitter")
+                        },
                     )
                     for u, image, meta in variants
                 ],
@@ -151,7 +154,9 @@ def svg_to_png(svg, size):
             "rendering the OpenMoji and Fluent emoji needs cairosvg with the cairo "
             "library (pip install cairosvg; apt-get install libcairo2)"
         ) from e
-    return cairosvg.svg2png(bytestring=svg.encode(), output_width=size, output_height=size)
+    return cairosvg.svg2png(
+        bytestring=svg.encode(), output_width=size, output_height=size
+    )
 
 
 def to_rgb_array(png_bytes, size):
@@ -176,7 +181,7 @@ def render_all(paths, image_size, progress=True, max_classes=None):
         for name, data in read_tar_members(
             paths[vendor], lambda n, p=prefix: n.startswith(p) and n.endswith(".png")
         ).items():
-            pngs[(vendor, name[len(prefix):])] = data
+            pngs[(vendor, name[len(prefix) :])] = data
     svgs = {vendor: iconify_svgs(paths[vendor]) for vendor in ("openmoji", "fluent")}
 
     # choose classes with enough distinct drawings first, so rendering skips the rest

@@ -63,7 +63,9 @@ def standard_split(name, root, split, image_size=224, train=False, download=Fals
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
     transform = train_transform(image_size) if train else eval_transform(image_size)
-    dataset = DATASETS[name](root=root, split=split, transform=transform, download=download)
+    dataset = DATASETS[name](
+        root=root, split=split, transform=transform, download=download
+    )
     return RelabeledDataset(dataset, dataset.labels)
 
 
