@@ -3,7 +3,6 @@ layouts, and fake CUB / Cars196 / SOP folder trees."""
 
 import io
 import json
-import os
 import stat
 import tarfile
 
