@@ -22,8 +22,8 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from tqdm import tqdm
 
 import pml_sft
+from pml_sft.datasets import emoji
 
-from .data import emoji
 from .models import BACKBONES, Embedder, build_trunk
 
 LOSSES = ("contrastive", "multisimilarity", "triplet", "proxyanchor", "arcface")

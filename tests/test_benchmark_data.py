@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.data import emoji
 from benchmarks.data.standard import standard_split, validation_subset
+from pml_sft.datasets import emoji
 
 
 def _png(color, size=64):

@@ -1,2 +1,2 @@
-"""Data sets for the benchmarks: the built-in multi-vendor emoji set (from the npm
-registry) and the standard CUB-200-2011, Cars196 and Stanford Online Products."""
+"""Standard data sets for the benchmarks (CUB-200-2011, Cars196, Stanford Online
+Products); the built-in emoji data set lives in :mod:`pml_sft.datasets`."""

@@ -1,0 +1,196 @@
+"""powerful-benchmarker 0.9.33 with pml-sft on PML 2.x: the compatibility fixes, the
+loss factory, and a very short real experiment through its SingleExperimentRunner."""
+
+import csv
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pb = pytest.importorskip("powerful_benchmarker")
+
+from benchmarks.powerful_benchmarker import run as pb_run  # noqa: E402
+from pml_sft.integrations import powerful_benchmarker as pb_sft  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = Path(pb_run.CONFIG_FOLDER)
+
+
+class TinyTrunk(torch.nn.Module):
+    """A tiny convolutional trunk, so the experiment takes seconds on a CPU."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, width, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )
+        self.fc = torch.nn.Linear(2 * width, 10)  # replaced by Identity, sets the size
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+def test_fixes_are_idempotent_and_named():
+    pb_sft.apply_compatibility_fixes()
+    pb_sft.apply_compatibility_fixes()
+    from pytorch_metric_learning.testers import BaseTester
+    from pytorch_metric_learning.utils import common_functions as pml_cf
+
+    assert pml_cf.Identity is torch.nn.Identity
+    assert BaseTester.test._pml_sft_fixed
+    assert set(pb_sft.COMPATIBILITY_FIXES) == {
+        "Identity",
+        "save_figures",
+        "parent_name",
+        "splits_to_eval",
+    }
+    for fix in pb_sft.COMPATIBILITY_FIXES.values():
+        assert fix.__doc__
+
+
+def test_shipped_config_folder_is_complete():
+    names = (CONFIGS / "config_foldernames.yaml").read_text()
+    for folder in (
+        "config_general",
+        "config_models",
+        "config_loss_and_miners",
+        "config_optimizers",
+        "config_transforms",
+        "config_eval",
+        "config_dataset",
+        "config_factories",
+    ):
+        assert folder in names
+        if folder != "config_loss_and_miners":  # its default is multisimilarity_sft
+            assert (CONFIGS / folder / "default.yaml").exists()
+    assert (CONFIGS / "config_loss_and_miners" / "multisimilarity_sft.yaml").exists()
+    losses = {p.stem for p in (CONFIGS / "config_loss_and_miners").glob("*.yaml")}
+    for loss in ("contrastive", "multisimilarity", "triplet", "arcface", "proxyanchor"):
+        assert {f"{loss}_baseline", f"{loss}_translation", f"{loss}_sft"} <= losses
+    for dataset in ("default", "with_cars196", "with_sop", "with_emoji"):
+        assert (CONFIGS / "config_dataset" / f"{dataset}.yaml").exists()
+
+
+def test_loss_factory_nests_inner_loss_with_num_classes():
+    runner = pb_run.make_runner()
+    factory = pb_sft.SFTLossFactory(getter=runner.pytorch_getter)
+    spec = {
+        "SFTLoss": {
+            "loss": {"ArcFaceLoss": {"embedding_size": 16}},
+            "miner": {"MultiSimilarityMiner": {"epsilon": 0.1}},
+            "centers": {"MovingAverageClassCenters": {"embedding_size": 16}},
+            "num_targets": 2,
+        }
+    }
+    loss = factory.create(spec, kwargs={"num_classes": 7})
+    assert loss.loss.W.shape == (16, 7)
+    assert loss.transform.centers.num_classes == 7 and loss.transform.num_targets == 2
+    assert loss.collect_stats and loss.transform.collect_stats
+    translation = factory.create(
+        {
+            "FeatureTransformLoss": {
+                "loss": {"ContrastiveLoss": {}},
+                "transform": {"FeatureTranslation": {"num_targets": 1}},
+            }
+        },
+        kwargs={"num_classes": 7},
+    )
+    assert type(translation.transform).__name__ == "FeatureTranslation"
+    plain = factory.create(
+        {"ProxyAnchorLoss": {"embedding_size": 16}}, kwargs={"num_classes": 5}
+    )
+    assert plain.proxies.shape == (5, 16)
+
+
+def test_short_experiment_end_to_end(tmp_path, monkeypatch):
+    if shutil.which("npm") is None:
+        pytest.skip("npm is needed to fetch the emoji data")
+    # a complete root config folder: the shipped one plus two small files
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs)
+    (configs / "config_models" / "tiny_test.yaml").write_text(
+        "models:\n  trunk:\n    TinyTrunk:\n      width: 8\n  embedder:\n    MLP:\n      layer_sizes:\n        - 16\n"
+    )
+    (configs / "config_dataset" / "emoji_small.yaml").write_text(
+        (configs / "config_dataset" / "with_emoji.yaml")
+        .read_text()
+        .replace("    image_size: 32", "    image_size: 32\n    max_classes: 48")
+    )
+    dataset_root = tmp_path / "datasets"
+    downloads = REPO / ".cache" / "pml_sft" / "downloads"
+    if downloads.exists():  # reuse the packages another test or run fetched
+        shutil.copytree(downloads, dataset_root / "emoji" / "downloads")
+    experiments = tmp_path / "experiments"
+    monkeypatch.setattr(sys, "argv", ["run.py"])
+    runner = pb_run.make_runner(
+        dataset_root=str(dataset_root),
+        root_experiment_folder=str(experiments),
+        root_config_folder=str(configs),
+    )
+    runner.register("model", TinyTrunk)
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "run.py",
+            "--experiment_name",
+            "sft_tiny",
+            "--config_general",
+            "[default,cpu_tiny]",
+            "--config_dataset",
+            "[emoji_small]",
+            "--config_models",
+            "[tiny_test]",
+            "--config_optimizers",
+            "[scratch_adam]",
+            "--config_transforms",
+            "[emoji]",
+            "--config_eval",
+            "[default,cpu]",
+            "--config_loss_and_miners",
+            "[multisimilarity_sft]",
+        ],
+    )
+    runner.run()
+
+    run_dirs = [
+        p for p in (experiments / "sft_tiny").iterdir() if p.name.startswith("Test")
+    ]
+    assert len(run_dirs) == 1
+    csvs = run_dirs[0] / "saved_csvs"
+    # it trained ...
+    assert (run_dirs[0] / "saved_models" / "trunk_1.pth").exists()
+    history = list(csv.DictReader(open(csvs / "loss_histories.csv")))
+    assert history and all(float(r["total_loss"]) > 0 for r in history)
+    # ... evaluated with our Recall@K metrics ...
+    accuracy_file = next(csvs.glob("accuracies_*VAL_vs_self.csv"))
+    rows = list(csv.DictReader(open(accuracy_file)))
+    for key in (
+        "recall_at_1_level0",
+        "recall_at_8_level0",
+        "mean_average_precision_at_r_level0",
+    ):
+        assert 0 <= float(rows[-1][key]) <= 1
+    assert float(rows[-1]["recall_at_8_level0"]) >= float(
+        rows[-1]["recall_at_1_level0"]
+    )
+    # ... and logged the SFT statistics with record-keeper
+    sft_rows = list(csv.DictReader(open(csvs / "metric_loss_SFTLoss.csv")))
+    assert (
+        int(sft_rows[-1]["num_augmented"]) == 32
+        and float(sft_rows[-1]["mean_center_angle"]) > 0
+    )
+    transform_log = next(csvs.glob("*SphericalFeatureTransform.csv"))
+    assert "mean_center_angle" in transform_log.read_text().splitlines()[0]
+    assert list(
+        (experiments / "sft_tiny" / "meta_logs" / "saved_csvs").glob(
+            "MeanAggregator_*.csv"
+        )
+    )
