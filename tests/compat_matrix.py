@@ -8,6 +8,7 @@ problem) or is refused with a clear error that says why.
 ``python -m tests.compat_matrix`` prints the matrix as markdown (docs/composability.md).
 """
 
+import copy
 import inspect
 import sys
 
@@ -185,7 +186,7 @@ def check_trains(
     def evaluate():
         generator.manual_seed(123)
         torch.manual_seed(123)
-        state = {k: v.clone() for k, v in wrapped.state_dict().items()}
+        state = copy.deepcopy(wrapped.state_dict())
         with torch.no_grad():
             emb = model(inputs)
             indices = outer_miner(emb, labels) if outer_miner is not None else None

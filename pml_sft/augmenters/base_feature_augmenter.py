@@ -5,7 +5,7 @@ from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 from ..centers import BaseClassCenters, BatchClassCenters
 from ..utils.checks import check_embeddings, check_finite, check_labels
-from ..utils.target_sampling import sample_target_rows
+from ..utils.target_sampling import draw_seed, row_keys, sample_target_rows
 
 TARGET_POOLS = ("batch", "all")
 
@@ -35,7 +35,14 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             False gradients flow through the batch centres too (batch centres only).
         detach_augmented: return new samples without gradient, so they act as fixed
             extra positives/negatives. Default False: gradients reach the sources.
-        generator: a ``torch.Generator`` for reproducible target draws.
+        generator: a ``torch.Generator`` for reproducible target draws (one seed is
+            drawn from it per call; without one, from the global RNG). Its state is
+            saved in ``state_dict``, so a resumed run draws the same targets.
+
+    Target classes are drawn by a hash of each sample's content and the call's seed
+    (:mod:`pml_sft.utils.target_sampling`), and centres are summed in an order given
+    by content: reordering the batch reorders the output with it, and every rank of
+    a distributed run that sees the same gathered batch makes the same samples.
     """
 
     def __init__(
@@ -116,15 +123,14 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         n = embeddings.shape[0]
         with torch.no_grad():
             directions, norms = self.directions(embeddings, "embeddings")
-        center_emb, center_labels = directions, labels
+            keys = row_keys(embeddings)
+        center_emb, center_labels, center_keys = directions, labels, keys
         if ref_emb is not None or ref_labels is not None:
-            center_emb, center_labels = self.with_reference(
-                embeddings, labels, directions, ref_emb, ref_labels
+            center_emb, center_labels, center_keys = self.with_reference(
+                embeddings, labels, directions, keys, ref_emb, ref_labels
             )
         if self.detach_centers:
-            centers = self.centers(
-                center_emb, center_labels, self.target_pool == "all", validate=False
-            )
+            centers = self.canonical_centers(center_emb, center_labels, center_keys)
         else:
             centers = self.batch_centers_with_gradient(embeddings, labels)
         sample_rows = centers.sample_rows[:n]
@@ -141,7 +147,9 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             sample_rows if all_have_centres else sample_rows[source_samples],
             candidate_mask,
             self.num_targets,
-            self.generator,
+            keys if all_have_centres else keys[source_samples],
+            centers.labels,
+            draw_seed(self.generator),
         )
         if all_have_centres and positions.shape[0] == n:  # one target each: no gathers
             source_indices = positions
@@ -194,8 +202,24 @@ class BaseFeatureAugmenter(ModuleWithRecords):
                 )
         return compute / norms, norms
 
-    def with_reference(self, embeddings, labels, directions, ref_emb, ref_labels):
-        """Directions and labels of the batch plus the reference set, for centres."""
+    def canonical_centers(self, embeddings, labels, keys):
+        """Centres computed with the rows in an order given by their content (their
+        keys), so that the float sums, hence the centres, are bit-identical however
+        the batch is ordered (e.g. on every rank after a distributed gather)."""
+        order = torch.argsort(keys, stable=True)
+        centers = self.centers(
+            embeddings.index_select(0, order),
+            labels.index_select(0, order),
+            self.target_pool == "all",
+            validate=False,
+        )
+        sample_rows = torch.empty_like(centers.sample_rows)
+        sample_rows[order] = centers.sample_rows
+        centers.sample_rows = sample_rows
+        return centers
+
+    def with_reference(self, embeddings, labels, directions, keys, ref_emb, ref_labels):
+        """Directions, labels and keys of the batch plus the reference set."""
         check_embeddings(ref_emb, "ref_emb")
         check_labels(ref_labels, ref_emb.shape[0], embeddings.device, "ref_labels")
         if ref_emb.shape[1] != embeddings.shape[1] or ref_emb.dtype != embeddings.dtype:
@@ -204,9 +228,11 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             raise ValueError("ref_emb cannot be used with detach_centers=False")
         with torch.no_grad():
             ref_directions, _ = self.directions(ref_emb, "ref_emb")
+            ref_keys = row_keys(ref_emb)
         return (
             torch.cat([directions, ref_directions]),
             torch.cat([labels, ref_labels.to(labels.dtype)]),
+            torch.cat([keys, ref_keys]),
         )
 
     def batch_centers_with_gradient(self, embeddings, labels):
@@ -225,6 +251,15 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         rows = torch.searchsorted(unique_labels, centers.labels)
         centers.centers = torch.nn.functional.normalize(sums[rows], dim=1)
         return centers
+
+    def get_extra_state(self):
+        """The generator's state, so that a resumed run draws the same targets."""
+        return {"generator": None if self.generator is None else self.generator.get_state()}
+
+    def set_extra_state(self, state):
+        saved = (state or {}).get("generator")
+        if saved is not None and self.generator is not None:
+            self.generator.set_state(saved)
 
     @staticmethod
     def compute_dtype(x):

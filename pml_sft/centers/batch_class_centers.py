@@ -1,5 +1,7 @@
 import torch
 
+from ..utils import distributed
+
 from .base_class_centers import BaseClassCenters
 from .class_centers import ClassCenters
 
@@ -16,12 +18,27 @@ class BatchClassCenters(BaseClassCenters):
 
     Args:
         min_samples: the fewest samples of a class in the batch for it to get a centre.
+        sync_distributed: under torch.distributed, estimate centres from the batches
+            of all ranks (gathered), so every rank holds the same centres. Use it when
+            the loss sees only its rank's batch; leave it off under PML's
+            ``DistributedLossWrapper``, whose loss already sees the gathered batch
+            (gathering again would count every sample once per rank).
     """
 
-    def __init__(self, min_samples=2, **kwargs):
+    def __init__(self, min_samples=2, sync_distributed=False, **kwargs):
         super().__init__(min_samples=min_samples, **kwargs)
+        self.sync_distributed = sync_distributed
 
     def compute(self, embeddings, labels, include_absent=True):
+        if self.sync_distributed and distributed.is_distributed():
+            all_embeddings, own = distributed.all_gather_rows(embeddings)
+            all_labels, _ = distributed.all_gather_rows(labels)
+            result = self.compute_local(all_embeddings, all_labels)
+            result.sample_rows = result.sample_rows[own]
+            return result
+        return self.compute_local(embeddings, labels)
+
+    def compute_local(self, embeddings, labels):
         unique_labels, inverse, sums, counts = self.batch_class_sums(embeddings, labels)
         centers, nonzero = self.normalize_rows(sums)
         valid = nonzero & (counts >= self.min_samples)

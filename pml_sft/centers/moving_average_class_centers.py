@@ -1,5 +1,7 @@
 import torch
 
+from ..utils import distributed
+
 from .base_class_centers import BaseClassCenters
 from .class_centers import ClassCenters
 
@@ -24,6 +26,11 @@ class MovingAverageClassCenters(BaseClassCenters):
         min_samples: the fewest samples of a class in a batch for it to update its
             centre.
         update: update the centres on each forward; False freezes them.
+        sync_distributed: under torch.distributed, all-reduce the per-class sums and
+            counts of each batch before updating, so every rank holds identical
+            buffers (bit for bit) after each step, whether the loss sees its rank's
+            batch or, under PML's ``DistributedLossWrapper``, the gathered batch (then
+            the sums and counts are a multiple of one rank's, and the means the same).
     """
 
     def __init__(
@@ -33,6 +40,7 @@ class MovingAverageClassCenters(BaseClassCenters):
         momentum=0.9,
         min_samples=1,
         update=True,
+        sync_distributed=True,
         **kwargs,
     ):
         super().__init__(min_samples=min_samples, **kwargs)
@@ -48,6 +56,7 @@ class MovingAverageClassCenters(BaseClassCenters):
         self.embedding_size = embedding_size
         self.momentum = float(momentum)
         self.update = update
+        self.sync_distributed = sync_distributed
         self.register_buffer("centers", torch.zeros(num_classes, embedding_size))
         self.register_buffer("num_updates", torch.zeros(num_classes, dtype=torch.long))
         self.add_to_recordable_attributes(
@@ -78,9 +87,16 @@ class MovingAverageClassCenters(BaseClassCenters):
     def batch_statistics(self, embeddings, labels):
         """Per-class sums and counts of the batch, for the classes present in it.
 
-        Returns (class labels (K,), sums (K, D), counts (K,)). Distributed subclasses
-        override this to combine the statistics of all processes.
+        Returns (class labels (K,), sums (K, D), counts (K,)); with
+        ``sync_distributed`` under torch.distributed, summed over all ranks.
         """
+        if self.sync_distributed and distributed.is_distributed():
+            sums = torch.zeros_like(self.centers)
+            sums.index_add_(0, labels, embeddings.to(sums.dtype))
+            counts = torch.bincount(labels, minlength=self.num_classes)
+            distributed.all_reduce_sum(sums, counts)
+            present = (counts > 0).nonzero().squeeze(1)
+            return present, sums[present], counts[present]
         unique_labels, _, sums, counts = self.batch_class_sums(embeddings, labels)
         return unique_labels, sums.to(self.centers.dtype), counts
 

@@ -1,13 +1,12 @@
 import inspect
 
 import torch
-from pytorch_metric_learning.losses import BaseLossWrapper
+from pytorch_metric_learning.losses import BaseLossWrapper, BaseMetricLossFunction
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
-from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 from ..augmenters import BaseFeatureAugmenter, SphericalFeatureTransform
-from ..utils.checks import check_embeddings, check_labels
+from ..utils.checks import check_embeddings, check_finite, check_labels
 
 # Losses the wrapper refuses, and why. Every other PML loss is supported.
 UNSUPPORTED_LOSSES = {
@@ -52,7 +51,7 @@ def _tuple_type_like(indices_tuple, like, labels):
     return lmu.convert_to_triplets(indices_tuple, labels)
 
 
-class FeatureTransformLoss(BaseLossWrapper, ModuleWithRecords):
+class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
     """Wraps any PML loss and trains it on the batch enlarged by feature-space
     augmentation.
 
@@ -77,6 +76,13 @@ class FeatureTransformLoss(BaseLossWrapper, ModuleWithRecords):
             this many iterations.
         augmented_anchors: if False, augmented samples only appear as positives or
             negatives of original anchors (needs a loss that takes ``indices_tuple``).
+
+    It is a ``BaseMetricLossFunction`` (so PML's ``DistributedLossWrapper`` accepts
+    it), but it computes no loss of its own: its ``distance`` and ``reducer`` are
+    unused; the inner loss's apply. Under ``DistributedLossWrapper`` (efficient=False)
+    every rank sees the gathered batch and makes the same augmented samples (see
+    :class:`~pml_sft.augmenters.BaseFeatureAugmenter`), which gives the loss and
+    gradients of one process on the whole batch.
 
     Augmentation happens only in training mode (``.train()``, the default); after
     ``.eval()`` the wrapper returns the plain inner loss. The iteration counter is a
@@ -170,11 +176,16 @@ class FeatureTransformLoss(BaseLossWrapper, ModuleWithRecords):
             return self.aug_weight * min(1.0, t / self.ramp_iterations)
         return self.aug_weight
 
-    def forward(self, embeddings, labels, indices_tuple=None):
+    def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None):
         self.reset_stats()
+        if ref_emb is not None or ref_labels is not None:
+            raise ValueError(
+                f"{type(self).__name__} does not take ref_emb/ref_labels: augmented samples "
+                "join the batch itself (with DistributedLossWrapper, use efficient=False)"
+            )
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0], embeddings.device)
-        c_f.check_shapes(embeddings, labels)
+        check_finite(embeddings, "embeddings")
         weight = 0.0
         if self.training:
             self.iteration += 1

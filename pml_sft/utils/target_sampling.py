@@ -1,25 +1,70 @@
-"""Vectorised choice of target classes for feature transforms."""
+"""Vectorised choice of target classes for feature transforms.
+
+Draws are *keyed by content*, not by position: the random score of (sample,
+candidate class) is a hash of the sample's bits, the candidate's label and a per-call
+seed. Shuffling the batch therefore shuffles the targets with it, and processes that
+see the same samples in different orders (e.g. ranks after PML's
+``DistributedLossWrapper`` gathered a batch) choose the same targets.
+"""
 
 import torch
 
+MASK31 = (1 << 31) - 1
+_INT_VIEW = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
 
-def random_scores(shape, device, generator=None):
-    """Uniform random numbers on ``device``, drawn from ``generator`` when given
-    (on the generator's own device, then moved)."""
+
+def mix31(z):
+    """An integer hash on 31-bit values (int64 tensors; no overflow)."""
+    z = z & MASK31
+    z = ((z ^ (z >> 16)) * 0x45D9F3B) & MASK31
+    z = ((z ^ (z >> 16)) * 0x45D9F3B) & MASK31
+    return z ^ (z >> 16)
+
+
+def fold31(x):
+    """Fold int64 values (e.g. labels, up to 64 bits) into 31 bits."""
+    x = x.long()
+    return (x ^ (x >> 31) ^ (x >> 62)) & MASK31
+
+
+def row_keys(x):
+    """An exact 31-bit hash of each row's bits: the same for the same row wherever
+    it is in the batch (integer sums are exact, so no float summation order)."""
+    bits = x.detach().contiguous().view(_INT_VIEW[x.dtype]).long()
+    d = torch.arange(x.shape[1], device=x.device, dtype=torch.long)
+    weights = mix31(d * 0x9E3779B + 0x7F4A7C1) | 1
+    return mix31(((fold31(bits) * weights) & MASK31).sum(dim=1))
+
+
+def draw_seed(generator=None, device="cpu"):
+    """A 31-bit seed for one call, from ``generator`` or the global RNG."""
     if generator is None:
-        return torch.rand(shape, device=device)
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+        return int(torch.randint(0, MASK31, (1,)).item())
+    return int(torch.randint(0, MASK31, (1,), generator=generator, device=generator.device).item())
 
 
-def sample_target_rows(source_rows, candidate_mask, num_targets, generator=None):
+def keyed_scores(source_keys, candidate_keys, seed):
+    """Scores in [0, 1) for every (source, candidate) pair, from their keys."""
+    mixed = mix31(source_keys.unsqueeze(1) * 0x2545F49 + mix31(candidate_keys ^ seed).unsqueeze(0))
+    return mixed.to(torch.float64) / (MASK31 + 1)
+
+
+def sample_target_rows(source_rows, candidate_mask, num_targets, source_keys, row_labels, seed):
     """For each source, pick up to ``num_targets`` distinct candidate rows other than
-    its own, uniformly at random.
+    its own, uniformly at random (keyed by content, see the module docstring).
 
     Args:
         source_rows: (S,) row of each source's own class centre (>= 0).
         candidate_mask: (K,) which centre rows may be targets.
         num_targets: targets per source.
-        generator: optional ``torch.Generator`` for reproducible draws.
+        source_keys: (S,) :func:`row_keys` of the sources.
+        row_labels: (K,) class label of each centre row (the candidates' keys).
+        seed: the per-call seed (:func:`draw_seed`).
 
     Returns:
         (source_positions (M,), target_rows (M,)): position in ``source_rows`` and the
@@ -35,15 +80,14 @@ def sample_target_rows(source_rows, candidate_mask, num_targets, generator=None)
     if num_sources == 0 or k <= 0:
         empty = torch.empty(0, dtype=torch.long, device=device)
         return empty, empty
-    # random scores in (0, 1) for candidates; -1 for non-candidates and own rows,
-    # which top-k then never picks since k <= the number of valid candidates
-    scores = random_scores((num_sources, num_rows), device, generator)
+    # scores in [0, 1) for candidates; -1 for non-candidates and own rows, which
+    # top-k then never picks since k <= the number of valid candidates
+    scores = keyed_scores(source_keys, fold31(row_labels), seed)
     if num_candidates < num_rows:
         scores = scores.masked_fill(~candidate_mask, -1.0)
     scores = scores.scatter(1, source_rows.unsqueeze(1), -1.0)
     if k == 1:
-        target_rows = scores.argmax(dim=1)
-        return torch.arange(num_sources, device=device), target_rows
+        return torch.arange(num_sources, device=device), scores.argmax(dim=1)
     chosen = scores.topk(k, dim=1).indices
     source_positions = torch.arange(num_sources, device=device).repeat_interleave(k)
     return source_positions, chosen.reshape(-1)
