@@ -254,7 +254,9 @@ class BaseFeatureAugmenter(ModuleWithRecords):
 
     def get_extra_state(self):
         """The generator's state, so that a resumed run draws the same targets."""
-        return {"generator": None if self.generator is None else self.generator.get_state()}
+        return {
+            "generator": None if self.generator is None else self.generator.get_state()
+        }
 
     def set_extra_state(self, state):
         saved = (state or {}).get("generator")

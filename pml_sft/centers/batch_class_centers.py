@@ -1,7 +1,6 @@
 import torch
 
 from ..utils import distributed
-
 from .base_class_centers import BaseClassCenters
 from .class_centers import ClassCenters
 

@@ -176,7 +176,9 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
             return self.aug_weight * min(1.0, t / self.ramp_iterations)
         return self.aug_weight
 
-    def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None):
+    def forward(
+        self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None
+    ):
         self.reset_stats()
         if ref_emb is not None or ref_labels is not None:
             raise ValueError(
@@ -193,26 +195,22 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
         self.current_aug_weight = weight
         self.num_augmented = 0
         self.mean_center_angle = 0.0
-        if weight == 0:
-            return self.inner_loss(
-                embeddings, labels, indices_tuple, embeddings.shape[0]
-            )
-        aug, aug_labels, _ = self.transform(embeddings, labels)
-        self.num_augmented = aug.shape[0]
-        # mirror the transform's angle statistic, so loggers that only look at the
-        # loss (record-keeper, powerful-benchmarker) see it
-        self.mean_center_angle = getattr(self.transform, "mean_center_angle", 0.0)
-        if aug.shape[0] == 0:
-            return self.inner_loss(
-                embeddings, labels, indices_tuple, embeddings.shape[0]
-            )
+        n = embeddings.shape[0]
+        if n == 0:  # no samples, no loss (some PML losses return NaN here)
+            return embeddings.sum() * 0.0
+        if weight > 0:
+            aug, aug_labels, _ = self.transform(embeddings, labels)
+            self.num_augmented = aug.shape[0]
+            # mirror the transform's angle statistic, so loggers that only look at
+            # the loss (record-keeper, powerful-benchmarker) see it
+            self.mean_center_angle = getattr(self.transform, "mean_center_angle", 0.0)
+        if weight == 0 or self.num_augmented == 0:
+            return self.checked(self.inner_loss(embeddings, labels, indices_tuple, n))
         all_emb = torch.cat([embeddings, aug.to(embeddings.dtype)])
         all_labels = torch.cat([labels, aug_labels])
-        loss = self.inner_loss(all_emb, all_labels, indices_tuple, embeddings.shape[0])
+        loss = self.inner_loss(all_emb, all_labels, indices_tuple, n)
         if weight < 1:
-            plain = self.inner_loss(
-                embeddings, labels, indices_tuple, embeddings.shape[0]
-            )
+            plain = self.inner_loss(embeddings, labels, indices_tuple, n)
             if not (torch.is_tensor(loss) and torch.is_tensor(plain)):
                 raise TypeError(
                     "aug_weight < 1 mixes two reduced losses, but the inner loss "
@@ -220,6 +218,16 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
                     "reducer that returns a tensor or aug_weight=1"
                 )
             loss = (1 - weight) * plain + weight * loss
+        return self.checked(loss)
+
+    def checked(self, loss):
+        """The loss, unless it is NaN or inf (the inputs were finite, so the inner
+        loss overflowed or failed): then a clear error instead of a silent NaN."""
+        if torch.is_tensor(loss) and not bool(torch.isfinite(loss).all()):
+            raise FloatingPointError(
+                f"{type(self.loss).__name__} returned a non-finite loss ({loss.detach()}) "
+                "for finite embeddings"
+            )
         return loss
 
     def inner_loss(self, embeddings, labels, outer_indices, num_original):

@@ -45,16 +45,24 @@ def draw_seed(generator=None, device="cpu"):
     """A 31-bit seed for one call, from ``generator`` or the global RNG."""
     if generator is None:
         return int(torch.randint(0, MASK31, (1,)).item())
-    return int(torch.randint(0, MASK31, (1,), generator=generator, device=generator.device).item())
+    return int(
+        torch.randint(
+            0, MASK31, (1,), generator=generator, device=generator.device
+        ).item()
+    )
 
 
 def keyed_scores(source_keys, candidate_keys, seed):
     """Scores in [0, 1) for every (source, candidate) pair, from their keys."""
-    mixed = mix31(source_keys.unsqueeze(1) * 0x2545F49 + mix31(candidate_keys ^ seed).unsqueeze(0))
+    mixed = mix31(
+        source_keys.unsqueeze(1) * 0x2545F49 + mix31(candidate_keys ^ seed).unsqueeze(0)
+    )
     return mixed.to(torch.float64) / (MASK31 + 1)
 
 
-def sample_target_rows(source_rows, candidate_mask, num_targets, source_keys, row_labels, seed):
+def sample_target_rows(
+    source_rows, candidate_mask, num_targets, source_keys, row_labels, seed
+):
     """For each source, pick up to ``num_targets`` distinct candidate rows other than
     its own, uniformly at random (keyed by content, see the module docstring).
 
