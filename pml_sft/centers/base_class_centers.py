@@ -1,7 +1,6 @@
 import torch
 from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
-from ..utils import distributed
 from ..utils.checks import check_embeddings, check_finite, check_labels
 
 
