@@ -45,6 +45,7 @@ class RunConfig:
     seed: int = 0
     dataset: str = "emoji"
     dataset_root: str = "data"
+    download: bool = False  # standard data sets: fetch them from their websites
     cache_dir: str = ".cache/pml_sft"
     image_size: int = 32
     max_classes: int = 0  # 0: all classes (emoji only)
@@ -167,7 +168,9 @@ def standard_splits(cfg):
             IndexedDataset(train_aug, train_idx, relabel(labels[train_idx])),
             IndexedDataset(train_eval, val_idx, labels[val_idx]),
         )
-    train = standard_split(cfg.dataset, cfg.dataset_root, "train", size, train=True)
+    train = standard_split(
+        cfg.dataset, cfg.dataset_root, "train", size, train=True, download=cfg.download
+    )
     evaluation = standard_split(
         cfg.dataset, cfg.dataset_root, "test", size, train=False
     )
