@@ -70,6 +70,9 @@ def _rotate_plane_form(x, a, b):
     """
     c = torch.linalg.vecdot(a, b)
     w = b - c.unsqueeze(1) * a
+    # b is nearly -a, so w = b - c a cancels: orthogonalise once more, or v would lean
+    # towards a by ~eps/|w| and the result would not quite keep norms
+    w = w - torch.linalg.vecdot(a, w).unsqueeze(1) * a
     s = torch.linalg.vector_norm(w, dim=1)
     degenerate = s < torch.finfo(x.dtype).eps ** 0.5
     safe_s = torch.where(degenerate, torch.ones_like(s), s)
