@@ -73,6 +73,24 @@ def covariance_dissimilarity(emb, inverse, centres, moved_to, transform, min_sam
     return float(rel[upper[0], upper[1]].mean()), len(covs)
 
 
+def batch_centre_error(emb, inverse, centres, m=4, draws=5, seed=0):
+    """Angle (degrees) between the centre of m random samples of a class (what
+    BatchClassCenters sees with m samples per class per batch) and the centre of all
+    its samples, for classes with at least 2m samples."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(inverse, minlength=len(centres))
+    angles = []
+    for k in (counts >= 2 * m).nonzero().squeeze(1).tolist():
+        members = (inverse == k).nonzero().squeeze(1)
+        for _ in range(draws):
+            pick = members[torch.randperm(len(members), generator=g)[:m]]
+            estimate = torch.nn.functional.normalize(emb[pick].sum(0), dim=0)
+            angles.append(
+                torch.rad2deg(torch.acos((estimate @ centres[k]).clamp(-1, 1)))
+            )
+    return torch.stack(angles) if angles else torch.zeros(0, dtype=emb.dtype)
+
+
 def rotation_translation_gap(emb, inverse, centres, seed=0):
     g = torch.Generator().manual_seed(seed)
     k = len(centres)
@@ -97,6 +115,7 @@ def diagnose(emb, labels, min_samples=8, seed=0):
             emb, inverse, centres, common, transform, min_samples
         )
     gap, centre_angle = rotation_translation_gap(emb, inverse, centres, seed)
+    centre_error = batch_centre_error(emb, inverse, centres, seed=seed)
     return {
         "num_samples": len(emb),
         "num_classes": len(centres),
@@ -114,6 +133,11 @@ def diagnose(emb, labels, min_samples=8, seed=0):
             "p90": float(gap.quantile(0.9)),
         },
         "centre_angle_degrees": {"mean": float(centre_angle.mean())},
+        "batch_centre_error_degrees": {
+            "m": 4,
+            "classes": int(len(centre_error) // 5),
+            "mean": float(centre_error.mean()) if len(centre_error) else float("nan"),
+        },
         "_arrays": {
             "spread": spread.numpy(),
             "gap": gap.numpy(),
@@ -183,6 +207,9 @@ def markdown(report, name):
             f"{gap['mean']:.1f} / {gap['median']:.1f} / {gap['p90']:.1f} |",
             f"| angle between source and target centres (deg), mean | "
             f"{report['centre_angle_degrees']['mean']:.1f} |",
+            f"| batch-centre error: centre of 4 samples vs of the whole class (deg), "
+            f"mean over {report['batch_centre_error_degrees']['classes']} classes | "
+            f"{report['batch_centre_error_degrees']['mean']:.1f} |",
         ]
     )
 

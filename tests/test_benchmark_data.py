@@ -255,3 +255,22 @@ def test_standard_datasets_conventional_splits(
 def test_unknown_dataset(tmp_path):
     with pytest.raises(ValueError, match="dataset must be one of"):
         standard_split("imagenet", str(tmp_path), "train")
+
+
+def test_emoji_dataset_splits_and_formats(fake_packages, tmp_path, monkeypatch):
+    from pml_sft.datasets import EmojiDataset
+
+    with pytest.raises(ValueError, match="download=True"):
+        EmojiDataset(tmp_path, image_size=8)
+    monkeypatch.setattr(emoji, "fetch_packages", lambda folder: fake_packages)
+    full = EmojiDataset(tmp_path, image_size=8, download=True)
+    train = EmojiDataset(tmp_path, split="train", image_size=8)
+    test = EmojiDataset(tmp_path, split="test", image_size=8, return_dict=True)
+    assert len(full) == len(train) + len(test) == 10
+    assert set(train.labels).isdisjoint(test.labels)
+    image, label = train[0]
+    assert image.size == (8, 8) and isinstance(label, int)
+    item = test[0]
+    assert set(item) == {"data", "label"}
+    with pytest.raises(ValueError, match="split must be one of"):
+        EmojiDataset(tmp_path, split="val", image_size=8)
