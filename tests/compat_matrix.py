@@ -162,7 +162,7 @@ TRIPLET_LAYOUT = [0, 1, 7, 4, 5, 11, 8, 9, 15, 12, 13, 3, 2, 3, 6]
 
 
 def check_trains(
-    wrapped, steps=12, lr=0.02, outer_miner=None, order=None, require_decrease=True
+    wrapped, steps=25, lr=0.02, outer_miner=None, order=None, require_decrease=True
 ):
     """Finite loss, gradients reach the embeddings, and optimiser steps lower the loss.
 

@@ -4,6 +4,7 @@ import torch
 from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 from ..centers import BaseClassCenters, BatchClassCenters
+from ..utils import distributed
 from ..utils.checks import check_embeddings, check_finite, check_labels
 from ..utils.target_sampling import draw_seed, row_keys, sample_target_rows
 
@@ -203,9 +204,14 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         return compute / norms, norms
 
     def canonical_centers(self, embeddings, labels, keys):
-        """Centres computed with the rows in an order given by their content (their
-        keys), so that the float sums, hence the centres, are bit-identical however
-        the batch is ordered (e.g. on every rank after a distributed gather)."""
+        """Under torch.distributed, centres computed with the rows in an order given
+        by their content (their keys), so that the float sums, hence the centres, are
+        bit-identical however the batch is ordered (on every rank after a gather).
+        In one process the batch order is used (results agree to rounding)."""
+        if not distributed.is_distributed():
+            return self.centers(
+                embeddings, labels, self.target_pool == "all", validate=False
+            )
         order = torch.argsort(keys, stable=True)
         centers = self.centers(
             embeddings.index_select(0, order),

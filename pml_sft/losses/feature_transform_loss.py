@@ -187,7 +187,6 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
             )
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0], embeddings.device)
-        check_finite(embeddings, "embeddings")
         weight = 0.0
         if self.training:
             self.iteration += 1
@@ -205,6 +204,8 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
             # the loss (record-keeper, powerful-benchmarker) see it
             self.mean_center_angle = getattr(self.transform, "mean_center_angle", 0.0)
         if weight == 0 or self.num_augmented == 0:
+            if weight == 0:  # the transform, which validates its input, did not run
+                check_finite(embeddings, "embeddings")
             return self.checked(self.inner_loss(embeddings, labels, indices_tuple, n))
         all_emb = torch.cat([embeddings, aug.to(embeddings.dtype)])
         all_labels = torch.cat([labels, aug_labels])

@@ -94,8 +94,11 @@ def sample_target_rows(
     device = source_rows.device
     num_sources, num_rows = source_rows.shape[0], candidate_mask.shape[0]
     num_candidates = int(candidate_mask.sum())
-    own_is_candidate = candidate_mask.index_select(0, source_rows)
-    k = min(num_targets, num_candidates - int(bool(own_is_candidate.any())))
+    if num_candidates == num_rows:  # every row is a candidate, each source's own too
+        own_excluded = 1
+    else:
+        own_excluded = int(bool(candidate_mask.index_select(0, source_rows).any()))
+    k = min(num_targets, num_candidates - own_excluded)
     if num_sources == 0 or k <= 0:
         empty = torch.empty(0, dtype=torch.long, device=device)
         return empty, empty
