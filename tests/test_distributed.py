@@ -42,6 +42,7 @@ def _make_loss(centers, with_miner=False):
         centers=centers,
         num_targets=2,
         generator=torch.Generator().manual_seed(7),
+        keyed_draws=True,  # also in the one-process reference (the default is keyed only under torch.distributed)
     )
 
 

@@ -178,13 +178,13 @@ def test_fixed_generator_reproduces_targets_and_results():
     assert not torch.equal(a[0][1], a[1][1])
 
 
-def test_reordering_the_batch_reorders_the_augmentation():
+def test_keyed_draws_reordering_the_batch_reorders_the_augmentation():
     x, y = _data(2)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).to(DEVICE)
 
     def run(xx, yy):
         sft = pml_sft.SphericalFeatureTransform(
-            generator=torch.Generator().manual_seed(3)
+            generator=torch.Generator().manual_seed(3), keyed_draws=True
         )
         return sft(xx, yy)
 

@@ -6,7 +6,13 @@ from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 from ..centers import BaseClassCenters, BatchClassCenters
 from ..utils import distributed
 from ..utils.checks import check_embeddings, check_finite, check_labels
-from ..utils.target_sampling import draw_seed, row_keys, sample_target_rows
+from ..utils.target_sampling import (
+    draw_seed,
+    keyed_scores,
+    random_scores,
+    row_keys,
+    sample_target_rows,
+)
 
 TARGET_POOLS = ("batch", "all")
 
@@ -40,10 +46,12 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             drawn from it per call; without one, from the global RNG). Its state is
             saved in ``state_dict``, so a resumed run draws the same targets.
 
-    Target classes are drawn by a hash of each sample's content and the call's seed
-    (:mod:`pml_sft.utils.target_sampling`), and centres are summed in an order given
-    by content: reordering the batch reorders the output with it, and every rank of
-    a distributed run that sees the same gathered batch makes the same samples.
+        keyed_draws: draw targets by a hash of each sample's content and the call's
+            seed (:mod:`pml_sft.utils.target_sampling`) instead of from the generator's
+            stream, and sum centres in an order given by content: reordering the batch
+            then reorders the output with it, and every rank of a distributed run that
+            sees the same gathered batch makes the same samples. None (default): keyed
+            under torch.distributed, plain random draws otherwise (cheaper).
     """
 
     def __init__(
@@ -55,6 +63,7 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         detach_centers=True,
         detach_augmented=False,
         generator=None,
+        keyed_draws=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -83,6 +92,7 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         self.detach_centers = detach_centers
         self.detach_augmented = detach_augmented
         self.generator = generator
+        self.keyed_draws = keyed_draws
         self.add_to_recordable_attributes(
             list_of_names=["num_targets", "normalize_embeddings", "detach_augmented"],
             is_stat=False,
@@ -124,7 +134,10 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         n = embeddings.shape[0]
         with torch.no_grad():
             directions, norms = self.directions(embeddings, "embeddings")
-            keys = row_keys(embeddings)
+            keyed = self.keyed_draws
+            if keyed is None:
+                keyed = distributed.is_distributed()
+            keys = row_keys(embeddings) if keyed else None
         center_emb, center_labels, center_keys = directions, labels, keys
         if ref_emb is not None or ref_labels is not None:
             center_emb, center_labels, center_keys = self.with_reference(
@@ -144,13 +157,23 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             if self.target_pool == "batch"
             else torch.ones_like(centers.in_batch)
         )
+        sources = sample_rows if all_have_centres else sample_rows[source_samples]
+        if keyed:
+            source_keys = keys if all_have_centres else keys[source_samples]
+            seed = draw_seed(self.generator)
+
+            def score_fn():
+                return keyed_scores(source_keys, centers.labels, seed)
+
+        else:
+
+            def score_fn():
+                return random_scores(
+                    len(sources), len(centers.labels), sources.device, self.generator
+                )
+
         positions, target_rows = sample_target_rows(
-            sample_rows if all_have_centres else sample_rows[source_samples],
-            candidate_mask,
-            self.num_targets,
-            keys if all_have_centres else keys[source_samples],
-            centers.labels,
-            draw_seed(self.generator),
+            sources, candidate_mask, self.num_targets, score_fn
         )
         if all_have_centres and positions.shape[0] == n:  # one target each: no gathers
             source_indices = positions
@@ -207,8 +230,8 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         """Under torch.distributed, centres computed with the rows in an order given
         by their content (their keys), so that the float sums, hence the centres, are
         bit-identical however the batch is ordered (on every rank after a gather).
-        In one process the batch order is used (results agree to rounding)."""
-        if not distributed.is_distributed():
+        Otherwise the batch order is used (results agree to rounding)."""
+        if keys is None or not distributed.is_distributed():
             return self.centers(
                 embeddings, labels, self.target_pool == "all", validate=False
             )
@@ -234,11 +257,10 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             raise ValueError("ref_emb cannot be used with detach_centers=False")
         with torch.no_grad():
             ref_directions, _ = self.directions(ref_emb, "ref_emb")
-            ref_keys = row_keys(ref_emb)
         return (
             torch.cat([directions, ref_directions]),
             torch.cat([labels, ref_labels.to(labels.dtype)]),
-            torch.cat([keys, ref_keys]),
+            None if keys is None else torch.cat([keys, row_keys(ref_emb)]),
         )
 
     def batch_centers_with_gradient(self, embeddings, labels):

@@ -1,10 +1,11 @@
 """Vectorised choice of target classes for feature transforms.
 
-Draws are *keyed by content*, not by position: the random score of (sample,
-candidate class) is a hash of the sample's bits, the candidate's label and a per-call
-seed. Shuffling the batch therefore shuffles the targets with it, and processes that
-see the same samples in different orders (e.g. ranks after PML's
-``DistributedLossWrapper`` gathered a batch) choose the same targets.
+Random scores for every (sample, candidate class) pair come either from a generator
+(:func:`random_scores`) or *keyed by content* (:func:`keyed_scores`): a hash of the
+sample's bits, the candidate's label and a per-call seed. With keyed scores,
+shuffling the batch shuffles the targets with it, and processes that see the same
+samples in different orders (ranks after PML's ``DistributedLossWrapper`` gathered a
+batch) choose the same targets.
 """
 
 import functools
@@ -63,27 +64,33 @@ def draw_seed(generator=None, device="cpu"):
     )
 
 
-def keyed_scores(source_keys, candidate_keys, seed):
-    """Scores in [0, 1) for every (source, candidate) pair, from their keys."""
-    mixed = mix31(
-        source_keys.unsqueeze(1) * 0x2545F49 + mix31(candidate_keys ^ seed).unsqueeze(0)
-    )
+def keyed_scores(source_keys, candidate_labels, seed):
+    """Scores in [0, 1) for every (source, candidate) pair, from the sources' keys
+    (:func:`row_keys`), the candidates' labels and a seed (:func:`draw_seed`)."""
+    candidate_keys = mix31(fold31(candidate_labels) ^ seed)
+    mixed = mix31(source_keys.unsqueeze(1) * 0x2545F49 + candidate_keys.unsqueeze(0))
     return mixed.to(torch.float64) / (MASK31 + 1)
 
 
-def sample_target_rows(
-    source_rows, candidate_mask, num_targets, source_keys, row_labels, seed
-):
+def random_scores(num_sources, num_candidates, device, generator=None):
+    """Scores in [0, 1) from ``generator`` (on its own device) or the global RNG."""
+    if generator is None:
+        return torch.rand(num_sources, num_candidates, device=device)
+    return torch.rand(
+        num_sources, num_candidates, generator=generator, device=generator.device
+    ).to(device)
+
+
+def sample_target_rows(source_rows, candidate_mask, num_targets, score_fn):
     """For each source, pick up to ``num_targets`` distinct candidate rows other than
-    its own, uniformly at random (keyed by content, see the module docstring).
+    its own, uniformly at random.
 
     Args:
         source_rows: (S,) row of each source's own class centre (>= 0).
         candidate_mask: (K,) which centre rows may be targets.
         num_targets: targets per source.
-        source_keys: (S,) :func:`row_keys` of the sources.
-        row_labels: (K,) class label of each centre row (the candidates' keys).
-        seed: the per-call seed (:func:`draw_seed`).
+        score_fn: called with the source positions it needs (None: all), returns
+            (S, K) scores in [0, 1): :func:`random_scores` or :func:`keyed_scores`.
 
     Returns:
         (source_positions (M,), target_rows (M,)): position in ``source_rows`` and the
@@ -104,7 +111,7 @@ def sample_target_rows(
         return empty, empty
     # scores in [0, 1) for candidates; -1 for non-candidates and own rows, which
     # top-k then never picks since k <= the number of valid candidates
-    scores = keyed_scores(source_keys, fold31(row_labels), seed)
+    scores = score_fn()
     if num_candidates < num_rows:
         scores = scores.masked_fill(~candidate_mask, -1.0)
     scores = scores.scatter(1, source_rows.unsqueeze(1), -1.0)
