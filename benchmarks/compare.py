@@ -199,6 +199,29 @@ def plot_curves(results, path, losses, methods):
     plt.close(fig)
 
 
+def git_commit():
+    """The commit of the code that ran (best effort), for the results' provenance."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        return out + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def machine_description():
     import torch
 
@@ -287,6 +310,7 @@ def main(argv=None):
     header = [
         f"Command: `{command.strip()}`",
         f"Machine: {machine_description()}",
+        f"Code: commit {git_commit()}",
         f"Wall time: {(time.time() - started) / 60:.1f} min for {len(results)} runs "
         f"(finished runs are reused)",
         f"Data: {base['dataset']}, evaluated on the {base['split']} classes "
