@@ -134,9 +134,21 @@ def wrapper_overhead(batch_size, d, per_class, repeats, mode):
     def transform_only():
         sft(emb, labels)[0].backward(upstream)
 
+    def inner_forward():
+        inner(enlarged, enlarged_labels)
+
+    def transform_forward():
+        sft(emb, labels)
+
     warmup = 5
     t = median_times(
-        {"inner": inner_step, "wrapped": wrapped_step, "transform": transform_only},
+        {
+            "inner": inner_step,
+            "wrapped": wrapped_step,
+            "transform": transform_only,
+            "inner_forward": inner_forward,
+            "transform_forward": transform_forward,
+        },
         repeats,
         warmup=warmup,
     )
@@ -147,6 +159,8 @@ def wrapper_overhead(batch_size, d, per_class, repeats, mode):
         / t["inner"],
         "transform alone (centres, targets, rotation; fwd+bwd) / inner": t["transform"]
         / t["inner"],
+        "forward only: transform / inner loss": t["transform_forward"]
+        / t["inner_forward"],
     }, dict(t, compiled=compiled)
 
 
