@@ -158,22 +158,11 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             else torch.ones_like(centers.in_batch)
         )
         sources = sample_rows if all_have_centres else sample_rows[source_samples]
+        source_keys = None
         if keyed:
             source_keys = keys if all_have_centres else keys[source_samples]
-            seed = draw_seed(self.generator)
-
-            def score_fn():
-                return keyed_scores(source_keys, centers.labels, seed)
-
-        else:
-
-            def score_fn():
-                return random_scores(
-                    len(sources), len(centers.labels), sources.device, self.generator
-                )
-
-        positions, target_rows = sample_target_rows(
-            sources, candidate_mask, self.num_targets, score_fn
+        positions, target_rows = self.draw_targets(
+            sources, candidate_mask, centers.labels, source_keys
         )
         if all_have_centres and positions.shape[0] == n:  # one target each: no gathers
             source_indices = positions
@@ -203,6 +192,24 @@ class BaseFeatureAugmenter(ModuleWithRecords):
                 n, source_indices, candidate_mask, table, src_rows, target_rows
             )
         return aug, aug_labels, source_indices
+
+    def draw_targets(self, sources, candidate_mask, center_labels, source_keys=None):
+        """(source positions, target rows): keyed by content when ``source_keys``
+        are given, else drawn from the generator (or the global RNG)."""
+        if source_keys is not None:
+            seed = draw_seed(self.generator)
+
+            def score_fn():
+                return keyed_scores(source_keys, center_labels, seed)
+
+        else:
+
+            def score_fn():
+                return random_scores(
+                    len(sources), len(center_labels), sources.device, self.generator
+                )
+
+        return sample_target_rows(sources, candidate_mask, self.num_targets, score_fn)
 
     @staticmethod
     def directions(embeddings, name):
