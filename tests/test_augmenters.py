@@ -126,6 +126,25 @@ def test_generator_makes_draws_reproducible():
     assert all(torch.equal(a, b) for a, b in zip(*outs))
 
 
+@pytest.mark.parametrize("keyed", [False, True])
+def test_one_target_is_uniform_over_the_other_batch_classes(keyed):
+    x, y = _batch(classes=(3, 8, 11, 20), per_class=4)
+    sft = SphericalFeatureTransform(
+        generator=torch.Generator(device=DEVICE).manual_seed(0), keyed_draws=keyed
+    )
+    counts = torch.zeros(4, 4)
+    for i in range(300):
+        xi = x + 1e-3 * i  # new content each call, for the keyed draws
+        _, aug_y, src = sft(xi, y)
+        rows = torch.bucketize(y[src].cpu(), torch.tensor([3, 8, 11, 20]))
+        cols = torch.bucketize(aug_y.cpu(), torch.tensor([3, 8, 11, 20]))
+        counts.index_put_((rows, cols), torch.ones(len(rows)), accumulate=True)
+    assert counts.diagonal().sum() == 0  # never the sample's own class
+    off = counts[~torch.eye(4, dtype=torch.bool)]
+    # 1200 draws per source class over 3 others: 400 expected, sd ~16
+    assert off.min() > 330 and off.max() < 470, counts
+
+
 def test_gradients_reach_sources_unless_detached():
     x, y = _batch()
     x.requires_grad_()

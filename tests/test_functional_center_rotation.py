@@ -50,6 +50,20 @@ def test_gradcheck_fixed_and_trainable_centres():
     )
 
 
+def test_gradcheck_without_nearly_antipodal_centres():
+    # no patched rows: the backward pass reuses the forward's gathered centres
+    g = torch.Generator().manual_seed(1)
+    c = random_unit(5, 4, g).to(DEVICE)
+    x = torch.randn(8, 4, generator=g, dtype=torch.float64).to(DEVICE)
+    s, d = (torch.randint(0, 5, (8,), generator=g).to(DEVICE) for _ in range(2))
+    assert not bool(((c[s] * c[d]).sum(1) + 1 < 0.1).any())
+    xg = x.clone().requires_grad_()
+    for normalize in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda t: rotate_between_centers(t, c, s, d, normalize=normalize), [xg]
+        )
+
+
 @pytest.mark.parametrize(
     "mutate,err,match",
     [

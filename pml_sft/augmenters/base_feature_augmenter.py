@@ -9,6 +9,7 @@ from ..utils.checks import check_embeddings, check_finite, check_labels
 from ..utils.target_sampling import (
     draw_seed,
     keyed_scores,
+    random_other_rows,
     random_scores,
     row_keys,
     sample_target_rows,
@@ -148,25 +149,25 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         else:
             centers = self.batch_centers_with_gradient(embeddings, labels)
         sample_rows = centers.sample_rows[:n]
-        all_have_centres = bool((sample_rows >= 0).all())
+        all_have_centres = centers.dense or bool((sample_rows >= 0).all())
         source_samples = (
             None if all_have_centres else (sample_rows >= 0).nonzero().squeeze(1)
         )
+        all_candidates = centers.dense or self.target_pool == "all"
         candidate_mask = (
-            centers.in_batch
-            if self.target_pool == "batch"
-            else torch.ones_like(centers.in_batch)
+            torch.ones_like(centers.in_batch) if all_candidates else centers.in_batch
         )
         sources = sample_rows if all_have_centres else sample_rows[source_samples]
         source_keys = None
         if keyed:
             source_keys = keys if all_have_centres else keys[source_samples]
         positions, target_rows = self.draw_targets(
-            sources, candidate_mask, centers.labels, source_keys
+            sources, candidate_mask, centers.labels, source_keys, all_candidates
         )
         if all_have_centres and positions.shape[0] == n:  # one target each: no gathers
             source_indices = positions
             rows_x, rows_unit, rows_norms = embeddings, directions, norms
+            src_rows = sample_rows
         else:
             source_indices = (
                 positions
@@ -176,7 +177,7 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             rows_x = embeddings.index_select(0, source_indices)
             rows_unit = directions.index_select(0, source_indices)
             rows_norms = norms.index_select(0, source_indices)
-        src_rows = sample_rows.index_select(0, source_indices)
+            src_rows = sample_rows.index_select(0, source_indices)
         table = centers.centers
         if table.dtype != directions.dtype:
             table = torch.nn.functional.normalize(table.to(directions.dtype), dim=1)
@@ -193,9 +194,26 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             )
         return aug, aug_labels, source_indices
 
-    def draw_targets(self, sources, candidate_mask, center_labels, source_keys=None):
+    def draw_targets(
+        self,
+        sources,
+        candidate_mask,
+        center_labels,
+        source_keys=None,
+        all_candidates=False,
+    ):
         """(source positions, target rows): keyed by content when ``source_keys``
-        are given, else drawn from the generator (or the global RNG)."""
+        are given, else drawn from the generator (or the global RNG).
+        ``all_candidates`` says that ``candidate_mask`` is known to be all True."""
+        num_rows = len(center_labels)
+        if (
+            source_keys is None
+            and all_candidates
+            and self.num_targets == 1
+            and num_rows >= 2
+            and len(sources) > 0
+        ):
+            return random_other_rows(sources, num_rows, self.generator)
         if source_keys is not None:
             seed = draw_seed(self.generator)
 

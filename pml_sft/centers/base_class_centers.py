@@ -59,7 +59,9 @@ class BaseClassCenters(ModuleWithRecords):
         Returns (unique_labels (K,), inverse (N,), sums (K, D), counts (K,)); sums are
         accumulated in float32 for half-precision input.
         """
-        unique_labels, inverse = torch.unique(labels, return_inverse=True)
+        unique_labels, inverse, counts = torch.unique(
+            labels, return_inverse=True, return_counts=True
+        )
         dtype = accumulation_dtype(embeddings.dtype)
         sums = torch.zeros(
             unique_labels.shape[0],
@@ -68,7 +70,6 @@ class BaseClassCenters(ModuleWithRecords):
             device=embeddings.device,
         )
         sums.index_add_(0, inverse, embeddings.to(dtype))
-        counts = torch.bincount(inverse, minlength=unique_labels.shape[0])
         return unique_labels, inverse, sums, counts
 
     @staticmethod

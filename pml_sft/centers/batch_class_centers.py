@@ -47,6 +47,7 @@ class BatchClassCenters(BaseClassCenters):
                 centers=centers,
                 in_batch=valid,
                 sample_rows=inverse,
+                dense=True,
             )
         rows = valid.nonzero().squeeze(1)
         new_row = torch.full_like(counts, -1)

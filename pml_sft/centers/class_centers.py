@@ -16,12 +16,17 @@ class ClassCenters:
         in_batch: (K,) True where the class has samples in the current batch.
         sample_rows: (N,) for each sample of the batch, the row of its own class's
             centre, or -1 when its class has no usable centre.
+        dense: True when it is known that every row is a class of the batch and
+            every sample has a centre (``in_batch`` all True, no -1 in
+            ``sample_rows``), which lets callers skip those checks; False when
+            unknown.
     """
 
     labels: torch.Tensor
     centers: torch.Tensor
     in_batch: torch.Tensor
     sample_rows: torch.Tensor
+    dense: bool = False
 
     def __len__(self):
         return self.labels.shape[0]

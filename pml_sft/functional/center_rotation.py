@@ -9,7 +9,7 @@ augmenters cheap next to the loss they feed.
 import torch
 
 from ..utils.checks import check_embeddings, check_finite, check_unit_rows
-from .compilation import run_kernel
+from .compilation import run_kernel, wants_compiled
 from .rotation import ANTIPODAL_MARGIN, _compute_dtype, rotate
 
 
@@ -29,29 +29,49 @@ def _table_rotation_fusable(x, centers, gram, src_rows, dst_rows):
 
 def _table_rotation_eager(x, centers, gram, src_rows, dst_rows):
     """The same with the cheapest eager ops."""
+    return _eager_with_parts(x, centers, gram, src_rows, dst_rows)[:2]
+
+
+def _eager_with_parts(x, centers, gram, src_rows, dst_rows):
+    """The eager kernel, also returning the gathered centres and the safe
+    denominators, which the backward pass reuses."""
     a = centers.index_select(0, src_rows)
     b = centers.index_select(0, dst_rows)
     denom = 1 + gram.reshape(-1).index_select(0, src_rows * gram.shape[0] + dst_rows)
     near = denom < ANTIPODAL_MARGIN
+    denom = denom.masked_fill(near, 1.0)
+    return _closed_form_gathered(x, a, b, denom), near, a, b, denom
+
+
+def _closed_form_gathered(x, a, b, denom):
+    """R x for gathered centres ``a`` -> ``b`` and denominators 1 + <a, b>."""
     p = torch.linalg.vecdot(a, x)
-    q = torch.linalg.vecdot(b, x)
-    k = (p + q) / denom.masked_fill(near, 1.0)
+    k = (p + torch.linalg.vecdot(b, x)) / denom
     out = torch.addcmul(x, k.neg().unsqueeze(1), a)
-    return out.addcmul_((2 * p - k).unsqueeze(1), b), near
+    return out.addcmul_((2 * p - k).unsqueeze(1), b)
 
 
-def _rotate_with_table(x, centers, gram, src_rows, dst_rows):
-    out, near = run_kernel(
-        _table_rotation_fusable,
-        _table_rotation_eager,
-        x.numel(),
-        x,
-        centers,
-        gram,
-        src_rows,
-        dst_rows,
-    )
+def _rotate_with_table(x, centers, gram, src_rows, dst_rows, parts=None):
+    """R x; when ``parts`` is a list and the eager kernel ran without patching,
+    the gathered centres and denominators are appended to it for the backward."""
+    if wants_compiled(x.numel()):
+        out, near = run_kernel(
+            _table_rotation_fusable,
+            _table_rotation_eager,
+            x.numel(),
+            x,
+            centers,
+            gram,
+            src_rows,
+            dst_rows,
+        )
+    else:
+        out, near, a, b, denom = _eager_with_parts(x, centers, gram, src_rows, dst_rows)
+        if parts is not None:
+            parts.extend((a, b, denom))
     if near.any():  # nearly antipodal centres: the plane form of rotate()
+        if parts is not None:
+            parts.clear()
         rows = near.nonzero().squeeze(1)
         patched = rotate(
             x.index_select(0, rows),
@@ -71,13 +91,21 @@ class _RotateDirections(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, unit, norms, centers, gram, src_rows, dst_rows):
-        ctx.save_for_backward(unit, norms, centers, gram, src_rows, dst_rows)
-        return _rotate_with_table(unit, centers, gram, src_rows, dst_rows)
+        parts = []
+        out = _rotate_with_table(unit, centers, gram, src_rows, dst_rows, parts)
+        # without patched rows, the inverse rotation reuses the gathered centres
+        ctx.save_for_backward(unit, norms, centers, gram, src_rows, dst_rows, *parts)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        unit, norms, centers, gram, src_rows, dst_rows = ctx.saved_tensors
-        grad = _rotate_with_table(grad.contiguous(), centers, gram, dst_rows, src_rows)
+        unit, norms, centers, gram, src_rows, dst_rows, *parts = ctx.saved_tensors
+        grad = grad.contiguous()
+        if parts:
+            a, b, denom = parts
+            grad = _closed_form_gathered(grad, b, a, denom)
+        else:
+            grad = _rotate_with_table(grad, centers, gram, dst_rows, src_rows)
         if norms is not None:
             radial = torch.linalg.vecdot(unit, grad).unsqueeze(1)
             grad = torch.addcmul(grad, radial.neg(), unit).div_(norms)

@@ -81,6 +81,25 @@ def random_scores(num_sources, num_candidates, device, generator=None):
     ).to(device)
 
 
+def random_other_rows(source_rows, num_rows, generator=None):
+    """One target per source when every one of ``num_rows`` (>= 2) rows is a
+    candidate: a uniformly random row other than the source's own, as the own row
+    plus a random offset in [1, num_rows) (three small ops, no (S, K) scores).
+
+    Returns (source_positions (S,), target_rows (S,)) like :func:`sample_target_rows`.
+    """
+    device = source_rows.device
+    shape = (source_rows.shape[0],)
+    if generator is None:
+        offsets = torch.randint(1, num_rows, shape, device=device)
+    else:
+        offsets = torch.randint(
+            1, num_rows, shape, generator=generator, device=generator.device
+        ).to(device)
+    targets = (source_rows + offsets).remainder_(num_rows)
+    return torch.arange(shape[0], device=device), targets
+
+
 def sample_target_rows(source_rows, candidate_mask, num_targets, score_fn):
     """For each source, pick up to ``num_targets`` distinct candidate rows other than
     its own, uniformly at random.
