@@ -133,11 +133,15 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0], embeddings.device)
         n = embeddings.shape[0]
+        keyed = self.keyed_draws
+        if keyed is None:
+            keyed = distributed.is_distributed()
+        if self.fused_path_applies(n, keyed, ref_emb, ref_labels):
+            fused = self.fused_forward(embeddings, labels)
+            if fused is not None:
+                return fused
         with torch.no_grad():
             directions, norms = self.directions(embeddings, "embeddings")
-            keyed = self.keyed_draws
-            if keyed is None:
-                keyed = distributed.is_distributed()
             keys = row_keys(embeddings) if keyed else None
         center_emb, center_labels, center_keys = directions, labels, keys
         if ref_emb is not None or ref_labels is not None:
@@ -193,6 +197,51 @@ class BaseFeatureAugmenter(ModuleWithRecords):
                 n, source_indices, candidate_mask, table, src_rows, target_rows
             )
         return aug, aug_labels, source_indices
+
+    def fused_path_applies(self, n, keyed, ref_emb, ref_labels):
+        """Whether :meth:`fused_forward` may handle this call: the default setting
+        (plain batch centres, one target from the other classes, normalised output,
+        no reference set, unkeyed draws)."""
+        centers = self.centers
+        return (
+            n > 0
+            and type(centers) is BatchClassCenters
+            and not (centers.sync_distributed and distributed.is_distributed())
+            and self.detach_centers
+            and self.normalize_embeddings
+            and self.num_targets == 1
+            and not keyed
+            and ref_emb is None
+            and ref_labels is None
+        )
+
+    def fused_forward(self, embeddings, labels):
+        """The forward of the default setting in fused (compiled) kernels; returns
+        the same triple as :meth:`forward`, or None to use the general path.
+        Subclasses with such a path override it."""
+        return None
+
+    def fused_output(
+        self, embeddings, labels, unique_labels, aug, centers, src_rows, targets
+    ):
+        """Finish :meth:`fused_forward`: dtypes, detaching and statistics."""
+        n = embeddings.shape[0]
+        aug = aug.to(embeddings.dtype)
+        if self.detach_augmented:
+            aug = aug.detach()
+        source_indices = torch.arange(n, device=embeddings.device)
+        if self.collect_stats:
+            self.record_stats(
+                n,
+                source_indices,
+                torch.ones(len(centers), dtype=torch.bool, device=centers.device),
+                centers,
+                src_rows,
+                targets,
+            )
+        if self.centers.collect_stats:
+            self.centers.num_centers = self.centers.num_batch_classes = len(centers)
+        return aug, unique_labels[targets].to(labels.dtype), source_indices
 
     def draw_targets(
         self,

@@ -8,10 +8,11 @@ one ``RuntimeWarning`` and every later call uses the eager kernel.
 
 Modes (``set_compile_mode`` or the ``PML_SFT_COMPILE`` environment variable):
 
-* ``"auto"`` (default): compile for inputs of at least ``AUTO_MIN_NUMEL`` elements,
-  where fusion pays for itself (about 4x on a 4096 x 512 rotation on one CPU
-  thread); training-sized batches stay eager, where the gain measured here was
-  about 5% of the transform's time, not worth a compile delay at start-up.
+* ``"auto"`` (default): compile single kernels (``rotate``, rotations between
+  centres) for inputs of at least ``AUTO_MIN_NUMEL`` elements, where fusion pays for
+  itself (about 4x on a 4096 x 512 rotation on one CPU thread), and always compile
+  the SFT augmenter's fused batch pipeline (centres, rotation and its backward in two
+  kernels), which removes most of the eager operations at training batch sizes.
   The first compiled call takes seconds.
 * ``"always"``: compile whenever possible.
 * ``"never"``: always eager.
@@ -68,6 +69,35 @@ def wants_compiled(numel):
     return mode == "always" or numel >= AUTO_MIN_NUMEL
 
 
+def wants_compiled_pipeline():
+    """Whether fused pipelines (e.g. the SFT augmenter's batch path, where compiling
+    pays at training batch sizes too) should be compiled: in "auto" and "always"."""
+    return get_compile_mode() != "never" and _state["failed"] is None
+
+
+def run_compiled(fn, *args):
+    """``torch.compile(fn)(*args)``, or None where compilation is unavailable (the
+    first failure warns once and disables compilation, as in :func:`run_kernel`)."""
+    try:
+        compiled = _state["compiled"].get(fn)
+        if compiled is None:
+            compiled = _state["compiled"][fn] = _compile(fn)
+        return compiled(*args)
+    except Exception as e:
+        _disable(e)
+        return None
+
+
+def _disable(e):
+    _state["failed"] = e
+    warnings.warn(
+        f"pml_sft: torch.compile is unavailable here ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}); using the eager kernels",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
 def run_kernel(fusable_fn, eager_fn, numel, *args):
     """Run ``torch.compile(fusable_fn)`` when wanted and possible, else ``eager_fn``.
 
@@ -83,11 +113,5 @@ def run_kernel(fusable_fn, eager_fn, numel, *args):
             compiled = _state["compiled"][fusable_fn] = _compile(fusable_fn)
         return compiled(*args)
     except Exception as e:  # any compiler failure: fall back for the whole process
-        _state["failed"] = e
-        warnings.warn(
-            f"pml_sft: torch.compile is unavailable here ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); using the eager kernels",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        _disable(e)
         return eager_fn(*args)

@@ -1,0 +1,99 @@
+"""SFT on a batch in two compiled kernels: class means, rotation, and its backward.
+
+The augmenters' general path runs the class centres, the target draw and the
+rotation as separate modules, about 80 eager operations for a forward and backward
+pass, which at training batch sizes (e.g. 128 x 512) cost more than the arithmetic.
+For the default configuration (batch centres from the batch itself, one target per
+sample, normalised embeddings) :func:`rotate_to_class_means` computes the same result
+with one compiled kernel forward and one backward. It returns None where it does not
+apply (no compiler, or a batch the general path must handle: zero or non-finite rows,
+a class whose mean is zero, nearly antipodal centres), and the caller falls back.
+"""
+
+import torch
+
+from .compilation import run_compiled, wants_compiled_pipeline
+from .rotation import ANTIPODAL_MARGIN
+
+
+def _forward_fusable(x, inverse, targets, num_classes: int):
+    """Unit rows, their class means (normalised) and the rotation of every row from
+    its class's centre onto its target's centre, plus what validation needs."""
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    unit = x / norms
+    sums = torch.zeros(
+        (num_classes, x.shape[1]), dtype=x.dtype, device=x.device
+    ).index_add(0, inverse, unit)
+    center_norms = torch.linalg.vector_norm(sums, dim=1, keepdim=True)
+    centers = sums / center_norms
+    a = centers[inverse]
+    b = centers[targets]
+    p = (a * unit).sum(dim=1)
+    q = (b * unit).sum(dim=1)
+    denom = 1 + (a * b).sum(dim=1)
+    k = (p + q) / denom
+    out = unit - k.unsqueeze(1) * a + (2 * p - k).unsqueeze(1) * b
+    checks = torch.stack(
+        [norms.min(), norms.max(), center_norms.min(), denom.min(), out.sum()]
+    )
+    return out, unit, norms, centers, denom, checks
+
+
+def _backward_fusable(grad, unit, norms, centers, inverse, targets, denom):
+    """(I - u u^T) R^T g / |x|: the inverse rotation (target -> source centre) of the
+    incoming gradient, projected through the normalisation."""
+    a = centers[inverse]
+    b = centers[targets]
+    p = (b * grad).sum(dim=1)
+    k = (p + (a * grad).sum(dim=1)) / denom
+    h = grad - k.unsqueeze(1) * b + (2 * p - k).unsqueeze(1) * a
+    radial = (unit * h).sum(dim=1, keepdim=True)
+    return (h - radial * unit) / norms
+
+
+class _RotateToClassMeans(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, inverse, targets, num_classes):
+        result = run_compiled(_forward_fusable, x, inverse, targets, num_classes)
+        if result is None:
+            return None, None, None
+        out, unit, norms, centers, denom, checks = result
+        ctx.save_for_backward(unit, norms, centers, inverse, targets, denom)
+        ctx.mark_non_differentiable(centers, checks)
+        return out, centers, checks
+
+    @staticmethod
+    def backward(ctx, grad, *unused):
+        unit, norms, centers, inverse, targets, denom = ctx.saved_tensors
+        args = (grad.contiguous(), unit, norms, centers, inverse, targets, denom)
+        grad_x = run_compiled(_backward_fusable, *args)
+        if grad_x is None:  # the compiler failed after the forward worked
+            grad_x = _backward_fusable(*args)
+        return grad_x, None, None, None
+
+
+def rotate_to_class_means(x, inverse, targets, num_classes):
+    """Rotate each row of ``x`` (N, D) from the normalised mean of the unit rows of its
+    class, ``inverse[n]``, onto that of ``targets[n]`` (classes 0..num_classes-1,
+    each with at least one row). Differentiable w.r.t. ``x`` with fixed centres.
+
+    Returns (rotated unit rows (N, D), centres (num_classes, D)), or None when the
+    compiled path is off or unavailable, or the batch needs the general path (a
+    zero, non-finite or overflowing row, a class whose mean is zero, a nearly
+    antipodal centre pair).
+    """
+    if not wants_compiled_pipeline():
+        return None
+    out, centers, checks = _RotateToClassMeans.apply(x, inverse, targets, num_classes)
+    if out is None:
+        return None
+    smallest, largest, smallest_center, smallest_denom, total = checks.tolist()
+    tiny = torch.finfo(x.dtype).tiny
+    ok = (
+        smallest > tiny
+        and largest < float("inf")
+        and smallest_center > torch.finfo(x.dtype).eps
+        and smallest_denom >= ANTIPODAL_MARGIN
+        and abs(total) < float("inf")
+    )
+    return (out, centers) if ok else None

@@ -1,0 +1,151 @@
+"""The SFT augmenter's fused (compiled) batch path gives what the general path gives."""
+
+import warnings
+
+import pytest
+import torch
+
+from pml_sft import BatchClassCenters, SFTLoss, SphericalFeatureTransform
+from pml_sft.functional import batch_rotation, compilation
+
+from .helpers import DEVICE, unit
+
+
+@pytest.fixture
+def compile_mode():
+    old = compilation.get_compile_mode()
+    compilation.reset_compile_state()
+    yield compilation.set_compile_mode
+    compilation.set_compile_mode(old)
+    compilation.reset_compile_state()
+
+
+def _batch(dtype, n_classes=6, per_class=4, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.arange(n_classes) * 7 + 3).repeat_interleave(per_class)
+    x = torch.randn(n_classes * per_class, d, generator=g, dtype=torch.float64)
+    return x.to(dtype=dtype, device=DEVICE), labels.to(DEVICE)
+
+
+def _run(mode, compile_mode, x, labels, **kwargs):
+    compile_mode(mode)
+    sft = SphericalFeatureTransform(
+        generator=torch.Generator(device=DEVICE).manual_seed(5), **kwargs
+    )
+    xg = x.clone().requires_grad_()
+    aug, aug_labels, src = sft(xg, labels)
+    aug.float().pow(3).sum().backward()
+    return aug.detach(), aug_labels, src, xg.grad, sft
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_fused_path_matches_general_path(compile_mode, dtype):
+    x, labels = _batch(dtype)
+    eager = _run("never", compile_mode, x, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # fails if it fell back
+        fused = _run("auto", compile_mode, x, labels)
+    assert compilation.compile_failure() is None
+    atol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+    assert fused[0].dtype == dtype
+    assert torch.allclose(fused[0].double(), eager[0].double(), atol=atol)
+    assert torch.equal(fused[1], eager[1]) and torch.equal(fused[2], eager[2])
+    assert torch.allclose(fused[3].double(), eager[3].double(), atol=10 * atol)
+
+
+def test_fused_path_is_used_and_records_stats(compile_mode, monkeypatch):
+    calls = []
+    real = batch_rotation._RotateToClassMeans.apply
+    monkeypatch.setattr(
+        batch_rotation._RotateToClassMeans,
+        "apply",
+        lambda *a: calls.append(1) or real(*a),
+    )
+    x, labels = _batch(torch.float64)
+    eager = _run("never", compile_mode, x, labels, collect_stats=True)[-1]
+    assert not calls
+    fused = _run("auto", compile_mode, x, labels, collect_stats=True)[-1]
+    assert calls
+    for name in ("num_augmented", "num_unmoved_samples", "num_target_classes"):
+        assert getattr(fused, name) == getattr(eager, name)
+    assert fused.mean_center_angle == pytest.approx(eager.mean_center_angle)
+
+
+def test_fused_output_keeps_the_angle_to_the_class_centre(compile_mode):
+    # the rotation carries the own centre onto the target's and keeps inner products
+    x, labels = _batch(torch.float64)
+    compile_mode("auto")
+    sft = SphericalFeatureTransform(generator=torch.Generator().manual_seed(0))
+    aug, aug_labels, src = sft(x, labels)
+    xs = unit(x)
+    centres = {lab.item(): unit(xs[labels == lab].mean(0)) for lab in labels.unique()}
+    for i in range(len(aug)):
+        own, target = centres[labels[src[i]].item()], centres[aug_labels[i].item()]
+        assert aug_labels[i] != labels[src[i]]
+        assert torch.isclose(aug[i] @ target, xs[src[i]] @ own, atol=1e-10)
+        assert torch.isclose(aug[i].norm(), torch.ones((), dtype=x.dtype))
+
+
+@pytest.mark.parametrize(
+    "case", ["antipodal", "zero_row", "nan", "singleton", "one_class", "options"]
+)
+def test_general_path_takes_over(compile_mode, case):
+    x, labels = _batch(torch.float64)
+    kwargs = {}
+    if case == "antipodal":  # class 2 = -class 0: the plane form is needed
+        x[8:12] = -x[0:4]
+    elif case == "zero_row":
+        x[3] = 0
+    elif case == "nan":
+        x[3, 1] = float("nan")
+    elif case == "singleton":
+        labels = labels.clone()
+        labels[0] = 999
+    elif case == "one_class":
+        labels = torch.zeros_like(labels)
+    else:
+        kwargs = {"num_targets": 2, "centers": BatchClassCenters(min_samples=1)}
+    outcomes = []
+    for mode in ("never", "auto"):
+        compile_mode(mode)
+        sft = SphericalFeatureTransform(
+            generator=torch.Generator().manual_seed(1), **kwargs
+        )
+        try:
+            aug, aug_labels, src = sft(x, labels)
+            outcomes.append((aug.shape, src.shape, bool(torch.isfinite(aug).all())))
+        except ValueError as e:
+            outcomes.append(str(e))
+    assert outcomes[0] == outcomes[1]
+    assert compilation.compile_failure() is None
+
+
+def test_fused_path_compile_failure_falls_back(compile_mode, monkeypatch):
+    def broken(fn):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(compilation, "_compile", broken)
+    x, labels = _batch(torch.float64)
+    compile_mode("auto")
+    with pytest.warns(RuntimeWarning, match="torch.compile is unavailable"):
+        aug, _, _ = SphericalFeatureTransform()(x, labels)
+    assert aug.shape == x.shape and bool(torch.isfinite(aug).all())
+
+
+def test_wrapped_loss_same_on_both_paths(compile_mode):
+    from pytorch_metric_learning import losses
+
+    x, labels = _batch(torch.float64, n_classes=8, d=8)
+    results = []
+    for mode in ("never", "auto"):
+        compile_mode(mode)
+        loss_func = SFTLoss(
+            losses.MultiSimilarityLoss(), generator=torch.Generator().manual_seed(3)
+        )
+        xg = x.clone().requires_grad_()
+        loss = loss_func(xg, labels)
+        loss.backward()
+        results.append((loss.detach(), xg.grad))
+    assert compilation.compile_failure() is None
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-10)
