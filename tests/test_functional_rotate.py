@@ -212,15 +212,6 @@ def test_check_false_skips_value_checks():
     assert out.shape == x.shape
 
 
-@pytest.fixture
-def compile_mode():
-    old = compilation.get_compile_mode()
-    compilation.reset_compile_state()
-    yield compilation.set_compile_mode
-    compilation.set_compile_mode(old)
-    compilation.reset_compile_state()
-
-
 def test_compiled_path_matches_eager(compile_mode):
     x, a, b = _inputs(300, 64, torch.float32)
     b[0] = -a[0]

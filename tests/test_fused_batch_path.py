@@ -11,15 +11,6 @@ from pml_sft.functional import batch_rotation, compilation
 from .helpers import DEVICE, unit
 
 
-@pytest.fixture
-def compile_mode():
-    old = compilation.get_compile_mode()
-    compilation.reset_compile_state()
-    yield compilation.set_compile_mode
-    compilation.set_compile_mode(old)
-    compilation.reset_compile_state()
-
-
 def _batch(dtype, n_classes=6, per_class=4, d=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     labels = (torch.arange(n_classes) * 7 + 3).repeat_interleave(per_class)
