@@ -12,6 +12,7 @@ a class whose mean is zero, nearly antipodal centres), and the caller falls back
 
 import torch
 
+from .center_rotation import closed_form_fusable
 from .compilation import run_compiled, wants_compiled_pipeline
 from .rotation import ANTIPODAL_MARGIN
 
@@ -28,11 +29,8 @@ def _forward_fusable(x, inverse, targets, num_classes: int):
     centers = sums / center_norms
     a = centers[inverse]
     b = centers[targets]
-    p = (a * unit).sum(dim=1)
-    q = (b * unit).sum(dim=1)
     denom = 1 + (a * b).sum(dim=1)
-    k = (p + q) / denom
-    out = unit - k.unsqueeze(1) * a + (2 * p - k).unsqueeze(1) * b
+    out = closed_form_fusable(unit, a, b, denom)
     # finite rows with nonzero norms, nonzero class means and denominators >= the
     # antipodal margin bound every term of ``out``: these four decide validity
     checks = torch.stack([norms.min(), norms.max(), center_norms.min(), denom.min()])
@@ -42,11 +40,7 @@ def _forward_fusable(x, inverse, targets, num_classes: int):
 def _backward_fusable(grad, unit, norms, centers, inverse, targets, denom):
     """(I - u u^T) R^T g / |x|: the inverse rotation (target -> source centre) of the
     incoming gradient, projected through the normalisation."""
-    a = centers[inverse]
-    b = centers[targets]
-    p = (b * grad).sum(dim=1)
-    k = (p + (a * grad).sum(dim=1)) / denom
-    h = grad - k.unsqueeze(1) * b + (2 * p - k).unsqueeze(1) * a
+    h = closed_form_fusable(grad, centers[targets], centers[inverse], denom)
     radial = (unit * h).sum(dim=1, keepdim=True)
     return (h - radial * unit) / norms
 

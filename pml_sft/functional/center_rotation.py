@@ -9,32 +9,31 @@ augmenters cheap next to the loss they feed.
 import torch
 
 from ..utils.checks import check_embeddings, check_finite, check_unit_rows
-from .compilation import run_kernel, wants_compiled
+from .compilation import run_compiled, wants_compiled
 from .rotation import ANTIPODAL_MARGIN, _compute_dtype, rotate
 
 
-def _table_rotation_fusable(x, centers, gram, src_rows, dst_rows):
-    """Closed form R x = x - k a + (2 <a,x> - k) b with k = <a+b, x> / (1 + <a,b>),
-    a = centers[src_rows], b = centers[dst_rows], <a, b> from the Gram matrix; in
-    the simple ops a compiler fuses into one pass (no gathered copies)."""
-    a = centers[src_rows]
-    b = centers[dst_rows]
+def closed_form_fusable(x, a, b, denom):
+    """R x = x - k a + (2 <a,x> - k) b with k = <a+b, x> / denom, denom = 1 + <a,b>
+    (made safe by the caller), for gathered centres ``a`` -> ``b``, in the simple
+    ops a compiler fuses into one pass. Swapping ``a`` and ``b`` gives R^T x."""
     p = (a * x).sum(dim=1)
-    q = (b * x).sum(dim=1)
+    k = (p + (b * x).sum(dim=1)) / denom
+    return x - k.unsqueeze(1) * a + (2 * p - k).unsqueeze(1) * b
+
+
+def _table_rotation_fusable(x, centers, gram, src_rows, dst_rows):
+    """:func:`closed_form_fusable` with a = centers[src_rows], b = centers[dst_rows]
+    and <a, b> from the Gram matrix (no gathered copies once compiled)."""
     denom = 1 + gram[src_rows, dst_rows]
     near = denom < ANTIPODAL_MARGIN
-    k = (p + q) / torch.where(near, torch.ones_like(denom), denom)
-    return x - k.unsqueeze(1) * a + (2 * p - k).unsqueeze(1) * b, near
-
-
-def _table_rotation_eager(x, centers, gram, src_rows, dst_rows):
-    """The same with the cheapest eager ops."""
-    return _eager_with_parts(x, centers, gram, src_rows, dst_rows)[:2]
+    safe = torch.where(near, torch.ones_like(denom), denom)
+    return closed_form_fusable(x, centers[src_rows], centers[dst_rows], safe), near
 
 
 def _eager_with_parts(x, centers, gram, src_rows, dst_rows):
-    """The eager kernel, also returning the gathered centres and the safe
-    denominators, which the backward pass reuses."""
+    """The same in the cheapest eager ops, also returning the gathered centres and
+    the safe denominators, which the backward pass reuses."""
     a = centers.index_select(0, src_rows)
     b = centers.index_select(0, dst_rows)
     denom = 1 + gram.reshape(-1).index_select(0, src_rows * gram.shape[0] + dst_rows)
@@ -54,19 +53,14 @@ def _closed_form_gathered(x, a, b, denom):
 def _rotate_with_table(x, centers, gram, src_rows, dst_rows, parts=None):
     """R x; when ``parts`` is a list and the eager kernel ran without patching,
     the gathered centres and denominators are appended to it for the backward."""
-    if wants_compiled(x.numel()):
-        out, near = run_kernel(
-            _table_rotation_fusable,
-            _table_rotation_eager,
-            x.numel(),
-            x,
-            centers,
-            gram,
-            src_rows,
-            dst_rows,
-        )
+    args = (x, centers, gram, src_rows, dst_rows)
+    result = None
+    if wants_compiled(x.numel()):  # None as well where compilation failed
+        result = run_compiled(_table_rotation_fusable, *args)
+    if result is not None:
+        out, near = result
     else:
-        out, near, a, b, denom = _eager_with_parts(x, centers, gram, src_rows, dst_rows)
+        out, near, a, b, denom = _eager_with_parts(*args)
         if parts is not None:
             parts.extend((a, b, denom))
     if near.any():  # nearly antipodal centres: the plane form of rotate()

@@ -83,7 +83,7 @@ def run_compiled(fn, *args):
         if compiled is None:
             compiled = _state["compiled"][fn] = _compile(fn)
         return compiled(*args)
-    except Exception as e:
+    except Exception as e:  # any compiler failure: fall back for the whole process
         _disable(e)
         return None
 
@@ -105,13 +105,8 @@ def run_kernel(fusable_fn, eager_fn, numel, *args):
     elementwise ops a compiler fuses best, ``eager_fn`` in the ops that are fastest
     one at a time.
     """
-    if not wants_compiled(numel):
-        return eager_fn(*args)
-    try:
-        compiled = _state["compiled"].get(fusable_fn)
-        if compiled is None:
-            compiled = _state["compiled"][fusable_fn] = _compile(fusable_fn)
-        return compiled(*args)
-    except Exception as e:  # any compiler failure: fall back for the whole process
-        _disable(e)
-        return eager_fn(*args)
+    if wants_compiled(numel):
+        result = run_compiled(fusable_fn, *args)
+        if result is not None:
+            return result
+    return eager_fn(*args)
