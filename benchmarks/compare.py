@@ -24,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .train import LOSSES, METHODS, METRICS, RunConfig, add_config_arguments, run
+from .train import (
+    LOSSES,
+    METHODS,
+    METRICS,
+    RunConfig,
+    add_config_arguments,
+    build_datasets,
+    run,
+)
 
 DEFAULT_LOSSES = ("contrastive", "multisimilarity", "triplet", "proxyanchor")
 
@@ -73,6 +81,8 @@ def run_all(configs, out, workers):
             )
             results.append(result)
         return results
+    # fetch and cache the data once here, not in every worker at the same time
+    build_datasets(RunConfig(**jobs[0][0]))
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, maxtasksperchild=1) as pool:
         for i, (result, seconds) in enumerate(pool.imap_unordered(_run_job, jobs), 1):

@@ -5,6 +5,7 @@ import io
 import json
 import stat
 import tarfile
+import threading
 
 import numpy as np
 import pytest
@@ -165,6 +166,36 @@ def test_prepare_is_idempotent(fake_packages, tmp_path, monkeypatch):
     )
     second = emoji.prepare(tmp_path / "cache", image_size=8, progress=False)
     assert np.array_equal(first["images"], second["images"])
+
+
+def test_prepare_at_the_same_time(fake_packages, tmp_path, monkeypatch):
+    # two callers (e.g. benchmark workers) render and write the cache at once
+    barrier = threading.Barrier(2)
+    render = emoji.render_all
+
+    def render_together(*args, **kwargs):
+        data = render(*args, **kwargs)
+        barrier.wait(timeout=60)
+        return data
+
+    monkeypatch.setattr(emoji, "fetch_packages", lambda folder: fake_packages)
+    monkeypatch.setattr(emoji, "render_all", render_together)
+    results, errors = [], []
+
+    def prepare():
+        try:
+            results.append(emoji.prepare(tmp_path / "c", image_size=8, progress=False))
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=prepare) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert np.array_equal(results[0]["images"], results[1]["images"])
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["emoji_v1_8px.npz"]
 
 
 def test_class_split_is_disjoint_seeded_and_covers_everything():

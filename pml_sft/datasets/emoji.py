@@ -18,6 +18,7 @@ import io
 import json
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,19 +53,25 @@ def fetch_packages(download_dir, packages=PACKAGES, npm="npm"):
     for vendor, spec in packages.items():
         path = download_dir / tarball_name(spec)
         if not path.exists():
-            try:
-                subprocess.run(
-                    [npm, "pack", spec, "--silent"],
-                    cwd=download_dir,
-                    check=True,
-                    stdout=subprocess.DEVNULL,
-                )
-            except FileNotFoundError as e:
-                raise RuntimeError(
-                    "npm is needed to fetch the emoji packages (Node.js's package manager)"
-                ) from e
-            if not path.exists():
-                raise RuntimeError(f"npm pack {spec} did not produce {path}")
+            # pack into a folder of this call's own, then an atomic rename, so that a
+            # process preparing at the same time never reads a half-written tarball
+            with tempfile.TemporaryDirectory(dir=download_dir) as private:
+                try:
+                    subprocess.run(
+                        [npm, "pack", spec, "--silent"],
+                        cwd=private,
+                        check=True,
+                        stdout=subprocess.DEVNULL,
+                    )
+                except FileNotFoundError as e:
+                    raise RuntimeError(
+                        "npm is needed to fetch the emoji packages (Node.js's package "
+                        "manager)"
+                    ) from e
+                packed = Path(private) / path.name
+                if not packed.exists():
+                    raise RuntimeError(f"npm pack {spec} did not produce {path.name}")
+                packed.replace(path)
         paths[vendor] = path
     return paths
 
@@ -235,9 +242,13 @@ def prepare(cache_dir=".cache/pml_sft", image_size=32, max_classes=None, progres
         packages = fetch_packages(Path(cache_dir) / "downloads")
         data = render_all(packages, image_size, progress, max_classes)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, **data)
-        tmp.replace(path)
+        # a temporary file of this call's own, then an atomic rename: callers
+        # preparing at the same time each write a whole file, and the last one wins
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=path.stem, suffix=".tmp.npz", delete=False
+        ) as tmp:
+            np.savez_compressed(tmp, **data)
+        Path(tmp.name).replace(path)
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
 
