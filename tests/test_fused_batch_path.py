@@ -112,10 +112,11 @@ def test_general_path_takes_over(compile_mode, case):
 
 
 def test_fused_path_compile_failure_falls_back(compile_mode, monkeypatch):
-    def broken(fn):
+    def broken(*args):
         raise RuntimeError("no compiler here")
 
     monkeypatch.setattr(compilation, "_compile", broken)
+    monkeypatch.setattr(compilation, "_trace_and_compile", broken)
     x, labels = _batch(torch.float64)
     compile_mode("auto")
     with pytest.warns(RuntimeWarning, match="torch.compile is unavailable"):
@@ -140,3 +141,83 @@ def test_wrapped_loss_same_on_both_paths(compile_mode):
     assert compilation.compile_failure() is None
     assert torch.allclose(results[0][0], results[1][0], atol=1e-12)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-10)
+
+
+def _traced_kernels():
+    return dict(compilation._state["traced"])
+
+
+def test_traced_kernels_are_reused_per_layout(compile_mode):
+    compile_mode("auto")
+    x, labels = _batch(torch.float64)
+    eager = _run("never", compile_mode, x, labels)
+    compile_mode("auto")
+    first = _run("auto", compile_mode, x, labels)
+    kernels = _traced_kernels()
+    assert len(kernels) == 2  # one forward, one backward
+    second = _run("auto", compile_mode, x, labels)
+    assert _traced_kernels() == kernels  # same layout: the same kernels, no retrace
+    for got in (first, second):
+        assert torch.allclose(got[0], eager[0], atol=1e-12)
+        assert torch.allclose(got[3], eager[3], atol=1e-10)
+    _run("auto", compile_mode, *_batch(torch.float64, n_classes=5))
+    assert len(_traced_kernels()) == 4  # a new batch shape: new kernels
+
+
+@pytest.mark.parametrize("cause", ["tracing fails", "too many layouts"])
+def test_dynamo_takes_over_from_traced_kernels(compile_mode, monkeypatch, cause):
+    calls = []
+    real = compilation.run_compiled
+    monkeypatch.setattr(
+        compilation, "run_compiled", lambda *a: calls.append(1) or real(*a)
+    )
+    if cause == "tracing fails":
+
+        def broken(*args):
+            raise RuntimeError("no tracing here")
+
+        monkeypatch.setattr(compilation, "_trace_and_compile", broken)
+    else:
+        monkeypatch.setattr(compilation, "TRACED_LAYOUTS", 0)
+    x, labels = _batch(torch.float64)
+    eager = _run("never", compile_mode, x, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager
+        fused = _run("auto", compile_mode, x, labels)
+    assert calls and not _traced_kernels()
+    assert compilation.compile_failure() is None
+    assert torch.allclose(fused[0], eager[0], atol=1e-12)
+    assert torch.allclose(fused[3], eager[3], atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("mode", ["never", "auto"])
+@pytest.mark.parametrize("detach_augmented", [False, True])
+def test_augmented_batch_is_the_batch_plus_the_call(
+    compile_mode, dtype, mode, detach_augmented
+):
+    x, labels = _batch(dtype)
+    aug, aug_labels, _, grad, _ = _run(mode, compile_mode, x, labels)
+    sft = SphericalFeatureTransform(
+        generator=torch.Generator(device=DEVICE).manual_seed(5),
+        detach_augmented=detach_augmented,
+    )
+    xg = x.clone().requires_grad_()
+    all_emb, all_labels = sft.augmented_batch(xg, labels)
+    n = x.shape[0]
+    assert all_emb.dtype == dtype and all_emb.shape == (2 * n, x.shape[1])
+    assert torch.equal(all_emb[:n].detach(), x)
+    assert torch.equal(all_labels, torch.cat([labels, aug_labels]))
+    atol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+    assert torch.allclose(all_emb[n:].detach().double(), aug.double(), atol=atol)
+    # the gradient of the copies plus that through the transform (if not detached)
+    if detach_augmented:
+        assert all_emb.requires_grad  # through the copied rows only (checked below)
+    else:
+        all_emb[n:].float().pow(3).sum().backward(retain_graph=True)
+        assert torch.allclose(xg.grad.double(), grad.double(), atol=10 * atol)
+        xg.grad = None
+    all_emb.float().pow(3).sum().backward()
+    direct = 3 * x.float().pow(2)
+    expected = direct if detach_augmented else direct + grad.float()
+    assert torch.allclose(xg.grad.float(), expected, atol=100 * atol, rtol=1e-3)

@@ -129,6 +129,17 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         Returns:
             aug_embeddings (M, D), aug_labels (M,), source_indices (M,).
         """
+        return self.augment(embeddings, labels, ref_emb, ref_labels)
+
+    def augmented_batch(self, embeddings, labels):
+        """The batch with its augmented samples appended, as the loss wrappers train
+        on it: ``(torch.cat([embeddings, aug_embeddings]), torch.cat([labels,
+        aug_labels]))``. The same as concatenating the output of a call, in fewer
+        operations where a fused path applies."""
+        return self.augment(embeddings, labels, append=True)
+
+    def augment(self, embeddings, labels, ref_emb=None, ref_labels=None, append=False):
+        """:meth:`forward`, or :meth:`augmented_batch` when ``append``."""
         self.reset_stats()
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0], embeddings.device)
@@ -137,7 +148,7 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         if keyed is None:
             keyed = distributed.is_distributed()
         if self.fused_path_applies(n, keyed, ref_emb, ref_labels):
-            fused = self.fused_forward(embeddings, labels)
+            fused = self.fused_forward(embeddings, labels, append)
             if fused is not None:
                 return fused
         with torch.no_grad():
@@ -196,6 +207,8 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             self.record_stats(
                 n, source_indices, candidate_mask, table, src_rows, target_rows
             )
+        if append:
+            return torch.cat([embeddings, aug]), torch.cat([labels, aug_labels])
         return aug, aug_labels, source_indices
 
     def fused_path_applies(self, n, keyed, ref_emb, ref_labels):
@@ -215,22 +228,35 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             and ref_labels is None
         )
 
-    def fused_forward(self, embeddings, labels):
+    def fused_forward(self, embeddings, labels, append=False):
         """The forward of the default setting in fused (compiled) kernels; returns
-        the same triple as :meth:`forward`, or None to use the general path.
+        the same triple as :meth:`augment`, or None to use the general path.
         Subclasses with such a path override it."""
         return None
 
     def fused_output(
-        self, embeddings, labels, unique_labels, aug, centers, src_rows, targets
+        self,
+        embeddings,
+        labels,
+        rows,
+        row_labels,
+        centers,
+        src_rows,
+        targets,
+        append,
+        appended_by_kernel,
     ):
-        """Finish :meth:`fused_forward`: dtypes, detaching and statistics."""
+        """Finish :meth:`fused_forward`: dtypes, detaching, statistics and, when
+        ``append``, the enlarged batch. ``rows`` and ``row_labels`` are the new
+        samples, or the whole enlarged batch when ``appended_by_kernel``."""
         n = embeddings.shape[0]
-        aug = aug.to(embeddings.dtype)
-        if self.detach_augmented:
-            aug = aug.detach()
-        source_indices = torch.arange(n, device=embeddings.device)
+        if not appended_by_kernel:
+            rows = rows.to(embeddings.dtype)
+            if self.detach_augmented:
+                rows = rows.detach()
+        source_indices = None
         if self.collect_stats:
+            source_indices = torch.arange(n, device=embeddings.device)
             self.record_stats(
                 n,
                 source_indices,
@@ -241,7 +267,13 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             )
         if self.centers.collect_stats:
             self.centers.num_centers = self.centers.num_batch_classes = len(centers)
-        return aug, unique_labels[targets].to(labels.dtype), source_indices
+        if appended_by_kernel:
+            return rows, row_labels
+        if append:
+            return torch.cat([embeddings, rows]), torch.cat([labels, row_labels])
+        if source_indices is None:
+            source_indices = torch.arange(n, device=embeddings.device)
+        return rows, row_labels, source_indices
 
     def draw_targets(
         self,

@@ -3,7 +3,7 @@ import torch
 from ..functional.batch_rotation import rotate_to_class_means
 from ..functional.center_rotation import rotate_directions_between_centers
 from ..functional.compilation import wants_compiled_pipeline
-from ..utils.target_sampling import random_other_rows
+from ..utils.target_sampling import random_offsets
 from .base_feature_augmenter import BaseFeatureAugmenter
 
 
@@ -29,7 +29,7 @@ class SphericalFeatureTransform(BaseFeatureAugmenter):
             x, unit, norms, centers, src_rows, dst_rows
         )
 
-    def fused_forward(self, embeddings, labels):
+    def fused_forward(self, embeddings, labels, append=False):
         # where the fused path declines after drawing (rare: invalid rows, a zero
         # class mean, nearly antipodal centres), the general path draws again
         if not wants_compiled_pipeline():
@@ -40,13 +40,25 @@ class SphericalFeatureTransform(BaseFeatureAugmenter):
         num_classes = unique_labels.shape[0]
         if num_classes < 2 or int(counts.min()) < self.centers.min_samples:
             return None
-        targets = random_other_rows(inverse, num_classes, self.generator)[1]
-        result = rotate_to_class_means(
-            self.compute_dtype(embeddings), inverse, targets, num_classes
+        offsets = random_offsets(
+            labels.shape[0], num_classes, labels.device, self.generator
         )
+        x = self.compute_dtype(embeddings)
+        # the kernels append the new rows themselves unless a dtype conversion or
+        # detaching has to come between
+        in_kernel = append and x is embeddings and not self.detach_augmented
+        result = rotate_to_class_means(x, inverse, offsets, unique_labels, in_kernel)
         if result is None:
             return None
-        aug, centers = result
+        rows, row_labels, centers, targets = result
         return self.fused_output(
-            embeddings, labels, unique_labels, aug, centers, inverse, targets
+            embeddings,
+            labels,
+            rows,
+            row_labels,
+            centers,
+            inverse,
+            targets,
+            append,
+            in_kernel,
         )

@@ -5,21 +5,30 @@ rotation as separate modules, about 80 eager operations for a forward and backwa
 pass, which at training batch sizes (e.g. 128 x 512) cost more than the arithmetic.
 For the default configuration (batch centres from the batch itself, one target per
 sample, normalised embeddings) :func:`rotate_to_class_means` computes the same result
-with one compiled kernel forward and one backward. It returns None where it does not
-apply (no compiler, or a batch the general path must handle: zero or non-finite rows,
-a class whose mean is zero, nearly antipodal centres), and the caller falls back.
+(targets, centres, rotated rows and their labels) with one compiled kernel forward
+and one backward; with ``append=True`` the kernels also build the enlarged batch
+(the input rows followed by the rotated ones, and their labels) and sum the
+gradients of both copies, which saves the loss wrapper a concatenation and its
+backward. At these sizes every operation saved counts: the per-call cost of an
+operation is comparable to its arithmetic. It returns None where it does not apply
+(no compiler, or a batch the general path must handle: zero or non-finite rows, a
+class whose mean is zero, nearly antipodal centres), and the caller falls back.
 """
 
 import torch
 
 from .center_rotation import closed_form_fusable
-from .compilation import run_compiled, wants_compiled_pipeline
+from .compilation import run_traced, wants_compiled_pipeline
 from .rotation import ANTIPODAL_MARGIN
 
 
-def _forward_fusable(x, inverse, targets, num_classes: int):
-    """Unit rows, their class means (normalised) and the rotation of every row from
-    its class's centre onto its target's centre, plus what validation needs."""
+def _forward_fusable(x, inverse, offsets, class_labels, append: bool):
+    """Targets (each row's class plus its offset, modulo the number of classes), the
+    unit rows' class means (normalised) and the rotation of every row from its
+    class's centre onto its target's centre, with the new rows' labels (after the
+    rows of ``x`` and their labels when ``append``), plus what validation needs."""
+    num_classes = class_labels.shape[0]
+    targets = (inverse + offsets) % num_classes
     norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
     unit = x / norms
     sums = torch.zeros(
@@ -31,62 +40,80 @@ def _forward_fusable(x, inverse, targets, num_classes: int):
     b = centers[targets]
     denom = 1 + (a * b).sum(dim=1)
     out = closed_form_fusable(unit, a, b, denom)
+    out_labels = class_labels[targets]
+    if append:
+        out = torch.cat([x, out])
+        out_labels = torch.cat([class_labels[inverse], out_labels])
     # finite rows with nonzero norms, nonzero class means and denominators >= the
     # antipodal margin bound every term of ``out``: these four decide validity
     checks = torch.stack([norms.min(), norms.max(), center_norms.min(), denom.min()])
-    return out, unit, norms, centers, denom, checks
+    return out, out_labels, norms, centers, targets, checks
 
 
-def _backward_fusable(grad, unit, norms, centers, inverse, targets, denom):
-    """(I - u u^T) R^T g / |x|: the inverse rotation (target -> source centre) of the
-    incoming gradient, projected through the normalisation."""
-    h = closed_form_fusable(grad, centers[targets], centers[inverse], denom)
+def _backward_fusable(grad, x, norms, centers, inverse, targets, append: bool):
+    """(I - u u^T) R^T g / |x| with u = x / |x|: the inverse rotation (target ->
+    source centre) of the incoming gradient, projected through the normalisation;
+    when ``append``, ``grad`` covers the enlarged batch and the gradient of the
+    copied rows is added."""
+    n = x.shape[0]
+    rotated_grad = grad[n:] if append else grad
+    a = centers[inverse]
+    b = centers[targets]
+    denom = 1 + (a * b).sum(dim=1)
+    h = closed_form_fusable(rotated_grad, b, a, denom)
+    unit = x / norms
     radial = (unit * h).sum(dim=1, keepdim=True)
-    return (h - radial * unit) / norms
+    grad_x = (h - radial * unit) / norms
+    return grad[:n] + grad_x if append else grad_x
 
 
 class _RotateToClassMeans(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, inverse, targets, num_classes):
-        result = run_compiled(_forward_fusable, x, inverse, targets, num_classes)
+    def forward(ctx, x, inverse, offsets, class_labels, append):
+        result = run_traced(_forward_fusable, x, inverse, offsets, class_labels, append)
         if result is None:
-            return None, None, None
-        out, unit, norms, centers, denom, checks = result
-        ctx.save_for_backward(unit, norms, centers, inverse, targets, denom)
-        ctx.mark_non_differentiable(centers, checks)
-        return out, centers, checks
+            return None, None, None, None, None
+        out, out_labels, norms, centers, targets, checks = result
+        ctx.save_for_backward(x, norms, centers, inverse, targets)
+        ctx.append = append
+        ctx.mark_non_differentiable(out_labels, centers, targets, checks)
+        return out, out_labels, centers, targets, checks
 
     @staticmethod
     def backward(ctx, grad, *unused):
-        unit, norms, centers, inverse, targets, denom = ctx.saved_tensors
-        args = (grad.contiguous(), unit, norms, centers, inverse, targets, denom)
-        grad_x = run_compiled(_backward_fusable, *args)
+        args = (grad.contiguous(), *ctx.saved_tensors, ctx.append)
+        grad_x = run_traced(_backward_fusable, *args)
         if grad_x is None:  # the compiler failed after the forward worked
             grad_x = _backward_fusable(*args)
-        return grad_x, None, None, None
+        return grad_x, None, None, None, None
 
 
-def rotate_to_class_means(x, inverse, targets, num_classes):
-    """Rotate each row of ``x`` (N, D) from the normalised mean of the unit rows of its
-    class, ``inverse[n]``, onto that of ``targets[n]`` (classes 0..num_classes-1,
-    each with at least one row). Differentiable w.r.t. ``x`` with fixed centres.
+def rotate_to_class_means(x, inverse, offsets, class_labels, append=False):
+    """Rotate each row of ``x`` (N, D) from the normalised mean of the unit rows of
+    its class, ``inverse[n]`` (a row of ``class_labels``, each class with at least
+    one row), onto that of its target class ``(inverse[n] + offsets[n]) % K``, K =
+    ``len(class_labels)``. Differentiable w.r.t. ``x`` with fixed centres.
 
-    Returns (rotated unit rows (N, D), centres (num_classes, D)), or None when the
-    compiled path is off or unavailable, or the batch needs the general path (a
-    zero, non-finite or overflowing row, a class whose mean is zero, a nearly
-    antipodal centre pair).
+    Returns (rotated unit rows (N, D), their labels ``class_labels[targets]``,
+    centres (K, D), targets (N,)); with ``append`` the first two are the enlarged
+    batch: ``x`` followed by the rotated rows (2N, D) and the labels of both. None
+    when the compiled path is off or unavailable, or the batch needs the general
+    path (a zero, non-finite or overflowing row, a class whose mean is zero, a
+    nearly antipodal centre pair).
     """
     if not wants_compiled_pipeline():
         return None
-    out, centers, checks = _RotateToClassMeans.apply(x, inverse, targets, num_classes)
+    out, out_labels, centers, targets, checks = _RotateToClassMeans.apply(
+        x, inverse, offsets, class_labels, append
+    )
     if out is None:
         return None
     smallest, largest, smallest_center, smallest_denom = checks.tolist()
-    tiny = torch.finfo(x.dtype).tiny
+    finfo = torch.finfo(x.dtype)
     ok = (
-        smallest > tiny
+        smallest > finfo.tiny
         and largest < float("inf")
-        and smallest_center > torch.finfo(x.dtype).eps
+        and smallest_center > finfo.eps
         and smallest_denom >= ANTIPODAL_MARGIN
     )
-    return (out, centers) if ok else None
+    return (out, out_labels, centers, targets) if ok else None

@@ -14,6 +14,14 @@ Modes (``set_compile_mode`` or the ``PML_SFT_COMPILE`` environment variable):
   the SFT augmenter's fused batch pipeline (centres, rotation and its backward in two
   kernels), which removes most of the eager operations at training batch sizes.
   The first compiled call takes seconds.
+
+The batch pipeline runs once per training step on small tensors, where the per-call
+cost of ``torch.compile`` (guard evaluation and its runtime wrappers, about as much
+as the arithmetic at 128 x 512) matters. :func:`run_traced` therefore compiles it
+for each input layout it sees (shapes, strides, dtypes, devices) and calls the
+compiled kernel straight from a dictionary, up to ``TRACED_LAYOUTS`` layouts per
+function; past that, and wherever tracing or compiling that way fails, it uses
+``torch.compile`` with dynamic shapes (:func:`run_compiled`).
 * ``"always"``: compile whenever possible.
 * ``"never"``: always eager.
 """
@@ -25,11 +33,15 @@ import torch
 
 MODES = ("auto", "always", "never")
 AUTO_MIN_NUMEL = 1 << 20
+TRACED_LAYOUTS = 8
 
 _state = {
     "mode": os.environ.get("PML_SFT_COMPILE", "auto"),
     "failed": None,
     "compiled": {},
+    "traced": {},
+    "traced_counts": {},
+    "tracing_failed": None,
 }
 
 
@@ -55,11 +67,14 @@ def compile_failure():
 def reset_compile_state():
     """Forget compiled kernels and earlier failures (mainly for tests)."""
     _state["failed"] = None
+    _state["tracing_failed"] = None
     _state["compiled"].clear()
+    _state["traced"].clear()
+    _state["traced_counts"].clear()
 
 
 def _compile(fn):
-    return torch.compile(fn, dynamic=True)
+    return torch.compile(fn, dynamic=None)
 
 
 def wants_compiled(numel):
@@ -86,6 +101,51 @@ def run_compiled(fn, *args):
     except Exception as e:  # any compiler failure: fall back for the whole process
         _disable(e)
         return None
+
+
+def run_traced(fn, *args):
+    """``fn(*args)`` through a kernel compiled for exactly this input layout, or None
+    where compilation is unavailable (as :func:`run_compiled`).
+
+    Tensor arguments are the kernel's inputs; the others (e.g. flags) are constants
+    of the trace and must be hashable. ``fn`` must be a pure function of its inputs
+    whose operations depend on shapes only, never on tensor values (the trace
+    records the operations once)."""
+    if _state["tracing_failed"] is not None:
+        return run_compiled(fn, *args)
+    key = (fn,) + tuple(
+        (a.dtype, a.device, a.shape, a.stride()) if torch.is_tensor(a) else a
+        for a in args
+    )
+    kernel = _state["traced"].get(key)
+    if kernel is None:
+        if _state["traced_counts"].get(fn, 0) >= TRACED_LAYOUTS:
+            return run_compiled(fn, *args)
+        try:
+            kernel = _trace_and_compile(fn, args)
+        except Exception as e:  # this way of compiling is unavailable: use Dynamo
+            _state["tracing_failed"] = e
+            return run_compiled(fn, *args)
+        _state["traced"][key] = kernel
+        _state["traced_counts"][fn] = _state["traced_counts"].get(fn, 0) + 1
+    return kernel(*[a for a in args if torch.is_tensor(a)])
+
+
+def _trace_and_compile(fn, args):
+    """An aten graph of ``fn`` on these inputs (``make_fx``), compiled by Inductor."""
+    import torch._inductor
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def with_constants(*tensors):
+        it = iter(tensors)
+        return fn(*[next(it) if torch.is_tensor(a) else a for a in args])
+
+    tensors = [a.detach() for a in args if torch.is_tensor(a)]
+    with torch.no_grad():
+        graph = make_fx(with_constants)(*tensors)
+        kernel = torch._inductor.compile(graph, tensors)
+        kernel(*tensors)  # fails here rather than in training if it cannot run
+    return kernel
 
 
 def _disable(e):

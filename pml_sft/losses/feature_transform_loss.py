@@ -1,4 +1,5 @@
 import inspect
+import math
 
 import torch
 from pytorch_metric_learning.losses import BaseLossWrapper, BaseMetricLossFunction
@@ -190,7 +191,10 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
         weight = 0.0
         if self.training:
             self.iteration += 1
-            weight = self.current_weight()
+            if self.warmup_iterations == 0 and self.ramp_iterations == 0:
+                weight = self.aug_weight  # no schedule: no need to read the counter
+            else:
+                weight = self.current_weight()
         self.current_aug_weight = weight
         self.num_augmented = 0
         self.mean_center_angle = 0.0
@@ -198,8 +202,8 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
         if n == 0:  # no samples, no loss (some PML losses return NaN here)
             return embeddings.sum() * 0.0
         if weight > 0:
-            aug, aug_labels, _ = self.transform(embeddings, labels)
-            self.num_augmented = aug.shape[0]
+            all_emb, all_labels = self.transform.augmented_batch(embeddings, labels)
+            self.num_augmented = all_emb.shape[0] - n
             # mirror the transform's angle statistic, so loggers that only look at
             # the loss (record-keeper, powerful-benchmarker) see it
             self.mean_center_angle = getattr(self.transform, "mean_center_angle", 0.0)
@@ -207,8 +211,6 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
             if weight == 0:  # the transform, which validates its input, did not run
                 check_finite(embeddings, "embeddings")
             return self.checked(self.inner_loss(embeddings, labels, indices_tuple, n))
-        all_emb = torch.cat([embeddings, aug.to(embeddings.dtype)])
-        all_labels = torch.cat([labels, aug_labels])
         loss = self.inner_loss(all_emb, all_labels, indices_tuple, n)
         if weight < 1:
             plain = self.inner_loss(embeddings, labels, indices_tuple, n)
@@ -224,7 +226,14 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
     def checked(self, loss):
         """The loss, unless it is NaN or inf (the inputs were finite, so the inner
         loss overflowed or failed): then a clear error instead of a silent NaN."""
-        if torch.is_tensor(loss) and not bool(torch.isfinite(loss).all()):
+        if not torch.is_tensor(loss):
+            return loss
+        finite = (
+            math.isfinite(loss.item())
+            if loss.numel() == 1
+            else bool(torch.isfinite(loss).all())
+        )
+        if not finite:
             raise FloatingPointError(
                 f"{type(self.loss).__name__} returned a non-finite loss ({loss.detach()}) "
                 "for finite embeddings"

@@ -89,15 +89,20 @@ def random_other_rows(source_rows, num_rows, generator=None):
     Returns (source_positions (S,), target_rows (S,)) like :func:`sample_target_rows`.
     """
     device = source_rows.device
-    shape = (source_rows.shape[0],)
-    if generator is None:
-        offsets = torch.randint(1, num_rows, shape, device=device)
-    else:
-        offsets = torch.randint(
-            1, num_rows, shape, generator=generator, device=generator.device
-        ).to(device)
+    offsets = random_offsets(source_rows.shape[0], num_rows, device, generator)
     targets = (source_rows + offsets).remainder_(num_rows)
-    return torch.arange(shape[0], device=device), targets
+    return torch.arange(source_rows.shape[0], device=device), targets
+
+
+def random_offsets(num_sources, num_rows, device, generator=None):
+    """``num_sources`` offsets uniform in [1, num_rows), from ``generator`` (on its
+    own device) or the global RNG: (own row + offset) % num_rows is then a uniformly
+    random other row (:func:`random_other_rows`)."""
+    if generator is None:
+        return torch.randint(1, num_rows, (num_sources,), device=device)
+    return torch.randint(
+        1, num_rows, (num_sources,), generator=generator, device=generator.device
+    ).to(device)
 
 
 def sample_target_rows(source_rows, candidate_mask, num_targets, score_fn):
