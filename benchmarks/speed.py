@@ -77,7 +77,9 @@ def transform_speed(n, d, repeats, naive_rows):
     t0 = time.perf_counter()
     pml_sft.functional.rotate(x, a, b)  # first call compiles (or falls back)
     compile_seconds = time.perf_counter() - t0
-    compiled_ok = compilation.compile_failure() is None
+    compiled_ok = compilation.compile_failure() is None and compilation.wants_compiled(
+        x.numel()
+    )
     t = median_times(
         {
             "normalize": lambda: F.normalize(x, dim=1),
@@ -89,7 +91,7 @@ def transform_speed(n, d, repeats, naive_rows):
         (
             "rotate, default (auto: compiled at this size)"
             if compiled_ok
-            else "rotate, default (compile unavailable: eager)"
+            else "rotate, default (auto: eager, small or no compiler)"
         )
     ] = (t["rotate"] / t["normalize"])
 
@@ -109,9 +111,11 @@ def transform_speed(n, d, repeats, naive_rows):
     return rows, compile_seconds, compiled_ok, naive_over_rotate
 
 
-def wrapper_overhead(batch_size, d, per_class, repeats, mode):
+def wrapper_overhead(batch_size, d, per_class, repeats, mode, rounds=1):
     """Ratios for one compile mode ("auto" is the default: the SFT augmenter's fused
-    batch path, compiled; "never" is the general eager path, for comparison)."""
+    batch path, compiled; "never" is the general eager path, for comparison): for
+    each ratio the median over ``rounds`` rounds of interleaved timing, with the
+    smallest and largest round (the spread shows how much the machine drifts)."""
     compilation.reset_compile_state()
     compilation.set_compile_mode(mode)
     g = torch.Generator().manual_seed(1)
@@ -140,28 +144,46 @@ def wrapper_overhead(batch_size, d, per_class, repeats, mode):
     def transform_forward():
         sft(emb, labels)
 
-    warmup = 5
-    t = median_times(
-        {
-            "inner": inner_step,
-            "wrapped": wrapped_step,
-            "transform": transform_only,
-            "inner_forward": inner_forward,
-            "transform_forward": transform_forward,
-        },
-        repeats,
-        warmup=warmup,
-    )
+    fns = {
+        "inner": inner_step,
+        "wrapped": wrapped_step,
+        "transform": transform_only,
+        "inner_forward": inner_forward,
+        "transform_forward": transform_forward,
+    }
+    per_round = []
+    for _ in range(rounds):
+        t = median_times(fns, repeats, warmup=5)
+        per_round.append(
+            (
+                {
+                    "wrapped step / inner loss on the enlarged batch": t["wrapped"]
+                    / t["inner"],
+                    "wrapper's own work (wrapped - inner) / inner": (
+                        t["wrapped"] - t["inner"]
+                    )
+                    / t["inner"],
+                    "transform alone (centres, targets, rotation; fwd+bwd) / inner": t[
+                        "transform"
+                    ]
+                    / t["inner"],
+                    "forward only: transform / inner loss": t["transform_forward"]
+                    / t["inner_forward"],
+                },
+                t,
+            )
+        )
     compiled = mode != "never" and compilation.compile_failure() is None
-    return {
-        "wrapped step / inner loss on the enlarged batch": t["wrapped"] / t["inner"],
-        "wrapper's own work (wrapped - inner) / inner": (t["wrapped"] - t["inner"])
-        / t["inner"],
-        "transform alone (centres, targets, rotation; fwd+bwd) / inner": t["transform"]
-        / t["inner"],
-        "forward only: transform / inner loss": t["transform_forward"]
-        / t["inner_forward"],
-    }, dict(t, compiled=compiled)
+    ratios = {
+        name: {
+            "median": statistics.median(r[name] for r, _ in per_round),
+            "min": min(r[name] for r, _ in per_round),
+            "max": max(r[name] for r, _ in per_round),
+        }
+        for name in per_round[0][0]
+    }
+    seconds = {name: statistics.median(t[name] for _, t in per_round) for name in fns}
+    return ratios, dict(seconds, compiled=compiled, rounds=[t for _, t in per_round])
 
 
 def main(argv=None):
@@ -173,6 +195,12 @@ def main(argv=None):
     parser.add_argument("--naive-rows", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--m-per-class", type=int, default=4)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds of interleaved timing for the loss wrapper (median and range)",
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -183,7 +211,12 @@ def main(argv=None):
     overhead = {}
     for mode in ("auto", "never"):
         overhead[mode] = wrapper_overhead(
-            args.batch_size, args.d, args.m_per_class, args.repeats, mode
+            args.batch_size,
+            args.d,
+            args.m_per_class,
+            args.repeats,
+            mode,
+            args.rounds,
         )
     print(
         f"## Transform time / torch.nn.functional.normalize, N={args.n}, D={args.d}, "
@@ -196,7 +229,9 @@ def main(argv=None):
     print(f"first compiled call (compile time): {compile_s:.1f} s")
     print(
         f"\n## Loss wrapper, B={args.batch_size} ({args.m_per_class} per class), D={args.d}, "
-        "MultiSimilarityLoss, forward + backward\n"
+        "MultiSimilarityLoss, forward + backward\n\n"
+        f"Median over {args.rounds} rounds of {args.repeats} interleaved repeats "
+        "[smallest round, largest round].\n"
     )
     default = (
         "default (auto: fused batch path, compiled)"
@@ -205,9 +240,11 @@ def main(argv=None):
     )
     print(f"| measure | {default} | eager (mode never) |\n| --- | --- | --- |")
     for name in overhead["auto"][0]:
-        print(
-            f"| {name} | {overhead['auto'][0][name]:.3f} | {overhead['never'][0][name]:.3f} |"
-        )
+        cells = [
+            "{median:.3f} [{min:.3f}, {max:.3f}]".format(**overhead[mode][0][name])
+            for mode in ("auto", "never")
+        ]
+        print(f"| {name} | {cells[0]} | {cells[1]} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
