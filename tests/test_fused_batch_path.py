@@ -221,3 +221,19 @@ def test_augmented_batch_is_the_batch_plus_the_call(
     direct = 3 * x.float().pow(2)
     expected = direct if detach_augmented else direct + grad.float()
     assert torch.allclose(xg.grad.float(), expected, atol=100 * atol, rtol=1e-3)
+
+
+def test_backward_with_create_graph_records_the_gradient_map(compile_mode):
+    # a gradient penalty differentiates the gradient w.r.t. the upstream gradient
+    x, labels = _batch(torch.float64)
+    compile_mode("auto")
+    sft = SphericalFeatureTransform(generator=torch.Generator().manual_seed(0))
+    xg = x.clone().requires_grad_()
+    aug, _, _ = sft(xg, labels)
+    upstream = torch.randn_like(aug, requires_grad=True)
+    (grad,) = torch.autograd.grad(aug, xg, upstream, create_graph=True)
+    assert grad.requires_grad
+    # the map upstream -> grad is linear: its derivative is the map itself
+    probe = torch.randn_like(grad)
+    (second,) = torch.autograd.grad(grad, upstream, probe)
+    assert torch.allclose((probe * grad).sum(), (second * upstream).sum())

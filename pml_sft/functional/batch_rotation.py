@@ -82,7 +82,9 @@ class _RotateToClassMeans(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, *unused):
         args = (grad.contiguous(), *ctx.saved_tensors, ctx.append)
-        grad_x = run_traced(_backward_fusable, *args)
+        grad_x = None
+        if not torch.is_grad_enabled():  # else (create_graph) autograd records it
+            grad_x = run_traced(_backward_fusable, *args)
         if grad_x is None:  # the compiler failed after the forward worked
             grad_x = _backward_fusable(*args)
         return grad_x, None, None, None, None
