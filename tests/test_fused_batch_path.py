@@ -237,3 +237,27 @@ def test_backward_with_create_graph_records_the_gradient_map(compile_mode):
     probe = torch.randn_like(grad)
     (second,) = torch.autograd.grad(grad, upstream, probe)
     assert torch.allclose((probe * grad).sum(), (second * upstream).sum())
+
+
+def test_small_classes_are_checked_first_once_seen(compile_mode, monkeypatch):
+    calls = []
+    real = batch_rotation._RotateToClassMeans.apply
+    monkeypatch.setattr(
+        batch_rotation._RotateToClassMeans,
+        "apply",
+        lambda *a: calls.append(1) or real(*a),
+    )
+    compile_mode("auto")
+    x, labels = _batch(torch.float64)
+    singleton = labels.clone()
+    singleton[0] = 999  # a class of one: no centre, so not augmented
+    sft = SphericalFeatureTransform(generator=torch.Generator().manual_seed(1))
+    sft(x, labels)
+    assert len(calls) == 1 and not sft.small_classes_seen
+    aug, _, src = sft(x, singleton)  # the kernel finds the small class
+    assert len(calls) == 2 and sft.small_classes_seen
+    assert 0 not in src.tolist() and len(aug) == len(x) - 1
+    aug, _, src = sft(x, singleton)  # now checked before the kernel
+    assert len(calls) == 2 and len(aug) == len(x) - 1
+    sft(x, labels)  # eligible batches still take the fused path
+    assert len(calls) == 3

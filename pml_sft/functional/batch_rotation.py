@@ -22,7 +22,7 @@ from .compilation import run_traced, wants_compiled_pipeline
 from .rotation import ANTIPODAL_MARGIN
 
 
-def _forward_fusable(x, inverse, offsets, class_labels, append: bool):
+def _forward_fusable(x, inverse, offsets, class_labels, class_sizes, append: bool):
     """Targets (each row's class plus its offset, modulo the number of classes), the
     unit rows' class means (normalised) and the rotation of every row from its
     class's centre onto its target's centre, with the new rows' labels (after the
@@ -45,8 +45,17 @@ def _forward_fusable(x, inverse, offsets, class_labels, append: bool):
         out = torch.cat([x, out])
         out_labels = torch.cat([class_labels[inverse], out_labels])
     # finite rows with nonzero norms, nonzero class means and denominators >= the
-    # antipodal margin bound every term of ``out``: these four decide validity
-    checks = torch.stack([norms.min(), norms.max(), center_norms.min(), denom.min()])
+    # antipodal margin bound every term of ``out``: these four decide validity; the
+    # smallest class decides whether the batch is eligible
+    checks = torch.stack(
+        [
+            norms.min(),
+            norms.max(),
+            center_norms.min(),
+            denom.min(),
+            class_sizes.min().to(x.dtype),
+        ]
+    )
     return out, out_labels, norms, centers, targets, checks
 
 
@@ -68,54 +77,78 @@ def _backward_fusable(grad, x, norms, centers, inverse, targets, append: bool):
 
 
 class _RotateToClassMeans(torch.autograd.Function):
+    """The only differentiable output is the rotated rows; the others (labels,
+    centres, targets, checks) go into the list ``extras`` (fewer outputs for
+    autograd to wrap)."""
+
     @staticmethod
-    def forward(ctx, x, inverse, offsets, class_labels, append):
-        result = run_traced(_forward_fusable, x, inverse, offsets, class_labels, append)
+    def forward(ctx, x, inverse, offsets, class_labels, class_sizes, append, extras):
+        result = run_traced(
+            _forward_fusable, x, inverse, offsets, class_labels, class_sizes, append
+        )
         if result is None:
-            return None, None, None, None, None
+            return None
         out, out_labels, norms, centers, targets, checks = result
         ctx.save_for_backward(x, norms, centers, inverse, targets)
         ctx.append = append
-        ctx.mark_non_differentiable(out_labels, centers, targets, checks)
-        return out, out_labels, centers, targets, checks
+        extras.extend((out_labels, centers, targets, checks))
+        return out
 
     @staticmethod
-    def backward(ctx, grad, *unused):
+    def backward(ctx, grad):
         args = (grad.contiguous(), *ctx.saved_tensors, ctx.append)
         grad_x = None
         if not torch.is_grad_enabled():  # else (create_graph) autograd records it
             grad_x = run_traced(_backward_fusable, *args)
         if grad_x is None:  # the compiler failed after the forward worked
             grad_x = _backward_fusable(*args)
-        return grad_x, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
-def rotate_to_class_means(x, inverse, offsets, class_labels, append=False):
+# why rotate_to_class_means left a batch to the general path
+UNAVAILABLE = "compiled path off or unavailable"
+SMALL_CLASS = "a class below the minimum size"
+INVALID_VALUES = (
+    "zero, non-finite or overflowing rows, a zero mean or antipodal centres"
+)
+
+
+def rotate_to_class_means(
+    x, inverse, offsets, class_labels, class_sizes, min_class_size=1, append=False
+):
     """Rotate each row of ``x`` (N, D) from the normalised mean of the unit rows of
-    its class, ``inverse[n]`` (a row of ``class_labels``, each class with at least
-    one row), onto that of its target class ``(inverse[n] + offsets[n]) % K``, K =
-    ``len(class_labels)``. Differentiable w.r.t. ``x`` with fixed centres.
+    its class, ``inverse[n]`` (a row of ``class_labels``; ``class_sizes`` counts the
+    rows of each class), onto that of its target class ``(inverse[n] + offsets[n])
+    % K``, K = ``len(class_labels)`` >= 2. Differentiable w.r.t. ``x`` with fixed
+    centres.
 
     Returns (rotated unit rows (N, D), their labels ``class_labels[targets]``,
     centres (K, D), targets (N,)); with ``append`` the first two are the enlarged
-    batch: ``x`` followed by the rotated rows (2N, D) and the labels of both. None
-    when the compiled path is off or unavailable, or the batch needs the general
-    path (a zero, non-finite or overflowing row, a class whose mean is zero, a
-    nearly antipodal centre pair).
+    batch: ``x`` followed by the rotated rows (2N, D) and the labels of both. Where
+    the batch needs the general path it returns the reason instead, a str:
+    ``UNAVAILABLE`` (compiled path off or no compiler), ``SMALL_CLASS`` (a class
+    with fewer than ``min_class_size`` rows) or ``INVALID_VALUES`` (a zero,
+    non-finite or overflowing row, a class whose mean is zero, a nearly antipodal
+    centre pair).
     """
     if not wants_compiled_pipeline():
-        return None
-    out, out_labels, centers, targets, checks = _RotateToClassMeans.apply(
-        x, inverse, offsets, class_labels, append
+        return UNAVAILABLE
+    extras = []
+    out = _RotateToClassMeans.apply(
+        x, inverse, offsets, class_labels, class_sizes, append, extras
     )
     if out is None:
-        return None
-    smallest, largest, smallest_center, smallest_denom = checks.tolist()
+        return UNAVAILABLE
+    out_labels, centers, targets, checks = extras
+    smallest, largest, smallest_center, smallest_denom, smallest_class = checks.tolist()
+    if smallest_class < min_class_size:
+        return SMALL_CLASS
     finfo = torch.finfo(x.dtype)
-    ok = (
+    if not (
         smallest > finfo.tiny
         and largest < float("inf")
         and smallest_center > finfo.eps
         and smallest_denom >= ANTIPODAL_MARGIN
-    )
-    return (out, out_labels, centers, targets) if ok else None
+    ):
+        return INVALID_VALUES
+    return out, out_labels, centers, targets

@@ -190,7 +190,7 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
         check_labels(labels, embeddings.shape[0], embeddings.device)
         weight = 0.0
         if self.training:
-            self.iteration += 1
+            self.iteration.add_(1)
             if self.warmup_iterations == 0 and self.ramp_iterations == 0:
                 weight = self.aug_weight  # no schedule: no need to read the counter
             else:
