@@ -261,3 +261,34 @@ def test_small_classes_are_checked_first_once_seen(compile_mode, monkeypatch):
     assert len(calls) == 2 and len(aug) == len(x) - 1
     sft(x, labels)  # eligible batches still take the fused path
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("layout", ["offset rows", "strided columns", "transposed"])
+def test_fused_path_on_views(compile_mode, layout):
+    x, labels = _batch(torch.float64)
+    n, d = x.shape
+    eager = _run("never", compile_mode, x, labels)
+    if layout == "offset rows":  # a view that starts inside its storage
+        base = torch.randn(n + 3, d, dtype=x.dtype, device=DEVICE)
+        base[2 : 2 + n] = x
+        view_of = lambda t: t[2 : 2 + n]  # noqa: E731
+    elif layout == "strided columns":
+        base = torch.randn(n, 2 * d, dtype=x.dtype, device=DEVICE)
+        base[:, ::2] = x
+        view_of = lambda t: t[:, ::2]  # noqa: E731
+    else:
+        base = x.T.contiguous()
+        view_of = lambda t: t.T  # noqa: E731
+    base.requires_grad_()
+    view = view_of(base)
+    assert view.is_contiguous() == (layout == "offset rows")
+    compile_mode("auto")
+    sft = SphericalFeatureTransform(
+        generator=torch.Generator(device=DEVICE).manual_seed(5)
+    )
+    aug, aug_labels, _ = sft(view, labels)
+    aug.float().pow(3).sum().backward()
+    assert len(compilation._state["traced"]) == 2  # traced kernels, not Dynamo's
+    assert torch.allclose(aug, eager[0], atol=1e-12)
+    assert torch.equal(aug_labels, eager[1])
+    assert torch.allclose(view_of(base.grad), eager[3], atol=1e-10)
