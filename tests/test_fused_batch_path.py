@@ -44,7 +44,9 @@ def test_fused_path_matches_general_path(compile_mode, dtype):
     assert torch.allclose(fused[3].double(), eager[3].double(), atol=10 * atol)
 
 
-def test_fused_path_is_used_and_records_stats(compile_mode, monkeypatch):
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """A list that grows by one each time the fused kernels are entered."""
     calls = []
     real = batch_rotation._RotateToClassMeans.apply
     monkeypatch.setattr(
@@ -52,6 +54,11 @@ def test_fused_path_is_used_and_records_stats(compile_mode, monkeypatch):
         "apply",
         lambda *a: calls.append(1) or real(*a),
     )
+    return calls
+
+
+def test_fused_path_is_used_and_records_stats(compile_mode, kernel_calls):
+    calls = kernel_calls
     x, labels = _batch(torch.float64)
     eager = _run("never", compile_mode, x, labels, collect_stats=True)[-1]
     assert not calls
@@ -239,14 +246,8 @@ def test_backward_with_create_graph_records_the_gradient_map(compile_mode):
     assert torch.allclose((probe * grad).sum(), (second * upstream).sum())
 
 
-def test_small_classes_are_checked_first_once_seen(compile_mode, monkeypatch):
-    calls = []
-    real = batch_rotation._RotateToClassMeans.apply
-    monkeypatch.setattr(
-        batch_rotation._RotateToClassMeans,
-        "apply",
-        lambda *a: calls.append(1) or real(*a),
-    )
+def test_small_classes_are_checked_first_once_seen(compile_mode, kernel_calls):
+    calls = kernel_calls
     compile_mode("auto")
     x, labels = _batch(torch.float64)
     singleton = labels.clone()
