@@ -36,7 +36,8 @@ class SphericalFeatureTransform(BaseFeatureAugmenter):
 
     def fused_forward(self, embeddings, labels, append=False):
         # where the fused path declines after drawing (rare: invalid rows, a zero
-        # class mean, nearly antipodal centres), the general path draws again
+        # class mean, nearly antipodal centres, the first batch with a small
+        # class), the general path draws again
         if not wants_compiled_pipeline():
             return None
         unique_labels, inverse, counts = torch.unique(

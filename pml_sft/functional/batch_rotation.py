@@ -10,9 +10,10 @@ and one backward; with ``append=True`` the kernels also build the enlarged batch
 (the input rows followed by the rotated ones, and their labels) and sum the
 gradients of both copies, which saves the loss wrapper a concatenation and its
 backward. At these sizes every operation saved counts: the per-call cost of an
-operation is comparable to its arithmetic. It returns None where it does not apply
-(no compiler, or a batch the general path must handle: zero or non-finite rows, a
-class whose mean is zero, nearly antipodal centres), and the caller falls back.
+operation is comparable to its arithmetic. Where it does not apply (no compiler, or
+a batch the general path must handle: a class below the minimum size, zero or
+non-finite rows, a class whose mean is zero, nearly antipodal centres) it says why,
+and the caller falls back.
 """
 
 import torch

@@ -14,6 +14,8 @@ Modes (``set_compile_mode`` or the ``PML_SFT_COMPILE`` environment variable):
   the SFT augmenter's fused batch pipeline (centres, rotation and its backward in two
   kernels), which removes most of the eager operations at training batch sizes.
   The first compiled call takes seconds.
+* ``"always"``: compile whenever possible.
+* ``"never"``: always eager.
 
 The batch pipeline runs once per training step on small tensors, where the per-call
 cost of ``torch.compile`` (guard evaluation and its runtime wrappers, about as much
@@ -21,9 +23,8 @@ as the arithmetic at 128 x 512) matters. :func:`run_traced` therefore compiles i
 for each input layout it sees (shapes, strides, dtypes, devices) and calls the
 compiled kernel straight from a dictionary, up to ``TRACED_LAYOUTS`` layouts per
 function; past that, and wherever tracing or compiling that way fails, it uses
-``torch.compile`` with dynamic shapes (:func:`run_compiled`).
-* ``"always"``: compile whenever possible.
-* ``"never"``: always eager.
+``torch.compile`` (:func:`run_compiled`; static shapes first, dynamic ones once a
+second shape appears).
 """
 
 import os
