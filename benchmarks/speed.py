@@ -111,6 +111,19 @@ def transform_speed(n, d, repeats, naive_rows):
     return rows, compile_seconds, compiled_ok, naive_over_rotate
 
 
+def overhead_ratios(t):
+    """The wrapper's ratios from one round's median times ``t``."""
+    return {
+        "wrapped step / inner loss on the enlarged batch": t["wrapped"] / t["inner"],
+        "wrapper's own work (wrapped - inner) / inner": (t["wrapped"] - t["inner"])
+        / t["inner"],
+        "transform alone (centres, targets, rotation; fwd+bwd) / inner": t["transform"]
+        / t["inner"],
+        "forward only: transform / inner loss": t["transform_forward"]
+        / t["inner_forward"],
+    }
+
+
 def wrapper_overhead(batch_size, d, per_class, repeats, mode, rounds=1):
     """Ratios for one compile mode ("auto" is the default: the SFT augmenter's fused
     batch path, compiled; "never" is the general eager path, for comparison): for
@@ -154,25 +167,7 @@ def wrapper_overhead(batch_size, d, per_class, repeats, mode, rounds=1):
     per_round = []
     for _ in range(rounds):
         t = median_times(fns, repeats, warmup=5)
-        per_round.append(
-            (
-                {
-                    "wrapped step / inner loss on the enlarged batch": t["wrapped"]
-                    / t["inner"],
-                    "wrapper's own work (wrapped - inner) / inner": (
-                        t["wrapped"] - t["inner"]
-                    )
-                    / t["inner"],
-                    "transform alone (centres, targets, rotation; fwd+bwd) / inner": t[
-                        "transform"
-                    ]
-                    / t["inner"],
-                    "forward only: transform / inner loss": t["transform_forward"]
-                    / t["inner_forward"],
-                },
-                t,
-            )
-        )
+        per_round.append((overhead_ratios(t), t))
     compiled = mode != "never" and compilation.compile_failure() is None
     ratios = {
         name: {

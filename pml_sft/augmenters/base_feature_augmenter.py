@@ -254,12 +254,10 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             rows = rows.to(embeddings.dtype)
             if self.detach_augmented:
                 rows = rows.detach()
-        source_indices = None
         if self.collect_stats:
-            source_indices = torch.arange(n, device=embeddings.device)
             self.record_stats(
                 n,
-                source_indices,
+                torch.arange(n, device=embeddings.device),
                 torch.ones(len(centers), dtype=torch.bool, device=centers.device),
                 centers,
                 src_rows,
@@ -271,9 +269,7 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             return rows, row_labels
         if append:
             return torch.cat([embeddings, rows]), torch.cat([labels, row_labels])
-        if source_indices is None:
-            source_indices = torch.arange(n, device=embeddings.device)
-        return rows, row_labels, source_indices
+        return rows, row_labels, torch.arange(n, device=embeddings.device)
 
     def draw_targets(
         self,

@@ -41,7 +41,6 @@ _state = {
     "failed": None,
     "compiled": {},
     "traced": {},
-    "traced_counts": {},
     "tracing_failed": None,
 }
 
@@ -71,7 +70,6 @@ def reset_compile_state():
     _state["tracing_failed"] = None
     _state["compiled"].clear()
     _state["traced"].clear()
-    _state["traced_counts"].clear()
 
 
 def _compile(fn):
@@ -120,7 +118,7 @@ def run_traced(fn, *args):
     )
     kernel = _state["traced"].get(key)
     if kernel is None:
-        if _state["traced_counts"].get(fn, 0) >= TRACED_LAYOUTS:
+        if sum(k[0] is fn for k in _state["traced"]) >= TRACED_LAYOUTS:
             return run_compiled(fn, *args)
         try:
             kernel = _trace_and_compile(fn, args)
@@ -128,7 +126,6 @@ def run_traced(fn, *args):
             _state["tracing_failed"] = e
             return run_compiled(fn, *args)
         _state["traced"][key] = kernel
-        _state["traced_counts"][fn] = _state["traced_counts"].get(fn, 0) + 1
     return kernel(*[a for a in args if torch.is_tensor(a)])
 
 

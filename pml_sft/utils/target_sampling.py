@@ -55,13 +55,7 @@ def row_keys(x):
 
 def draw_seed(generator=None, device="cpu"):
     """A 31-bit seed for one call, from ``generator`` or the global RNG."""
-    if generator is None:
-        return int(torch.randint(0, MASK31, (1,)).item())
-    return int(
-        torch.randint(
-            0, MASK31, (1,), generator=generator, device=generator.device
-        ).item()
-    )
+    return int(_draw(torch.randint, device, generator, 0, MASK31, (1,)).item())
 
 
 def keyed_scores(source_keys, candidate_labels, seed):
@@ -74,11 +68,7 @@ def keyed_scores(source_keys, candidate_labels, seed):
 
 def random_scores(num_sources, num_candidates, device, generator=None):
     """Scores in [0, 1) from ``generator`` (on its own device) or the global RNG."""
-    if generator is None:
-        return torch.rand(num_sources, num_candidates, device=device)
-    return torch.rand(
-        num_sources, num_candidates, generator=generator, device=generator.device
-    ).to(device)
+    return _draw(torch.rand, device, generator, num_sources, num_candidates)
 
 
 def random_other_rows(source_rows, num_rows, generator=None):
@@ -98,11 +88,16 @@ def random_offsets(num_sources, num_rows, device, generator=None):
     """``num_sources`` offsets uniform in [1, num_rows), from ``generator`` (on its
     own device) or the global RNG: (own row + offset) % num_rows is then a uniformly
     random other row (:func:`random_other_rows`)."""
+    return _draw(torch.randint, device, generator, 1, num_rows, (num_sources,))
+
+
+def _draw(sample, device, generator, *args):
+    """``sample(*args)`` (``torch.rand``, ``torch.randint``) on ``device`` from the
+    global RNG, or from ``generator`` on the generator's own device and then moved
+    to ``device``."""
     if generator is None:
-        return torch.randint(1, num_rows, (num_sources,), device=device)
-    return torch.randint(
-        1, num_rows, (num_sources,), generator=generator, device=generator.device
-    ).to(device)
+        return sample(*args, device=device)
+    return sample(*args, generator=generator, device=generator.device).to(device)
 
 
 def sample_target_rows(source_rows, candidate_mask, num_targets, score_fn):
