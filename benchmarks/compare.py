@@ -48,7 +48,7 @@ ABLATIONS = {
     "2 targets per sample": {"num_targets": 2},
     "aug_weight 0.5": {"aug_weight": 0.5},
     "warm-up 2 epochs": {"warmup_epochs": 2.0},
-    "augmented samples only as partners": {"augmented_anchors": False},
+    "augmented samples only as partners": {"synthetic_role": "partner"},
     "augmented samples detached": {"detach_augmented": True},
 }
 METRIC_LABELS = {

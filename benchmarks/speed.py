@@ -1,11 +1,22 @@
 """Speed of the feature transforms and of the loss wrapper, as ratios measured side by
-side in one run (one thread by default).
+side in one run.
 
-    python -m benchmarks.speed                      # prints a markdown table
+    python -m benchmarks.speed                      # prints markdown tables
     python -m benchmarks.speed --json out.json      # also writes the numbers
 
 Ratios, not seconds, are the point: each is the median time of the operation over
-the median time of a reference operation on the same tensors, timed interleaved.
+the median time of a reference operation, timed interleaved (so drift hits both
+alike), in several rounds (median and range over rounds).
+
+* ``rotate`` and ``translate`` against ``F.normalize`` on the same (N, D) tensor, and
+  the naive per-row D x D approach against ``rotate`` (``--threads``, default one).
+* The loss wrapper's own work (centres, target draws, transform, concatenation,
+  forward and backward): the wrapped loss minus the inner loss on the enlarged
+  batch, as a share of the inner loss step and, as a user feels it, of a **full
+  training step** (backbone forward and backward at ``--image-size``, embedder,
+  wrapped loss, optimiser step) with ``--backbone`` (all cores).
+* With ``--compile``: the same full step with the backbone wrapped in
+  ``torch.compile`` (the recipe in the README), against the eager step.
 """
 
 import argparse
@@ -19,11 +30,12 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses
 
 import pml_sft
-from pml_sft.functional import compilation
+
+from .models import Embedder, build_trunk
 
 
-def median_times(fns, repeats, warmup=3):
-    """Time several callables interleaved (so drift hits them alike); medians in s."""
+def interleaved_times(fns, repeats, warmup=2):
+    """Median seconds of several callables timed interleaved."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -34,6 +46,20 @@ def median_times(fns, repeats, warmup=3):
             fn()
             samples[name].append(time.perf_counter() - t0)
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def ratio_rounds(fns, ratios, repeats, rounds):
+    """``ratios``: name -> function of the medians of one round; returns name ->
+    {median, min, max} over rounds, and the median seconds of every callable."""
+    per_round = [interleaved_times(fns, repeats) for _ in range(rounds)]
+    out = {}
+    for name, fn in ratios.items():
+        values = [fn(t) for t in per_round]
+        out[name] = dict(
+            median=statistics.median(values), min=min(values), max=max(values)
+        )
+    seconds = {n: statistics.median(t[n] for t in per_round) for n in fns}
+    return out, seconds
 
 
 def naive_rotate(x, a, b):
@@ -54,131 +80,96 @@ def naive_rotate(x, a, b):
     return torch.bmm(r, x.unsqueeze(2)).squeeze(2)
 
 
-def transform_speed(n, d, repeats, naive_rows):
+def transform_ratios(n, d, repeats, rounds, naive_rows):
     g = torch.Generator().manual_seed(0)
-    x = F.normalize(torch.randn(n, d, generator=g), dim=1)
-    a = F.normalize(torch.randn(n, d, generator=g), dim=1)
-    b = F.normalize(torch.randn(n, d, generator=g), dim=1)
-    rows = {}
-
-    compilation.set_compile_mode("never")
-    t = median_times(
-        {
-            "normalize": lambda: F.normalize(x, dim=1),
-            "rotate (eager)": lambda: pml_sft.functional.rotate(x, a, b),
-            "translate (eager)": lambda: pml_sft.functional.translate(x, a, b),
-        },
-        repeats,
-    )
-    rows["rotate, eager kernels"] = t["rotate (eager)"] / t["normalize"]
-    rows["translate (renormalised)"] = t["translate (eager)"] / t["normalize"]
-
-    compilation.set_compile_mode("auto")
-    t0 = time.perf_counter()
-    pml_sft.functional.rotate(x, a, b)  # first call compiles (or falls back)
-    compile_seconds = time.perf_counter() - t0
-    compiled_ok = compilation.compile_failure() is None and compilation.wants_compiled(
-        x.numel()
-    )
-    t = median_times(
-        {
-            "normalize": lambda: F.normalize(x, dim=1),
-            "rotate": lambda: pml_sft.functional.rotate(x, a, b),
-        },
-        repeats,
-    )
-    rows[
-        (
-            "rotate, default (auto: compiled at this size)"
-            if compiled_ok
-            else "rotate, default (auto: eager, small or no compiler)"
-        )
-    ] = (t["rotate"] / t["normalize"])
-
-    xs, as_, bs = x[:naive_rows], a[:naive_rows], b[:naive_rows]
-    t = median_times(
-        {
-            "rotate": lambda: pml_sft.functional.rotate(xs, as_, bs),
-            "naive": lambda: naive_rotate(xs, as_, bs),
-            "normalize": lambda: F.normalize(xs, dim=1),
-        },
-        max(3, repeats // 5),
-    )
-    rows[f"naive per-row D x D matrices (bmm), first {naive_rows} rows"] = (
-        t["naive"] / t["normalize"]
-    )
-    naive_over_rotate = t["naive"] / t["rotate"]
-    return rows, compile_seconds, compiled_ok, naive_over_rotate
-
-
-def overhead_ratios(t):
-    """The wrapper's ratios from one round's median times ``t``."""
-    return {
-        "wrapped step / inner loss on the enlarged batch": t["wrapped"] / t["inner"],
-        "wrapper's own work (wrapped - inner) / inner": (t["wrapped"] - t["inner"])
-        / t["inner"],
-        "transform alone (centres, targets, rotation; fwd+bwd) / inner": t["transform"]
-        / t["inner"],
-        "forward only: transform / inner loss": t["transform_forward"]
-        / t["inner_forward"],
+    x, a, b = (F.normalize(torch.randn(n, d, generator=g), dim=1) for _ in range(3))
+    rows = slice(0, naive_rows)
+    fns = {
+        "normalize": lambda: F.normalize(x, dim=1),
+        "rotate": lambda: pml_sft.functional.rotate(x, a, b),
+        "translate": lambda: pml_sft.functional.translate(x, a, b),
+        "rotate (first rows)": lambda: pml_sft.functional.rotate(
+            x[rows], a[rows], b[rows]
+        ),
+        "naive (first rows)": lambda: naive_rotate(x[rows], a[rows], b[rows]),
     }
+    ratios = {
+        "rotate / normalize": lambda t: t["rotate"] / t["normalize"],
+        "translate / normalize": lambda t: t["translate"] / t["normalize"],
+        f"naive D x D / rotate ({naive_rows} rows)": lambda t: t["naive (first rows)"]
+        / t["rotate (first rows)"],
+    }
+    return ratio_rounds(fns, ratios, repeats, rounds)
 
 
-def wrapper_overhead(batch_size, d, per_class, repeats, mode, rounds=1):
-    """Ratios for one compile mode ("auto" is the default: the SFT augmenter's fused
-    batch path, compiled; "never" is the general eager path, for comparison): for
-    each ratio the median over ``rounds`` rounds of interleaved timing, with the
-    smallest and largest round (the spread shows how much the machine drifts)."""
-    compilation.reset_compile_state()
-    compilation.set_compile_mode(mode)
-    g = torch.Generator().manual_seed(1)
-    labels = torch.arange(batch_size // per_class).repeat_interleave(per_class)
+def loss_step(loss_fn, emb, labels):
+    def run():
+        e = emb.detach().requires_grad_(True)
+        loss_fn(e, labels).backward()
+
+    return run
+
+
+def wrapper_and_full_step(args):
+    """The wrapper's own work as a share of the inner loss step and of a full step."""
+    torch.manual_seed(0)
+    classes = args.batch_size // args.m_per_class
+    labels = torch.arange(classes).repeat_interleave(args.m_per_class)
+    trunk = build_trunk(args.backbone, pretrained=args.pretrained)
+    embedder = Embedder(trunk.output_size, args.embedding_size)
+    model = torch.nn.Sequential(trunk, embedder)
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     inner = losses.MultiSimilarityLoss()
-    wrapped = pml_sft.SFTLoss(inner, generator=torch.Generator().manual_seed(2))
-    emb = torch.randn(batch_size, d, generator=g, requires_grad=True)
-    aug, aug_labels, _ = pml_sft.SphericalFeatureTransform()(emb.detach(), labels)
-    enlarged = torch.cat([emb.detach(), aug]).requires_grad_()
+    wrapped = pml_sft.SFTLoss(inner, generator=torch.Generator().manual_seed(0))
+    emb = F.normalize(torch.randn(args.batch_size, args.embedding_size), dim=1)
+    aug, aug_labels, _ = pml_sft.SphericalFeatureTransform()(emb, labels)
+    enlarged = torch.cat([emb, aug])
     enlarged_labels = torch.cat([labels, aug_labels])
-    sft = wrapped.transform
-    upstream = torch.randn(len(aug), d, generator=g)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
 
-    def inner_step():
-        inner(enlarged, enlarged_labels).backward()
+    def full_step(net):
+        def run():
+            optimizer.zero_grad()
+            wrapped(net(images), labels).backward()
+            optimizer.step()
 
-    def wrapped_step():
-        wrapped(emb, labels).backward()
-
-    def transform_only():
-        sft(emb, labels)[0].backward(upstream)
-
-    def inner_forward():
-        inner(enlarged, enlarged_labels)
-
-    def transform_forward():
-        sft(emb, labels)
+        return run
 
     fns = {
-        "inner": inner_step,
-        "wrapped": wrapped_step,
-        "transform": transform_only,
-        "inner_forward": inner_forward,
-        "transform_forward": transform_forward,
+        "inner (enlarged batch)": loss_step(inner, enlarged, enlarged_labels),
+        "inner (batch)": loss_step(inner, emb, labels),
+        "wrapped": loss_step(wrapped, emb, labels),
+        "full step": full_step(model),
     }
-    per_round = []
-    for _ in range(rounds):
-        t = median_times(fns, repeats, warmup=5)
-        per_round.append((overhead_ratios(t), t))
-    compiled = mode != "never" and compilation.compile_failure() is None
+    if args.compile:
+        fns["full step, compiled backbone"] = full_step(
+            torch.nn.Sequential(torch.compile(trunk), embedder)
+        )
+
+    def own(t):
+        return t["wrapped"] - t["inner (enlarged batch)"]
+
     ratios = {
-        name: {
-            "median": statistics.median(r[name] for r, _ in per_round),
-            "min": min(r[name] for r, _ in per_round),
-            "max": max(r[name] for r, _ in per_round),
-        }
-        for name in per_round[0][0]
+        "wrapper's own work / inner loss step (enlarged batch)": lambda t: own(t)
+        / t["inner (enlarged batch)"],
+        "wrapper's own work / full training step": lambda t: own(t) / t["full step"],
+        "whole augmentation cost (wrapped - inner on the batch) / full step": lambda t: (
+            t["wrapped"] - t["inner (batch)"]
+        )
+        / t["full step"],
     }
-    seconds = {name: statistics.median(t[name] for _, t in per_round) for name in fns}
-    return ratios, dict(seconds, compiled=compiled, rounds=[t for _, t in per_round])
+    if args.compile:
+        ratios["full step, compiled backbone / eager"] = (
+            lambda t: t["full step, compiled backbone"] / t["full step"]
+        )
+    return ratio_rounds(fns, ratios, args.step_repeats, args.rounds)
+
+
+def print_table(title, ratios):
+    print(f"\n## {title}\n")
+    print("| measure | median [smallest round, largest round] |\n| --- | --- |")
+    for name, r in ratios.items():
+        print(f"| {name} | {r['median']:.4g} [{r['min']:.4g}, {r['max']:.4g}] |")
 
 
 def main(argv=None):
@@ -186,60 +177,40 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--d", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--naive-rows", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--pretrained", type=lambda s: s == "true", default=True)
+    parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--m-per-class", type=int, default=4)
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=5,
-        help="rounds of interleaved timing for the loss wrapper (median and range)",
-    )
+    parser.add_argument("--embedding-size", type=int, default=128)
+    parser.add_argument("--step-repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    cores = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-
-    rows, compile_s, compiled_ok, naive_over_rotate = transform_speed(
-        args.n, args.d, args.repeats, args.naive_rows
+    rotate_ratios, rotate_seconds = transform_ratios(
+        args.n, args.d, args.repeats, args.rounds, args.naive_rows
     )
-    overhead = {}
-    for mode in ("auto", "never"):
-        overhead[mode] = wrapper_overhead(
-            args.batch_size,
-            args.d,
-            args.m_per_class,
-            args.repeats,
-            mode,
-            args.rounds,
-        )
-    print(
-        f"## Transform time / torch.nn.functional.normalize, N={args.n}, D={args.d}, "
-        f"{args.threads} thread(s), float32, distinct centre pair per row\n"
+    torch.set_num_threads(cores)
+    step_ratios, step_seconds = wrapper_and_full_step(args)
+    print_table(
+        f"Transforms, N={args.n}, D={args.d}, {args.threads} thread(s), float32, "
+        f"eager, {args.rounds} rounds of {args.repeats}",
+        rotate_ratios,
     )
-    print("| operation | time / normalize |\n| --- | --- |")
-    for name, ratio in rows.items():
-        print(f"| {name} | {ratio:.2f}x |")
-    print(f"\nnaive D x D approach / rotate (same rows): {naive_over_rotate:.0f}x")
-    print(f"first compiled call (compile time): {compile_s:.1f} s")
-    print(
-        f"\n## Loss wrapper, B={args.batch_size} ({args.m_per_class} per class), D={args.d}, "
-        "MultiSimilarityLoss, forward + backward\n\n"
-        f"Median over {args.rounds} rounds of {args.repeats} interleaved repeats "
-        "[smallest round, largest round].\n"
+    print_table(
+        f"Loss wrapper (SFTLoss(MultiSimilarityLoss()), defaults) in a training step: "
+        f"{args.backbone} (pretrained={args.pretrained}) at {args.image_size} px, "
+        f"B={args.batch_size} ({args.m_per_class} per class), embedding "
+        f"{args.embedding_size}, {cores} thread(s), {args.rounds} rounds of "
+        f"{args.step_repeats}",
+        step_ratios,
     )
-    default = (
-        "default (auto: fused batch path, compiled)"
-        if overhead["auto"][1]["compiled"]
-        else "default (auto), compiler unavailable: eager"
-    )
-    print(f"| measure | {default} | eager (mode never) |\n| --- | --- | --- |")
-    for name in overhead["auto"][0]:
-        cells = [
-            "{median:.3f} [{min:.3f}, {max:.3f}]".format(**overhead[mode][0][name])
-            for mode in ("auto", "never")
-        ]
-        print(f"| {name} | {cells[0]} | {cells[1]} |")
+    print("\nmedian seconds: " + json.dumps({**rotate_seconds, **step_seconds}))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -248,12 +219,11 @@ def main(argv=None):
                     machine=platform.platform(),
                     processor=platform.processor(),
                     torch=torch.__version__,
-                    transform_ratios=rows,
-                    naive_over_rotate=naive_over_rotate,
-                    compile_seconds=compile_s,
-                    compiled=compiled_ok,
-                    wrapper_ratios={m: v[0] for m, v in overhead.items()},
-                    wrapper_seconds={m: v[1] for m, v in overhead.items()},
+                    threads_for_steps=cores,
+                    transform_ratios=rotate_ratios,
+                    transform_seconds=rotate_seconds,
+                    step_ratios=step_ratios,
+                    step_seconds=step_seconds,
                 ),
                 f,
                 indent=2,

@@ -4,5 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .ci/setup-venv
-export PML_SFT_COMPILE="${PML_SFT_COMPILE:-auto}"
 exec .venv/bin/python -m pytest -q -ra "$@"

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import pml_sft
 from pml_sft import (
     BatchClassCenters,
     FeatureTranslation,
@@ -225,7 +226,6 @@ def test_stats_are_recorded():
         (lambda x, y: (x, y.double()), TypeError, "integer"),
         (lambda x, y: (x, None), ValueError, "labels are required"),
         (lambda x, y: (x[None], y), ValueError, "shape"),
-        (lambda x, y: (x, y.to("meta")), ValueError, "is on meta"),
     ],
 )
 def test_bad_input(mutate, err, match):
@@ -234,7 +234,29 @@ def test_bad_input(mutate, err, match):
         SphericalFeatureTransform()(*mutate(x, y))
 
 
+def test_labels_are_moved_to_the_embeddings_device():
+    # PML's convention (c_f.to_device): labels on the CPU with embeddings elsewhere
+    # (TEST_DEVICE=cuda) are moved, not refused
+    x, y = _batch()
+    aug, aug_labels, src = SphericalFeatureTransform(
+        generator=torch.Generator().manual_seed(0)
+    )(x, y.cpu())
+    assert aug_labels.device == x.device and aug.shape[0] == x.shape[0]
+    expected = SphericalFeatureTransform(generator=torch.Generator().manual_seed(0))(
+        x, y
+    )
+    assert torch.equal(aug, expected[0])
+
+
 def test_bad_options():
+    with pytest.raises(ValueError, match="nearest_targets"):
+        SphericalFeatureTransform(nearest_targets=0)
+    with pytest.raises(ValueError, match="strength"):
+        SphericalFeatureTransform(strength=0)
+    with pytest.raises(ValueError, match="detach_centers=False"):
+        SphericalFeatureTransform(
+            centers=MovingAverageClassCenters(4, 8), detach_centers=False
+        )
     with pytest.raises(ValueError, match="num_targets"):
         SphericalFeatureTransform(num_targets=0)
     with pytest.raises(ValueError, match="target_pool"):
@@ -251,3 +273,78 @@ def test_empty_batch():
     y = torch.zeros(0, dtype=torch.long, device=DEVICE)
     aug, aug_labels, src = SphericalFeatureTransform()(x, y)
     assert aug.shape == (0, 4) and len(aug_labels) == 0 and len(src) == 0
+
+
+def _centres(x, y):
+    sums = torch.zeros(int(y.max()) + 1, x.shape[1], dtype=x.dtype, device=x.device)
+    return unit(sums.index_add(0, y, unit(x)))
+
+
+def test_nearest_targets_are_the_nearest_other_classes():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(8 * 3, 6, generator=g, dtype=torch.float64).to(DEVICE)
+    y = torch.arange(8).repeat_interleave(3).to(DEVICE)
+    centres = _centres(x, y)
+    similarity = centres @ centres.T
+    similarity.fill_diagonal_(-2)
+    nearest = similarity.topk(2, dim=1).indices
+    sft = SphericalFeatureTransform(nearest_targets=2, num_targets=2)
+    _, aug_labels, source = sft(x, y)
+    assert len(aug_labels) == 2 * len(x)
+    expected = nearest[y[source]]
+    assert ((aug_labels.unsqueeze(1) == expected).any(dim=1)).all()
+    # with one nearest class, every sample of a class goes to the same class
+    _, aug_labels, source = SphericalFeatureTransform(nearest_targets=1)(x, y)
+    assert torch.equal(aug_labels, nearest[y[source], 0])
+
+
+def test_strength_moves_part_of_the_way():
+    x, y = _batch(dtype=torch.float64)
+    full = SphericalFeatureTransform(generator=torch.Generator().manual_seed(0))
+    half = SphericalFeatureTransform(
+        strength=0.5, generator=torch.Generator().manual_seed(0)
+    )
+    aug_full, labels_full, source = full(x, y)
+    aug_half, labels_half, source_half = half(x, y)
+    assert torch.equal(labels_full, labels_half) and torch.equal(source, source_half)
+    centres = _centres(x, y)
+    a, b = centres[y[source]], centres[labels_full]
+    # the sample keeps its angle to the moved centre, which lies halfway
+    angle_ab = torch.acos((a * b).sum(1).clamp(-1, 1))
+    m = pml_sft.functional.slerp(a, b, 0.5)
+    assert torch.allclose(torch.acos((a * m).sum(1).clamp(-1, 1)), angle_ab / 2)
+    expected = pml_sft.functional.rotate(unit(x[source]), a, m)
+    assert torch.allclose(aug_half, expected, atol=1e-10)
+    assert torch.allclose(aug_full, pml_sft.functional.rotate(unit(x[source]), a, b))
+
+
+def test_consistency_filter_and_its_statistic():
+    x, y = _batch()
+    logged = SphericalFeatureTransform(
+        collect_stats=True, generator=torch.Generator().manual_seed(0)
+    )
+    aug, aug_labels, _ = logged(x, y)
+    centres = _centres(x, y)
+    nearest = (aug @ centres.T).argmax(dim=1) == aug_labels
+    assert logged.share_nearest_target == pytest.approx(nearest.float().mean().item())
+    filtered = SphericalFeatureTransform(
+        consistent_only=True, generator=torch.Generator().manual_seed(0)
+    )
+    aug_f, labels_f, _ = filtered(x, y)
+    assert torch.equal(aug_f, aug[nearest]) and torch.equal(
+        labels_f, aug_labels[nearest]
+    )
+
+
+def test_gradients_through_batch_centres():
+    x, y = _batch(dtype=torch.float64)
+    x.requires_grad_(True)
+    sft = SphericalFeatureTransform(
+        detach_centers=False, generator=torch.Generator().manual_seed(0)
+    )
+
+    def f(x):
+        sft.generator.manual_seed(0)
+        return sft(x, y)[0]
+
+    assert torch.autograd.gradcheck(f, (x,))

@@ -1,9 +1,7 @@
-import warnings
-
 import pytest
 import torch
 
-from pml_sft.functional import compilation, rotate
+from pml_sft.functional import rotate
 from pml_sft.functional.rotation import ANTIPODAL_MARGIN
 
 from .helpers import DEVICE, random_unit, rotate_reference, rotation_matrix, tol, unit
@@ -210,49 +208,6 @@ def test_check_false_skips_value_checks():
     x, a, b = _inputs(4, 5, torch.float64)
     out = rotate(x, 2 * a, b, check=False)
     assert out.shape == x.shape
-
-
-def test_compiled_path_matches_eager(compile_mode):
-    x, a, b = _inputs(300, 64, torch.float32)
-    b[0] = -a[0]
-    compile_mode("never")
-    xe = x.clone().requires_grad_()
-    eager = rotate(xe, a, b)
-    eager.pow(3).sum().backward()
-    compile_mode("always")
-    xc = x.clone().requires_grad_()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # fails if it fell back
-        compiled = rotate(xc, a, b)
-        compiled.pow(3).sum().backward()
-        other_size = rotate(x[:17], a[:17], b[:17])
-    assert compilation.compile_failure() is None
-    assert torch.allclose(compiled, eager, atol=1e-5)
-    assert torch.allclose(xc.grad, xe.grad, atol=1e-4)
-    assert torch.allclose(other_size, eager[:17], atol=1e-5)
-    with pytest.raises(ValueError, match="src must hold unit vectors"):
-        rotate(x, 2 * a, b)
-
-
-def test_compile_failure_falls_back_to_eager(compile_mode, monkeypatch):
-    def broken(fn):
-        raise RuntimeError("no compiler here")
-
-    monkeypatch.setattr(compilation, "_compile", broken)
-    compile_mode("always")
-    x, a, b = _inputs(10, 8, torch.float64)
-    with pytest.warns(RuntimeWarning, match="torch.compile is unavailable"):
-        out = rotate(x, a, b)
-    assert torch.allclose(out.cpu(), rotate_reference(x.cpu(), a.cpu(), b.cpu()))
-    assert isinstance(compilation.compile_failure(), RuntimeError)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        rotate(x, a, b)  # no second warning, no second attempt
-
-
-def test_compile_mode_validation(compile_mode):
-    with pytest.raises(ValueError, match="compile mode"):
-        compile_mode("sometimes")
 
 
 def test_reference_helper_is_a_rotation():

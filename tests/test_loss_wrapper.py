@@ -1,6 +1,6 @@
 import pytest
 import torch
-from pytorch_metric_learning import losses, miners, reducers
+from pytorch_metric_learning import distances, losses, miners, reducers, regularizers
 
 from pml_sft import (
     FeatureTransformLoss,
@@ -108,26 +108,115 @@ def test_outer_indices_without_miner_add_all_tuples_with_augmented_rows():
     assert ((extra >= len(x)).any(dim=0)).all() and extra.shape[1] > 0
 
 
-def test_augmented_rows_only_as_partners():
+class RecordingContrastive(losses.ContrastiveLoss):
+    """Remembers the indices_tuple it was called with."""
+
+    def forward(self, embeddings, labels, indices_tuple=None, *args):
+        self.seen = indices_tuple
+        return super().forward(embeddings, labels, indices_tuple, *args)
+
+
+@pytest.mark.parametrize("with_miner", [False, True])
+def test_synthetic_roles(with_miner):
     x, y = _batch()
-    seen = {}
+    n = len(x)
+    miner = miners.MultiSimilarityMiner(epsilon=10) if with_miner else None
+    inner = RecordingContrastive()
+    SFTLoss(inner, synthetic_role="partner", miner=miner)(x, y)
+    a1, p, a2, neg = inner.seen
+    assert (a1 < n).all() and (a2 < n).all()
+    assert (p >= n).any() and (neg >= n).any()
+    SFTLoss(inner, synthetic_role="negative", miner=miner)(x, y)
+    a1, p, a2, neg = inner.seen
+    assert (a1 < n).all() and (p < n).all() and (a2 < n).all()
+    assert (neg >= n).any() and len(a1) > 0
+    SFTLoss(inner, synthetic_role="any", miner=miner)(x, y)
+    if with_miner:
+        assert (inner.seen[0] >= n).any()
+    else:
+        assert inner.seen is None  # all pairs, as PML does without indices
 
-    class Recording(losses.ContrastiveLoss):
-        def forward(self, embeddings, labels, indices_tuple=None, *args):
-            seen["indices"] = indices_tuple
-            return super().forward(embeddings, labels, indices_tuple, *args)
 
-    SFTLoss(Recording(), augmented_anchors=False)(x, y)
-    a1, p, a2, n = seen["indices"]
-    assert (a1 < len(x)).all() and (a2 < len(x)).all()
-    assert (p >= len(x)).any() and (n >= len(x)).any()
-    SFTLoss(
-        Recording(),
-        augmented_anchors=False,
-        miner=miners.MultiSimilarityMiner(epsilon=10),
-    )(x, y)
-    a1, p, a2, n = seen["indices"]
-    assert (a1 < len(x)).all() and (a2 < len(x)).all() and (p >= len(x)).any()
+def test_role_restriction_of_triplets():
+    from pml_sft.losses.feature_transform_loss import restrict_roles
+
+    a = torch.tensor([0, 0, 5, 1, 1])
+    p = torch.tensor([1, 6, 1, 0, 0])
+    neg = torch.tensor([2, 2, 2, 7, 3])
+    kept = restrict_roles((a, p, neg), 4, "partner")
+    assert kept[0].tolist() == [0, 0, 1, 1]
+    kept = restrict_roles((a, p, neg), 4, "negative")
+    assert list(zip(*[t.tolist() for t in kept])) == [(0, 1, 2), (1, 0, 7), (1, 0, 3)]
+    kept = restrict_roles((a, p, neg), 4, "negative", augmented_only=True)
+    assert list(zip(*[t.tolist() for t in kept])) == [(1, 0, 7)]
+
+
+def test_separate_objective():
+    x, y = _batch()
+    gen = torch.Generator().manual_seed(0)
+    inner = RecordingContrastive()
+    wrapped = SFTLoss(inner, objective="separate", aug_weight=0.5, generator=gen)
+    calls = []
+    original = inner.forward
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls.append((args[0].shape[0], inner.seen, out))
+        return out
+
+    inner.forward = recording
+    total = wrapped(x, y)
+    (n_plain, seen_plain, plain), (n_all, seen_aug, extra) = calls
+    assert n_plain == len(x) and seen_plain is None and n_all == 2 * len(x)
+    a1, p, a2, neg = seen_aug  # every tuple involves an augmented row
+    assert ((a1 >= len(x)) | (p >= len(x))).all()
+    assert ((a2 >= len(x)) | (neg >= len(x))).all()
+    assert torch.allclose(total, plain + 0.5 * extra)
+    with pytest.raises(ValueError, match="objective"):
+        SFTLoss(losses.ContrastiveLoss(), objective="both")
+    SFTLoss(losses.ContrastiveLoss(), objective="separate", aug_weight=2.0)
+    with pytest.raises(ValueError, match="aug_weight"):
+        SFTLoss(losses.ContrastiveLoss(), aug_weight=2.0)
+
+
+@pytest.mark.parametrize("option", ["reducer", "distance", "embedding_regularizer"])
+def test_inner_loss_options_are_refused(option):
+    value = {
+        "reducer": reducers.SumReducer(),
+        "distance": distances.LpDistance(),
+        "embedding_regularizer": regularizers.LpRegularizer(),
+    }[option]
+    with pytest.raises(TypeError, match=option):
+        SFTLoss(losses.ContrastiveLoss(), **{option: value})
+    wrapped = SFTLoss(losses.ContrastiveLoss())
+    assert not hasattr(wrapped, "reducer") and not hasattr(wrapped, "distance")
+
+
+def test_unknown_option_is_refused():
+    with pytest.raises(TypeError, match="num_targetz"):
+        SFTLoss(losses.ContrastiveLoss(), num_targetz=2)
+
+
+def test_supported_losses_follow_pml_contract():
+    from pml_sft.losses.feature_transform_loss import UNSUPPORTED_LOSSES
+
+    supported = SFTLoss.supported_losses()
+    assert "MultiSimilarityLoss" in supported and "ProxyAnchorLoss" in supported
+    assert not set(supported) & set(UNSUPPORTED_LOSSES)
+    for name in supported:
+        SFTLoss.check_loss_support(name)
+    for name in UNSUPPORTED_LOSSES:
+        with pytest.raises(ValueError, match="cannot wrap " + name):
+            SFTLoss.check_loss_support(name)
+
+
+def test_cross_batch_memory_is_refused_both_ways():
+    memory = losses.CrossBatchMemory(losses.ContrastiveLoss(), 8, memory_size=64)
+    with pytest.raises(ValueError, match="memory bank"):
+        SFTLoss(memory)
+    with pytest.raises(Exception, match="not supported for SFTLoss"):
+        losses.CrossBatchMemory(SFTLoss(losses.ContrastiveLoss()), 8)
+    assert memory.queue_idx == 0
 
 
 def test_state_dict_holds_iteration_and_centres():

@@ -78,6 +78,56 @@ def test_resume_from_checkpoint_is_bit_for_bit():
     assert resumed == uninterrupted  # exact equality of every loss value
 
 
+def _default_setup(generator_seed=1):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(D, D).to(DEVICE)
+    loss_fn = pml_sft.SFTLoss(
+        losses.MultiSimilarityLoss(),
+        generator=torch.Generator(device=DEVICE).manual_seed(generator_seed),
+    ).to(DEVICE)
+    return model, loss_fn, torch.optim.Adam(model.parameters(), lr=0.01)
+
+
+def _step_with_small_classes(model, loss_fn, optimizer, step):
+    """Steps 2 and 7 hold a class with a single sample (no batch centre)."""
+    x, y = _data(step)
+    if step in (2, 7):
+        x, y = x[3:], y[3:]  # class 0 keeps one of its 4 samples
+    optimizer.zero_grad()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def test_resume_is_bit_for_bit_in_the_default_configuration():
+    # the README's configuration (no environment variable, no option), with batches
+    # holding a one-sample class before and after the checkpoint
+    model, loss_fn, optimizer = _default_setup()
+    uninterrupted = [
+        _step_with_small_classes(model, loss_fn, optimizer, s) for s in range(10)
+    ]
+    model, loss_fn, optimizer = _default_setup()
+    first = [_step_with_small_classes(model, loss_fn, optimizer, s) for s in range(5)]
+    buffer = io.BytesIO()
+    torch.save(
+        [model.state_dict(), loss_fn.state_dict(), optimizer.state_dict()], buffer
+    )
+    buffer.seek(0)
+    states = torch.load(buffer, weights_only=False)
+    model, loss_fn, optimizer = _default_setup(generator_seed=999)
+    for obj, state in zip((model, loss_fn, optimizer), states):
+        obj.load_state_dict(state)
+    resumed = first + [
+        _step_with_small_classes(model, loss_fn, optimizer, s) for s in range(5, 10)
+    ]
+    assert resumed == uninterrupted
+    # and the generator's state is what carries the draws: another seed differs
+    model, loss_fn, optimizer = _default_setup(generator_seed=999)
+    other = [_step_with_small_classes(model, loss_fn, optimizer, s) for s in range(10)]
+    assert other != uninterrupted
+
+
 def test_checkpoint_with_other_sizes_is_refused():
     _, loss_fn, _ = _setup()
     state = loss_fn.state_dict()

@@ -1,7 +1,7 @@
 import torch
 
 from ..utils import distributed
-from .base_class_centers import BaseClassCenters
+from .base_class_centers import BaseClassCenters, class_sums, normalize_rows
 from .class_centers import ClassCenters
 
 
@@ -89,15 +89,17 @@ class MovingAverageClassCenters(BaseClassCenters):
         Returns (class labels (K,), sums (K, D), counts (K,)); with
         ``sync_distributed`` under torch.distributed, summed over all ranks.
         """
+        unique_labels, _, sums, counts = class_sums(embeddings, labels)
+        sums = sums.to(self.centers.dtype)
         if self.sync_distributed and distributed.is_distributed():
-            sums = torch.zeros_like(self.centers)
-            sums.index_add_(0, labels, embeddings.to(sums.dtype))
-            counts = torch.bincount(labels, minlength=self.num_classes)
-            distributed.all_reduce_sum(sums, counts)
-            present = (counts > 0).nonzero().squeeze(1)
-            return present, sums[present], counts[present]
-        unique_labels, _, sums, counts = self.batch_class_sums(embeddings, labels)
-        return unique_labels, sums.to(self.centers.dtype), counts
+            all_sums = torch.zeros_like(self.centers)
+            all_sums[unique_labels] = sums
+            all_counts = torch.zeros_like(self.num_updates)
+            all_counts[unique_labels] = counts
+            distributed.all_reduce_sum(all_sums, all_counts)
+            present = (all_counts > 0).nonzero().squeeze(1)
+            return present, all_sums[present], all_counts[present]
+        return unique_labels, sums, counts
 
     def compute(self, embeddings, labels, include_absent=True):
         self.check_labels_in_range(labels)
@@ -109,7 +111,7 @@ class MovingAverageClassCenters(BaseClassCenters):
         labels = labels.long()
         batch_labels, sums, counts = self.batch_statistics(embeddings, labels)
         if self.update:
-            means, nonzero = self.normalize_rows(sums)
+            means, nonzero = normalize_rows(sums)
             updated = nonzero & (counts >= self.min_samples)
             batch_labels_updated = batch_labels[updated]
             old = self.centers[batch_labels_updated]
@@ -125,7 +127,7 @@ class MovingAverageClassCenters(BaseClassCenters):
             if include_absent
             else batch_labels
         )
-        unit, nonzero = self.normalize_rows(self.centers[candidates])
+        unit, nonzero = normalize_rows(self.centers[candidates])
         known = nonzero & (self.num_updates[candidates] > 0)
         center_labels = candidates[known]
         row_of_label = torch.full_like(self.num_updates, -1)

@@ -7,5 +7,5 @@ class FeatureTranslationLoss(FeatureTransformLoss):
     (:class:`~pml_sft.FeatureTranslation`); takes mixed keyword arguments like
     :class:`SFTLoss`, e.g. ``FeatureTranslationLoss(loss, num_targets=2)``."""
 
-    default_transform_class = FeatureTranslation
+    transform_class = FeatureTranslation
     accepts_transform = False

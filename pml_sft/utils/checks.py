@@ -26,8 +26,8 @@ def check_embeddings(x, name="embeddings"):
         raise ValueError(f"{name} must have shape (N, D), got shape {tuple(x.shape)}")
 
 
-def check_labels(labels, num_rows, device, name="labels"):
-    """A 1-D integer tensor with one label per embedding, on the embeddings' device."""
+def check_labels(labels, num_rows, name="labels"):
+    """A 1-D integer tensor with one label per embedding."""
     if labels is None:
         raise ValueError(
             f"{name} are required: feature transforms move samples between classes"
@@ -46,10 +46,6 @@ def check_labels(labels, num_rows, device, name="labels"):
     if labels.shape[0] != num_rows:
         raise ValueError(
             f"{name} has {labels.shape[0]} entries but there are {num_rows} embeddings"
-        )
-    if labels.device != device:
-        raise ValueError(
-            f"{name} is on {labels.device} but the embeddings are on {device}"
         )
 
 
@@ -90,7 +86,7 @@ def all_finite(x):
 def check_finite(x, name):
     if not all_finite(x):
         bad = (~torch.isfinite(x)).sum().item()
-        raise ValueError(f"{name} contains {bad} NaN or inf value(s)")
+        raise ValueError(f"{name} contains NaN or inf values ({bad} of them)")
 
 
 def unit_tolerance(dtype):
