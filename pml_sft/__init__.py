@@ -11,7 +11,9 @@ from .centers import (
     BaseClassCenters,
     BatchClassCenters,
     ClassCenters,
+    DatasetClassCenters,
     MovingAverageClassCenters,
+    ProxyClassCenters,
 )
 from .losses import FeatureTransformLoss, FeatureTranslationLoss, SFTLoss
 from .utils import RecallAtK
@@ -26,6 +28,8 @@ __all__ = [
     "BaseClassCenters",
     "BatchClassCenters",
     "MovingAverageClassCenters",
+    "DatasetClassCenters",
+    "ProxyClassCenters",
     "ClassCenters",
     "FeatureTransformLoss",
     "SFTLoss",

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import pml_sft
 from pml_sft import BatchClassCenters, MovingAverageClassCenters
 
 from .helpers import DEVICE, tol, unit
@@ -129,3 +130,66 @@ def test_empty_batch():
     y = torch.zeros(0, dtype=torch.long, device=DEVICE)
     assert len(BatchClassCenters()(x, y)) == 0
     assert len(MovingAverageClassCenters(3, 5)(x, y)) == 0
+
+
+def test_dataset_centres_are_the_class_means_of_the_full_pass():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    y = torch.arange(6).repeat(5)
+    centers = pml_sft.DatasetClassCenters(num_classes=8, embedding_size=5)
+    centers.fit(x, y)
+    unit_x = torch.nn.functional.normalize(x, dim=1)
+    for c in range(6):
+        expected = torch.nn.functional.normalize(unit_x[y == c].mean(0), dim=0)
+        assert torch.allclose(centers.centers[c].double(), expected, atol=1e-6)
+    assert centers.fitted.tolist() == [True] * 6 + [False] * 2
+    # a batch reads them (no update): its classes, or every fitted class
+    batch_x, batch_y = x[:4].float(), torch.tensor([0, 0, 3, 7])
+    result = centers(batch_x, batch_y, include_absent=False)
+    assert result.labels.tolist() == [0, 3] and result.sample_rows.tolist() == [
+        0,
+        0,
+        1,
+        -1,
+    ]
+    result = centers(batch_x, batch_y, include_absent=True)
+    assert result.labels.tolist() == [0, 1, 2, 3, 4, 5]
+    assert result.in_batch.tolist() == [True, False, False, True, False, False]
+    before = centers.centers.clone()
+    centers(torch.randn(4, 5), batch_y)
+    assert torch.equal(centers.centers, before)
+    # a new pass replaces everything; classes absent from it lose their centre
+    centers.fit(x[y < 3], y[y < 3])
+    assert centers.fitted.tolist() == [True] * 3 + [False] * 5
+    with pytest.raises(ValueError, match="labels must lie in"):
+        centers.fit(x, y + 5)
+    with pytest.raises(ValueError, match="embedding_size=5"):
+        centers.fit(torch.randn(3, 4), torch.arange(3))
+
+
+def test_proxy_centres_follow_the_loss_proxies():
+    from pytorch_metric_learning import losses
+
+    loss = losses.ProxyAnchorLoss(num_classes=5, embedding_size=4)
+    centers = pml_sft.ProxyClassCenters(loss)
+    x, y = torch.randn(6, 4), torch.tensor([0, 0, 2, 2, 4, 4])
+    result = centers(x, y, include_absent=True)
+    expected = torch.nn.functional.normalize(loss.proxies.detach(), dim=1)
+    assert torch.allclose(result.centers, expected) and len(result) == 5
+    assert result.sample_rows.tolist() == [0, 0, 2, 2, 4, 4]
+    with torch.no_grad():
+        loss.proxies.mul_(-1)
+    assert torch.allclose(centers(x, y).centers, -expected)
+    assert [
+        n for n, _ in pml_sft.SFTLoss(loss, centers=centers).named_parameters()
+    ] == [
+        "loss.proxies"
+    ]  # the proxies stay the loss's parameters, once
+    arcface = losses.ArcFaceLoss(num_classes=5, embedding_size=4)
+    result = pml_sft.ProxyClassCenters(arcface)(x, y)
+    assert torch.allclose(
+        result.centers,
+        torch.nn.functional.normalize(arcface.W.detach().T, dim=1),
+    )
+    with pytest.raises(TypeError, match="no class proxies"):
+        pml_sft.ProxyClassCenters(losses.ContrastiveLoss())

@@ -2,6 +2,7 @@ import torch
 from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 from ..utils.checks import check_embeddings, check_finite, check_labels
+from .class_centers import ClassCenters
 
 
 def class_sums(embeddings, labels):
@@ -28,6 +29,40 @@ def normalize_rows(x):
     norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
     eps = torch.finfo(x.dtype).eps
     return x / norms.clamp_min(eps), norms.squeeze(1) > eps
+
+
+def check_labels_in_range(labels, num_classes, owner):
+    if labels.numel() == 0:
+        return
+    lo, hi = labels.min().item(), labels.max().item()
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) for {owner}(num_classes="
+            f"{num_classes}), got labels from {lo} to {hi}"
+        )
+
+
+def centers_from_table(table, known, labels, include_absent):
+    """:class:`ClassCenters` read from a (num_classes, D) table of centres, row c for
+    label c, of which the rows ``known`` (num_classes,) are usable: the batch's
+    classes, plus the other known ones when ``include_absent``. ``labels`` must lie
+    in [0, num_classes)."""
+    num_classes = table.shape[0]
+    in_batch = torch.zeros(num_classes, dtype=torch.bool, device=table.device)
+    in_batch[labels] = True
+    unit, nonzero = normalize_rows(table)
+    usable = known & nonzero & (in_batch | include_absent)
+    center_labels = usable.nonzero().squeeze(1)
+    row_of_label = torch.full((num_classes,), -1, dtype=torch.long, device=table.device)
+    row_of_label[center_labels] = torch.arange(
+        center_labels.shape[0], device=table.device
+    )
+    return ClassCenters(
+        labels=center_labels,
+        centers=unit[center_labels],
+        in_batch=in_batch[center_labels],
+        sample_rows=row_of_label[labels],
+    )
 
 
 class BaseClassCenters(ModuleWithRecords):

@@ -1,8 +1,13 @@
 import torch
 
 from ..utils import distributed
-from .base_class_centers import BaseClassCenters, class_sums, normalize_rows
-from .class_centers import ClassCenters
+from .base_class_centers import (
+    BaseClassCenters,
+    centers_from_table,
+    check_labels_in_range,
+    class_sums,
+    normalize_rows,
+)
 
 
 class MovingAverageClassCenters(BaseClassCenters):
@@ -72,17 +77,6 @@ class MovingAverageClassCenters(BaseClassCenters):
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def check_labels_in_range(self, labels):
-        if labels.numel() == 0:
-            return
-        lo, hi = labels.min().item(), labels.max().item()
-        if lo < 0 or hi >= self.num_classes:
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}) for "
-                f"{type(self).__name__}(num_classes={self.num_classes}), got labels "
-                f"from {lo} to {hi}"
-            )
-
     def batch_statistics(self, embeddings, labels):
         """Per-class sums and counts of the batch, for the classes present in it.
 
@@ -102,7 +96,7 @@ class MovingAverageClassCenters(BaseClassCenters):
         return unique_labels, sums, counts
 
     def compute(self, embeddings, labels, include_absent=True):
-        self.check_labels_in_range(labels)
+        check_labels_in_range(labels, self.num_classes, type(self).__name__)
         if embeddings.shape[1] != self.embedding_size:
             raise ValueError(
                 f"embeddings have size {embeddings.shape[1]} but "
@@ -122,23 +116,5 @@ class MovingAverageClassCenters(BaseClassCenters):
             )
             self.centers[batch_labels_updated] = blended
             self.num_updates[batch_labels_updated] += 1
-        candidates = (
-            torch.arange(self.num_classes, device=self.centers.device)
-            if include_absent
-            else batch_labels
-        )
-        unit, nonzero = normalize_rows(self.centers[candidates])
-        known = nonzero & (self.num_updates[candidates] > 0)
-        center_labels = candidates[known]
-        row_of_label = torch.full_like(self.num_updates, -1)
-        row_of_label[center_labels] = torch.arange(
-            center_labels.shape[0], device=center_labels.device
-        )
-        in_batch = torch.zeros_like(self.num_updates, dtype=torch.bool)
-        in_batch[batch_labels] = True
-        return ClassCenters(
-            labels=center_labels,
-            centers=unit[known],
-            in_batch=in_batch[center_labels],
-            sample_rows=row_of_label[labels],
-        )
+        known = self.num_updates > 0
+        return centers_from_table(self.centers, known, labels, include_absent)

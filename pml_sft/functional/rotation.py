@@ -1,12 +1,14 @@
 """Minimal rotations on the hypersphere, applied row by row without D x D matrices."""
 
+import math
+
 import torch
 
 from ..utils.checks import (
     check_embeddings,
     check_finite,
     check_same_layout,
-    check_unit_rows,
+    unit_tolerance,
 )
 
 # Rows with 1 + <src, dst> below this use the plane form: the closed form divides by
@@ -91,27 +93,49 @@ def rotate(x, src, dst, check=True):
     check_same_layout(x, "x", dst, "dst")
     if x.shape[1] < 2:
         raise ValueError(f"rotations need at least 2 dimensions, got D={x.shape[1]}")
-    if check:
-        for name, t in (("x", x), ("src", src), ("dst", dst)):
-            check_finite(t, name)
-        check_unit_rows(src, "src")
-        check_unit_rows(dst, "dst")
     if x.shape[0] == 0:
         return x.clone()
     dtype = compute_dtype(x.dtype)
     xc, a, b = x.to(dtype), src.to(dtype), dst.to(dtype)
     p = torch.linalg.vecdot(a, xc)
+    q = torch.linalg.vecdot(b, xc)
     denom = 1 + torch.linalg.vecdot(a, b)
     near = denom < ANTIPODAL_MARGIN
-    k = (p + torch.linalg.vecdot(b, xc)) / torch.where(near, 1.0, denom)
-    out = xc - k.unsqueeze(1) * a + (2 * p - k).unsqueeze(1) * b
-    if bool(near.any()):
+    # one host sync: antipodal rows, and with ``check`` the validation (a NaN or inf
+    # anywhere in x, src or dst reaches these inner products)
+    summary = [near.any().to(p.dtype)]
+    if check:
+        summary += [
+            (p + q + denom).sum(),
+            (torch.linalg.vector_norm(a, dim=1) - 1).abs().amax(),
+            (torch.linalg.vector_norm(b, dim=1) - 1).abs().amax(),
+        ]
+    any_near, *checked = torch.stack(summary).tolist()
+    if check:
+        _validate(x, src, dst, *checked)
+    k = (p + q) / torch.where(near, 1.0, denom)
+    out = torch.addcmul(xc, k.neg().unsqueeze(1), a)
+    out = out.addcmul((2 * p - k).unsqueeze(1), b)
+    if any_near:
         rows = near.nonzero().squeeze(1)
         patched = _rotate_plane_form(xc[rows], a[rows], b[rows])
         out = out.index_copy(0, rows, patched)
-    if check:
-        check_finite(out, "rotate: the rotated x (its inner products overflow)")
     return out.to(x.dtype)
+
+
+def _validate(x, src, dst, inner_sum, src_err, dst_err):
+    if not math.isfinite(inner_sum):
+        for name, t in (("x", x), ("src", src), ("dst", dst)):
+            check_finite(t, name)
+        raise ValueError("rotate: x is so large that its inner products overflow")
+    tol = unit_tolerance(x.dtype)
+    for name, err in (("src", src_err), ("dst", dst_err)):
+        if not err <= tol:
+            raise ValueError(
+                f"rotate: {name} must hold unit vectors; the largest deviation of a "
+                f"row norm from 1 is {err:.3g} (tolerance {tol:.3g}). Normalise it "
+                "first; zero vectors cannot be normalised"
+            )
 
 
 def slerp(a, b, t):

@@ -1,0 +1,52 @@
+import torch
+
+from .base_class_centers import (
+    BaseClassCenters,
+    centers_from_table,
+    check_labels_in_range,
+)
+
+
+class ProxyClassCenters(BaseClassCenters):
+    """The class proxies of a proxy loss as class centres (normalised, detached).
+
+    For losses that learn one vector per class: ``ProxyAnchorLoss``,
+    ``ProxyNCALoss`` and ``NormalizedSoftmaxLoss`` (their ``proxies`` or ``W``
+    parameter). The centres follow the loss as it trains, cost nothing to estimate,
+    and exist for every class, in the batch or not.
+
+    Args:
+        loss: the proxy loss (the same object the wrapper wraps).
+    """
+
+    def __init__(self, loss, **kwargs):
+        super().__init__(**kwargs)
+        if self.proxy_table(loss) is None:
+            raise TypeError(
+                f"{type(loss).__name__} has no class proxies (a 'proxies' parameter "
+                "of shape (num_classes, D) or 'W' of shape (D, num_classes))"
+            )
+        # a plain attribute, not a sub-module: the loss belongs to the wrapper
+        self.__dict__["loss"] = loss
+
+    @staticmethod
+    def proxy_table(loss):
+        proxies = getattr(loss, "proxies", None)
+        if isinstance(proxies, torch.Tensor) and proxies.dim() == 2:
+            return proxies
+        weight = getattr(loss, "W", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            return weight.T
+        return None
+
+    def compute(self, embeddings, labels, include_absent=True):
+        table = self.proxy_table(self.loss).detach()
+        if table.shape[1] != embeddings.shape[1]:
+            raise ValueError(
+                f"the proxies have size {table.shape[1]} but the embeddings "
+                f"{embeddings.shape[1]}"
+            )
+        check_labels_in_range(labels, table.shape[0], type(self).__name__)
+        table = table.to(embeddings.device, embeddings.dtype)
+        known = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
+        return centers_from_table(table, known, labels.long(), include_absent)

@@ -1,0 +1,132 @@
+"""The fast tier of the benchmarks: cached inputs of the last blocks, one copy per
+epoch, full-pass centres refitted by the training loop; and the study preset."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import pml_sft
+from benchmarks import compare, train
+
+
+@pytest.fixture
+def fake_emoji(monkeypatch):
+    num_classes, per_class, size = 20, 6, 32
+    rng = np.random.RandomState(0)
+    fake = {
+        "images": rng.randint(0, 256, (num_classes * per_class, size, size, 3)).astype(
+            np.uint8
+        ),
+        "labels": np.repeat(np.arange(num_classes), per_class),
+        "class_codes": np.array([f"c{i}" for i in range(num_classes)]),
+    }
+    monkeypatch.setattr(train.emoji, "prepare", lambda *args, **kwargs: fake)
+    return fake
+
+
+def _config(tmp_path, **kwargs):
+    options = dict(
+        backbone="efficientnet_lite0",
+        pretrained=True,
+        image_size=32,
+        train_from_block=15,
+        cached_copies=2,
+        epochs=3,
+        eval_every=1,
+        batch_size=16,
+        progress=False,
+        split="val",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    options.update(kwargs)
+    return train.RunConfig(**options)
+
+
+def test_cached_inputs_equal_the_frozen_blocks(tmp_path, fake_emoji):
+    cfg = _config(tmp_path)
+    train_set, eval_set = train.build_datasets(cfg)
+    trunk = train.build_trunk("efficientnet_lite0", pretrained=True)
+    head, cached_train, cached_eval = train.cached_datasets(
+        cfg, trunk, train_set, eval_set, torch.device("cpu")
+    )
+    assert cached_train.features.shape[:2] == (2, len(train_set))
+    assert cached_eval.features.shape[:2] == (1, len(eval_set))
+    trunk.eval()
+    with torch.no_grad():
+        x = torch.stack([eval_set[i][0] for i in range(4)])
+        expected = trunk.forward_to(x, 15)
+        assert torch.allclose(cached_eval.features[0, :4], expected, atol=1e-5)
+        # the head on cached inputs is the rest of the network
+        assert torch.allclose(head(cached_eval.features[0, :4]), trunk(x), atol=1e-4)
+    # the copies differ (random shifts) and each epoch reads one of them
+    assert not torch.equal(cached_train.features[0], cached_train.features[1])
+    cached_train.set_epoch(1)
+    assert torch.equal(cached_train[3][0], cached_train.features[1, 3])
+    cached_train.set_epoch(2)
+    assert torch.equal(cached_train[3][0], cached_train.features[0, 3])
+    # a second run reads the cache instead of recomputing it
+    files = sorted((tmp_path / "cache" / "features").iterdir())
+    assert len(files) == 2
+    stamps = [f.stat().st_mtime_ns for f in files]
+    train.cached_datasets(cfg, trunk, train_set, eval_set, torch.device("cpu"))
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+
+def test_fast_tier_run_trains_only_the_head(tmp_path, fake_emoji, monkeypatch):
+    fits = []
+    original_fit = pml_sft.DatasetClassCenters.fit
+
+    def recording_fit(self, embeddings, labels):
+        fits.append(len(labels))
+        return original_fit(self, embeddings, labels)
+
+    monkeypatch.setattr(pml_sft.DatasetClassCenters, "fit", recording_fit)
+    cfg = _config(
+        tmp_path, method="sft", centers="dataset", center_every=2, loss="contrastive"
+    )
+    result = train.run(cfg, tmp_path / "runs")
+    assert result["iterations"] > 0 and result["curves"]["recall_at_1"][-1] is not None
+    assert fits == [result["num_train_samples"]] * 2  # epochs 1 and 3
+    saved = torch.load(tmp_path / "runs" / cfg.name() / "model.pt")
+    # the trained part only: the last block (the head's block 0) and the head conv
+    prefixes = {k.rsplit(".", 1)[0] for k in saved["trunk"]}
+    assert {p.split(".")[0] for p in prefixes} == {"blocks", "conv_head", "bn_head"}
+    assert {p.split(".")[1] for p in prefixes if p.startswith("blocks")} == {"0"}
+    with pytest.raises(ValueError, match="efficientnet_lite0"):
+        train.run(
+            train.RunConfig(
+                backbone="small_cnn",
+                train_from_block=3,
+                progress=False,
+                split="val",
+                cache_dir=str(tmp_path / "cache"),
+            ),
+            tmp_path / "small",
+        )
+
+
+def test_study_preset_selects_the_best_validation_epoch(tmp_path, fake_emoji):
+    out = tmp_path / "study"
+    argv = [
+        "--preset", "study", "--study-losses", "contrastive", "--seeds", "0",
+        "--variants", "default", "synthetic only as negatives", "--workers", "1",
+        "--backbone", "efficientnet_lite0", "--pretrained", "true",
+        "--image-size", "32", "--train-from-block", "15", "--cached-copies", "1",
+        "--epochs", "2", "--eval-every", "1", "--batch-size", "16",
+        "--select", "best-epoch", "--cache-dir", str(tmp_path / "cache"),
+        "--out", str(out),
+    ]  # fmt: skip
+    compare.main(argv)
+    summary = (out / "summary.md").read_text()
+    assert "best validation epoch" in summary
+    for label in ("baseline", "default (joint loss", "synthetic only as negatives"):
+        assert label in summary
+    runs = (out / "runs.csv").read_text().splitlines()
+    assert len(runs) == 1 + 1 + 2 * 2  # header, none, 2 variants x (translation, sft)
+    results = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
+    for r in results:
+        best, epoch = compare.best_epoch_metrics(r)
+        assert best["recall_at_1"] == max(r["curves"]["recall_at_1"])
+        assert epoch in r["curves"]["epoch"]
