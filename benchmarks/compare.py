@@ -312,6 +312,14 @@ def main(argv=None):
         help="report the final epoch, or the epoch with the best Recall@1 (only "
         "on validation classes)",
     )
+    parser.add_argument(
+        "--loss-lr",
+        nargs="+",
+        default=[],
+        metavar="LOSS=LR",
+        help="learning rate per loss (tuned on validation classes), e.g. "
+        "multisimilarity=3e-3; the others use --lr",
+    )
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
     parser.add_argument("--out", default=None, help="results folder")
@@ -330,6 +338,12 @@ def main(argv=None):
         args.seeds = args.seeds[:1]
         base["epochs"] = 2
         base["eval_every"] = 1
+    loss_lr = {}
+    for item in args.loss_lr:
+        name, _, value = item.partition("=")
+        if name not in LOSSES or not value:
+            parser.error(f"--loss-lr takes LOSS=LR with LOSS in {LOSSES}, got {item!r}")
+        loss_lr[name] = float(value)
     out = Path(args.out or ("runs/quick" if args.quick else f"runs/{args.preset}"))
     out.mkdir(parents=True, exist_ok=True)
 
@@ -377,8 +391,9 @@ def main(argv=None):
         for loss in args.losses:
             for method in args.methods:
                 for seed in args.seeds:
+                    options = {**base, "lr": loss_lr.get(loss, base["lr"])}
                     configs.append(
-                        RunConfig(**base, loss=loss, method=method, seed=seed)
+                        RunConfig(**options, loss=loss, method=method, seed=seed)
                     )
 
     if args.select == "best-epoch" and base["split"] != "val":

@@ -30,7 +30,7 @@ from .models import Embedder, build_trunk
 from .train import RunConfig, build_datasets, embed
 
 
-def class_centres(emb, labels):
+def class_centers(emb, labels):
     classes, inverse = torch.unique(labels, return_inverse=True)
     sums = torch.zeros(len(classes), emb.shape[1], dtype=emb.dtype).index_add_(
         0, inverse, emb
@@ -73,7 +73,7 @@ def covariance_dissimilarity(emb, inverse, centres, moved_to, transform, min_sam
     return float(rel[upper[0], upper[1]].mean()), len(covs)
 
 
-def batch_centre_error(emb, inverse, centres, m=4, draws=5, seed=0):
+def batch_center_error(emb, inverse, centres, m=4, draws=5, seed=0):
     """Angle (degrees) between the centre of m random samples of a class (what
     BatchClassCenters sees with m samples per class per batch) and the centre of all
     its samples, for classes with at least 2m samples."""
@@ -100,13 +100,13 @@ def rotation_translation_gap(emb, inverse, centres, seed=0):
     rotated = rotate(emb, src, dst)
     translated = translate(emb, src, dst)
     gap = torch.rad2deg(torch.acos((rotated * translated).sum(1).clamp(-1, 1)))
-    centre_angle = torch.rad2deg(torch.acos((src * dst).sum(1).clamp(-1, 1)))
-    return gap, centre_angle
+    center_angle = torch.rad2deg(torch.acos((src * dst).sum(1).clamp(-1, 1)))
+    return gap, center_angle
 
 
 def diagnose(emb, labels, min_samples=8, seed=0):
     emb = torch.nn.functional.normalize(emb.double(), dim=1)
-    _, inverse, centres = class_centres(emb, labels)
+    _, inverse, centres = class_centers(emb, labels)
     common = torch.nn.functional.normalize(centres.mean(0), dim=0)
     spread = spread_degrees(emb, inverse, centres)
     covariance = {}
@@ -114,8 +114,8 @@ def diagnose(emb, labels, min_samples=8, seed=0):
         covariance[transform], num_classes = covariance_dissimilarity(
             emb, inverse, centres, common, transform, min_samples
         )
-    gap, centre_angle = rotation_translation_gap(emb, inverse, centres, seed)
-    centre_error = batch_centre_error(emb, inverse, centres, seed=seed)
+    gap, center_angle = rotation_translation_gap(emb, inverse, centres, seed)
+    center_error = batch_center_error(emb, inverse, centres, seed=seed)
     return {
         "num_samples": len(emb),
         "num_classes": len(centres),
@@ -132,16 +132,16 @@ def diagnose(emb, labels, min_samples=8, seed=0):
             "median": float(gap.median()),
             "p90": float(gap.quantile(0.9)),
         },
-        "centre_angle_degrees": {"mean": float(centre_angle.mean())},
-        "batch_centre_error_degrees": {
+        "center_angle_degrees": {"mean": float(center_angle.mean())},
+        "batch_center_error_degrees": {
             "m": 4,
-            "classes": int(len(centre_error) // 5),
-            "mean": float(centre_error.mean()) if len(centre_error) else float("nan"),
+            "classes": int(len(center_error) // 5),
+            "mean": float(center_error.mean()) if len(center_error) else float("nan"),
         },
         "_arrays": {
             "spread": spread.numpy(),
             "gap": gap.numpy(),
-            "centre_angle": centre_angle.numpy(),
+            "center_angle": center_angle.numpy(),
         },
     }
 
@@ -163,7 +163,7 @@ def plot(report, path, title):
     )
     axes[1].set_ylabel("mean relative distance\nbetween class covariances")
     axes[1].set_title("moved to a common centre by")
-    axes[2].scatter(arrays["centre_angle"], arrays["gap"], s=2, alpha=0.3)
+    axes[2].scatter(arrays["center_angle"], arrays["gap"], s=2, alpha=0.3)
     axes[2].set_xlabel("angle between source and target centre (deg)")
     axes[2].set_ylabel("rotated vs translated (deg)")
     fig.suptitle(title)
@@ -206,10 +206,10 @@ def markdown(report, name):
             f"| rotated vs translated feature (deg): mean / median / p90 | "
             f"{gap['mean']:.1f} / {gap['median']:.1f} / {gap['p90']:.1f} |",
             f"| angle between source and target centres (deg), mean | "
-            f"{report['centre_angle_degrees']['mean']:.1f} |",
+            f"{report['center_angle_degrees']['mean']:.1f} |",
             f"| batch-centre error: centre of 4 samples vs of the whole class (deg), "
-            f"mean over {report['batch_centre_error_degrees']['classes']} classes | "
-            f"{report['batch_centre_error_degrees']['mean']:.1f} |",
+            f"mean over {report['batch_center_error_degrees']['classes']} classes | "
+            f"{report['batch_center_error_degrees']['mean']:.1f} |",
         ]
     )
 

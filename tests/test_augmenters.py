@@ -45,7 +45,7 @@ def test_sft_rotates_each_sample_onto_its_target_class(dtype):
         assert torch.allclose(aug[i].double().cpu(), expected, atol=tol(dtype) * 100)
 
 
-def test_sft_keeps_the_angle_to_the_class_centre_translation_does_not():
+def test_sft_keeps_the_angle_to_the_class_center_translation_does_not():
     x, y = _batch(torch.float64, per_class=6)
     means = _class_means(x, y)
     for augmenter, keeps in (
@@ -91,7 +91,7 @@ def test_single_class_batch_gives_nothing_and_records_it():
     assert sft.num_augmented == 0 and sft.num_unmoved_samples == 6
 
 
-def test_singleton_classes_are_skipped_with_batch_centres_not_with_moving_average():
+def test_singleton_classes_are_skipped_with_batch_centers_not_with_moving_average():
     x, y = _batch(per_class=1, classes=(0, 1, 2, 3))
     assert len(SphericalFeatureTransform()(x, y)[0]) == 0
     sft = SphericalFeatureTransform(centers=MovingAverageClassCenters(4, x.shape[1]))
@@ -156,7 +156,7 @@ def test_gradients_reach_sources_unless_detached():
     assert not aug.requires_grad
 
 
-def test_gradients_through_batch_centres_when_not_detached():
+def test_gradients_through_batch_centers_when_not_detached():
     x, y = _batch()
     x.requires_grad_()
     aug, _, src = SphericalFeatureTransform(detach_centers=False)(x, y)
@@ -196,7 +196,7 @@ def test_half_precision_augmentation(dtype):
         assert torch.allclose(aug[i].double().cpu(), expected, atol=5e-2)
 
 
-def test_reference_embeddings_only_inform_centres():
+def test_reference_embeddings_only_inform_centers():
     x, y = _batch(per_class=1)
     ref, ref_labels = _batch(per_class=3, seed=5)
     aug, aug_labels, src = SphericalFeatureTransform()(x, y, ref, ref_labels)
@@ -275,7 +275,7 @@ def test_empty_batch():
     assert aug.shape == (0, 4) and len(aug_labels) == 0 and len(src) == 0
 
 
-def _centres(x, y):
+def _centers(x, y):
     sums = torch.zeros(int(y.max()) + 1, x.shape[1], dtype=x.dtype, device=x.device)
     return unit(sums.index_add(0, y, unit(x)))
 
@@ -284,7 +284,7 @@ def test_nearest_targets_are_the_nearest_other_classes():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(8 * 3, 6, generator=g, dtype=torch.float64).to(DEVICE)
     y = torch.arange(8).repeat_interleave(3).to(DEVICE)
-    centres = _centres(x, y)
+    centres = _centers(x, y)
     similarity = centres @ centres.T
     similarity.fill_diagonal_(-2)
     nearest = similarity.topk(2, dim=1).indices
@@ -307,7 +307,7 @@ def test_strength_moves_part_of_the_way():
     aug_full, labels_full, source = full(x, y)
     aug_half, labels_half, source_half = half(x, y)
     assert torch.equal(labels_full, labels_half) and torch.equal(source, source_half)
-    centres = _centres(x, y)
+    centres = _centers(x, y)
     a, b = centres[y[source]], centres[labels_full]
     # the sample keeps its angle to the moved centre, which lies halfway
     angle_ab = torch.acos((a * b).sum(1).clamp(-1, 1))
@@ -324,7 +324,7 @@ def test_consistency_filter_and_its_statistic():
         collect_stats=True, generator=torch.Generator().manual_seed(0)
     )
     aug, aug_labels, _ = logged(x, y)
-    centres = _centres(x, y)
+    centres = _centers(x, y)
     nearest = (aug @ centres.T).argmax(dim=1) == aug_labels
     assert logged.share_nearest_target == pytest.approx(nearest.float().mean().item())
     filtered = SphericalFeatureTransform(
@@ -336,7 +336,7 @@ def test_consistency_filter_and_its_statistic():
     )
 
 
-def test_gradients_through_batch_centres():
+def test_gradients_through_batch_centers():
     x, y = _batch(dtype=torch.float64)
     x.requires_grad_(True)
     sft = SphericalFeatureTransform(

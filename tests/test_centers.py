@@ -20,7 +20,7 @@ def _loop_means(x, labels):
     return out
 
 
-def test_batch_centres_are_normalised_class_means(dtype):
+def test_batch_centers_are_normalised_class_means(dtype):
     labels = [7, 7, 7, -3, -3, 1000, 1000, 1000, 1000, 5]
     x, y = _batch(dtype, labels)
     result = BatchClassCenters()(x, y)
@@ -36,7 +36,7 @@ def test_batch_centres_are_normalised_class_means(dtype):
     assert result.in_batch.all()
 
 
-def test_batch_centres_min_samples_and_zero_mean():
+def test_batch_centers_min_samples_and_zero_mean():
     x, y = _batch(torch.float64, [0, 0, 1, 1, 2])
     x[3] = -x[2]  # class 1 has mean zero: no direction, no centre
     result = BatchClassCenters(min_samples=1)(x, y)
@@ -44,7 +44,7 @@ def test_batch_centres_min_samples_and_zero_mean():
     assert result.sample_rows.tolist() == [0, 0, -1, -1, 1]
 
 
-def test_half_precision_centres_accumulate_in_float32():
+def test_half_precision_centers_accumulate_in_float32():
     x, y = _batch(torch.float16, [0] * 6 + [1] * 6, d=8)
     result = BatchClassCenters()(x, y)
     assert result.centers.dtype == torch.float32
@@ -105,7 +105,7 @@ def test_moving_average_labels_out_of_range(labels):
         MovingAverageClassCenters(3, 5)(x, y)
 
 
-def test_centre_input_errors():
+def test_center_input_errors():
     x, y = _batch(torch.float32, [0, 0, 1, 1])
     with pytest.raises(ValueError, match="4 entries but there are 3"):
         BatchClassCenters()(x[:3], y)
@@ -132,7 +132,7 @@ def test_empty_batch():
     assert len(MovingAverageClassCenters(3, 5)(x, y)) == 0
 
 
-def test_dataset_centres_are_the_class_means_of_the_full_pass():
+def test_dataset_centers_are_the_class_means_of_the_full_pass():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(30, 5, generator=g, dtype=torch.float64)
     y = torch.arange(6).repeat(5)
@@ -167,7 +167,7 @@ def test_dataset_centres_are_the_class_means_of_the_full_pass():
         centers.fit(torch.randn(3, 4), torch.arange(3))
 
 
-def test_proxy_centres_follow_the_loss_proxies():
+def test_proxy_centers_follow_the_loss_proxies():
     from pytorch_metric_learning import losses
 
     loss = losses.ProxyAnchorLoss(num_classes=5, embedding_size=4)

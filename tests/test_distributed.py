@@ -147,7 +147,7 @@ def _single_process(with_miner):
 
 @pytest.mark.parametrize("name", ["wrapped", "wrapped_miner"])
 def test_distributed_loss_wrapper_matches_one_process(ranks, name):
-    single_steps, single_centres = _single_process(with_miner=name == "wrapped_miner")
+    single_steps, single_centers = _single_process(with_miner=name == "wrapped_miner")
     for rank, result in enumerate(ranks):
         own = slice(rank * B, (rank + 1) * B)
         for (loss, grad), (single_loss, single_grad) in zip(
@@ -160,14 +160,14 @@ def test_distributed_loss_wrapper_matches_one_process(ranks, name):
         # the running centres average normalised batch means, which are the same
         # whether the per-class sums are a rank's or (all-reduced) twice as large
         assert torch.allclose(
-            result[name]["centers"], single_centres.centers, atol=1e-6
+            result[name]["centers"], single_centers.centers, atol=1e-6
         )
-        assert torch.equal(result[name]["updates"], single_centres.num_updates)
+        assert torch.equal(result[name]["updates"], single_centers.num_updates)
     # identical buffers on both ranks, bit for bit
     assert torch.equal(ranks[0][name]["centers"], ranks[1][name]["centers"])
 
 
-def test_own_batch_centres_are_identical_across_ranks(ranks):
+def test_own_batch_centers_are_identical_across_ranks(ranks):
     assert torch.equal(ranks[0]["own_ema"]["centers"], ranks[1]["own_ema"]["centers"])
     assert torch.equal(ranks[0]["own_ema"]["updates"], ranks[1]["own_ema"]["updates"])
     # the synchronised update equals one process updating with the whole batch

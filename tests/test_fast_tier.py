@@ -130,3 +130,23 @@ def test_study_preset_selects_the_best_validation_epoch(tmp_path, fake_emoji):
         best, epoch = compare.best_epoch_metrics(r)
         assert best["recall_at_1"] == max(r["curves"]["recall_at_1"])
         assert epoch in r["curves"]["epoch"]
+
+
+def test_learning_rate_per_loss(tmp_path, fake_emoji):
+    out = tmp_path / "cmp"
+    argv = [
+        "--losses", "contrastive", "multisimilarity", "--methods", "none",
+        "--seeds", "0", "--workers", "1", "--loss-lr", "contrastive=0.5",
+        "--lr", "0.25", "--backbone", "efficientnet_lite0", "--pretrained", "true",
+        "--image-size", "32", "--train-from-block", "16", "--cached-copies", "1",
+        "--epochs", "1", "--batch-size", "16", "--split", "val",
+        "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+    ]  # fmt: skip
+    compare.main(argv)
+    lrs = {
+        r["config"]["loss"]: r["config"]["lr"]
+        for r in (json.loads(p.read_text()) for p in out.glob("*/result.json"))
+    }
+    assert lrs == {"contrastive": 0.5, "multisimilarity": 0.25}
+    with pytest.raises(SystemExit):
+        compare.main(argv[:-2] + ["--loss-lr", "nosuchloss=1", "--out", str(out)])

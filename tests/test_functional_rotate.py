@@ -60,7 +60,7 @@ def test_identity_inverse_and_determinant(dtype):
 
 
 @pytest.mark.parametrize("gap", [0.0, 1e-12, 1e-7, 1e-3, ANTIPODAL_MARGIN * 0.99, 0.5])
-def test_antipodal_and_nearly_antipodal_centres(dtype, gap):
+def test_antipodal_and_nearly_antipodal_centers(dtype, gap):
     d = 5
     g = _gen(3)
     a = random_unit(4, d, g)
@@ -124,7 +124,7 @@ def test_gradcheck_generic_and_near_special_cases():
         assert torch.autograd.gradcheck(f, inputs)
 
 
-def test_gradcheck_with_fixed_centres_uses_inverse_rotation():
+def test_gradcheck_with_fixed_centers_uses_inverse_rotation():
     # only x needs gradients: the backward pass is the inverse rotation
     g = _gen(9)
     x = torch.randn(5, 6, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
@@ -142,7 +142,7 @@ def test_gradcheck_with_fixed_centres_uses_inverse_rotation():
     assert torch.allclose(grad[3:].cpu(), expected, atol=1e-10)
 
 
-def test_gradients_finite_at_identical_and_antipodal_centres():
+def test_gradients_finite_at_identical_and_antipodal_centers():
     g = _gen(8)
     x = torch.randn(2, 6, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
     a = random_unit(2, 6, g).to(DEVICE)
@@ -193,7 +193,7 @@ def test_non_finite_values_are_refused(which, value):
 
 
 @pytest.mark.parametrize("which", ["src", "dst"])
-def test_non_unit_and_zero_centres_are_refused(which):
+def test_non_unit_and_zero_centers_are_refused(which):
     x, a, b = _inputs(4, 5, torch.float32)
     t = {"src": a, "dst": b}
     t[which][1] *= 1.5

@@ -219,7 +219,7 @@ def test_cross_batch_memory_is_refused_both_ways():
     assert memory.queue_idx == 0
 
 
-def test_state_dict_holds_iteration_and_centres():
+def test_state_dict_holds_iteration_and_centers():
     wrapped = SFTLoss(
         losses.ArcFaceLoss(4, 8),
         centers=MovingAverageClassCenters(4, 8),
@@ -299,7 +299,7 @@ def test_do_nothing_reducer_needs_full_weight():
         SFTLoss(inner, aug_weight=0.5)(x, y)
 
 
-def test_moving_average_centres_across_batches_and_translation():
+def test_moving_average_centers_across_batches_and_translation():
     g = _gen(3)
     wrapped = FeatureTranslationLoss(
         losses.MultiSimilarityLoss(),

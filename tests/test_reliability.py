@@ -194,7 +194,7 @@ def test_degenerate_batches_give_correct_results():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_losses_are_finite_and_centres_float32(dtype):
+def test_half_precision_losses_are_finite_and_centers_float32(dtype):
     x, y = _data(0)
     centres = pml_sft.MovingAverageClassCenters(C, D)
     loss_fn = pml_sft.SFTLoss(losses.ContrastiveLoss(), centers=centres)
@@ -319,10 +319,10 @@ def test_wrapped_loss_is_finite_property(
     loss = loss_fn(x, labels.to(DEVICE))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
-    classes_with_centres = sum(k >= 2 for k in layout)
+    classes_with_centers = sum(k >= 2 for k in layout)
     expected = (
-        sum(k for k in layout if k >= 2) * min(num_targets, classes_with_centres - 1)
-        if classes_with_centres > 1
+        sum(k for k in layout if k >= 2) * min(num_targets, classes_with_centers - 1)
+        if classes_with_centers > 1
         else 0
     )
     assert loss_fn.num_augmented == expected
