@@ -14,5 +14,5 @@ common=(--preset study --methods sft --seeds 0 1 2 --workers 2
 .venv/bin/python -m benchmarks.compare "${common[@]}" --study-losses multisimilarity \
     --out runs/study_multisimilarity "$@"
 .venv/bin/python -m benchmarks.compare "${common[@]}" --study-losses proxyanchor \
-    --variants default detached "synthetic only" separate late "targets: 5" "centres: the loss" \
+    --variants default "synthetic only as negatives" "separate term, negatives" late "centres: the loss" \
     --out runs/study_proxyanchor "$@"

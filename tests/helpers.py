@@ -53,3 +53,16 @@ def rotate_reference(x, src, dst):
 def random_unit(n, d, generator, dtype=torch.float64, device="cpu"):
     x = torch.randn(n, d, generator=generator, dtype=torch.float64)
     return torch.nn.functional.normalize(x, dim=1).to(dtype=dtype, device=device)
+
+
+def fake_emoji_data(num_classes, per_class, size, seed=0):
+    """Random images in the format of ``pml_sft.datasets.emoji.prepare``."""
+    import numpy as np
+
+    rng = np.random.RandomState(seed)
+    shape = (num_classes * per_class, size, size, 3)
+    return {
+        "images": rng.randint(0, 256, shape).astype(np.uint8),
+        "labels": np.repeat(np.arange(num_classes), per_class),
+        "class_codes": np.array([f"c{i}" for i in range(num_classes)]),
+    }

@@ -29,6 +29,8 @@ from benchmarks.models import (
     is_batchnorm_frozen,
 )
 
+from .helpers import fake_emoji_data
+
 # trunk attribute -> key prefix in the packaged weights file
 TRUNK_TO_FILE = {
     "conv_stem.": "_conv_stem.",
@@ -225,15 +227,7 @@ def test_imagenet_normalisation_for_pretrained_inputs(monkeypatch):
     assert input_normalization("small_cnn", False) == (0.5, 0.25)
 
     # the emoji path end to end, on fake data in emoji.prepare's format
-    num_classes, per_class, size = 6, 3, 8
-    rng = np.random.RandomState(0)
-    fake = {
-        "images": rng.randint(0, 256, (num_classes * per_class, size, size, 3)).astype(
-            np.uint8
-        ),
-        "labels": np.repeat(np.arange(num_classes), per_class),
-        "class_codes": np.array([f"c{i}" for i in range(num_classes)]),
-    }
+    fake = fake_emoji_data(6, 3, 8)
     monkeypatch.setattr(train.emoji, "prepare", lambda *args, **kwargs: fake)
 
     def first_eval_image(cfg):
@@ -320,15 +314,7 @@ def test_cli_trains_the_pretrained_backbone_offline(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    num_classes, per_class, size = 16, 6, 32
-    rng = np.random.RandomState(0)
-    fake = {
-        "images": rng.randint(0, 256, (num_classes * per_class, size, size, 3)).astype(
-            np.uint8
-        ),
-        "labels": np.repeat(np.arange(num_classes), per_class),
-        "class_codes": np.array([f"c{i}" for i in range(num_classes)]),
-    }
+    fake = fake_emoji_data(16, 6, 32)
     monkeypatch.setattr(train.emoji, "prepare", lambda *args, **kwargs: fake)
     optimizers = []
 

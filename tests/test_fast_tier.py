@@ -3,25 +3,18 @@ epoch, full-pass centres refitted by the training loop; and the study preset."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 import pml_sft
 from benchmarks import compare, train
 
+from .helpers import fake_emoji_data
+
 
 @pytest.fixture
 def fake_emoji(monkeypatch):
-    num_classes, per_class, size = 20, 6, 32
-    rng = np.random.RandomState(0)
-    fake = {
-        "images": rng.randint(0, 256, (num_classes * per_class, size, size, 3)).astype(
-            np.uint8
-        ),
-        "labels": np.repeat(np.arange(num_classes), per_class),
-        "class_codes": np.array([f"c{i}" for i in range(num_classes)]),
-    }
+    fake = fake_emoji_data(20, 6, 32)
     monkeypatch.setattr(train.emoji, "prepare", lambda *args, **kwargs: fake)
     return fake
 

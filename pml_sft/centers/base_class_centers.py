@@ -31,6 +31,15 @@ def normalize_rows(x):
     return x / norms.clamp_min(eps), norms.squeeze(1) > eps
 
 
+def check_sizes(num_classes, embedding_size):
+    for name, value in (
+        ("num_classes", num_classes),
+        ("embedding_size", embedding_size),
+    ):
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def check_labels_in_range(labels, num_classes, owner):
     if labels.numel() == 0:
         return

@@ -5,6 +5,7 @@ from .base_class_centers import (
     BaseClassCenters,
     centers_from_table,
     check_labels_in_range,
+    check_sizes,
     class_sums,
     normalize_rows,
 )
@@ -28,12 +29,7 @@ class DatasetClassCenters(BaseClassCenters):
 
     def __init__(self, num_classes, embedding_size, min_samples=1, **kwargs):
         super().__init__(min_samples=min_samples, **kwargs)
-        for name, value in (
-            ("num_classes", num_classes),
-            ("embedding_size", embedding_size),
-        ):
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_sizes(num_classes, embedding_size)
         self.num_classes = num_classes
         self.embedding_size = embedding_size
         self.register_buffer("centers", torch.zeros(num_classes, embedding_size))

@@ -5,6 +5,7 @@ from .base_class_centers import (
     BaseClassCenters,
     centers_from_table,
     check_labels_in_range,
+    check_sizes,
     class_sums,
     normalize_rows,
 )
@@ -48,12 +49,7 @@ class MovingAverageClassCenters(BaseClassCenters):
         **kwargs,
     ):
         super().__init__(min_samples=min_samples, **kwargs)
-        for name, value in (
-            ("num_classes", num_classes),
-            ("embedding_size", embedding_size),
-        ):
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_sizes(num_classes, embedding_size)
         if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.num_classes = num_classes
