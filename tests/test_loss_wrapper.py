@@ -312,3 +312,23 @@ def test_moving_average_centers_across_batches_and_translation():
         loss = wrapped(x, y + 2 * seed)
         assert torch.isfinite(loss)
     assert int((wrapped.transform.centers.num_updates > 0).sum()) == 6
+
+
+def test_total_iterations_sets_the_validated_schedule():
+    wrapped = SFTLoss(losses.ContrastiveLoss(), total_iterations=100)
+    assert (wrapped.warmup_iterations, wrapped.ramp_iterations) == (50, 25)
+    x, y = _batch()
+    weights = []
+    for _ in range(80):
+        wrapped(x, y)
+        weights.append(wrapped.current_aug_weight)
+    assert weights[49] == 0 and weights[50] == pytest.approx(1 / 25)
+    assert weights[74] == 1.0 and weights[79] == 1.0
+    explicit = SFTLoss(
+        losses.ContrastiveLoss(), total_iterations=100, ramp_iterations=0
+    )
+    assert (explicit.warmup_iterations, explicit.ramp_iterations) == (50, 0)
+    plain = SFTLoss(losses.ContrastiveLoss())
+    assert (plain.warmup_iterations, plain.ramp_iterations) == (0, 0)
+    with pytest.raises(ValueError, match="total_iterations"):
+        SFTLoss(losses.ContrastiveLoss(), total_iterations=0)

@@ -77,9 +77,15 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
             (pairs or triplets) that involve an augmented row, so the batch-level
             normalisation of the plain loss is untouched.
         warmup_iterations: training iterations without augmentation at the start
-            (a late start).
+            (a late start). Default: half of ``total_iterations`` when that is
+            given, else 0.
         ramp_iterations: after warm-up, w rises linearly from 0 to ``aug_weight`` over
-            this many iterations.
+            this many iterations. Default: a quarter of ``total_iterations`` when
+            that is given, else 0.
+        total_iterations: the length of training, if known: it sets the schedule
+            validated in the pretrained study (benchmarks/results): no augmentation
+            for the first half, then the weight ramps to ``aug_weight`` over the
+            next quarter. Without it augmentation starts at once.
         synthetic_role: what augmented samples may be in the tuples: ``"any"``
             (default: anchors, positives and negatives), ``"partner"`` (positives or
             negatives of real anchors) or ``"negative"`` (only negatives of real
@@ -110,8 +116,9 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
         miner=None,
         aug_weight=1.0,
         objective="joint",
-        warmup_iterations=0,
-        ramp_iterations=0,
+        warmup_iterations=None,
+        ramp_iterations=None,
+        total_iterations=None,
         synthetic_role="any",
         collect_stats=None,
         **kwargs,
@@ -152,6 +159,16 @@ class FeatureTransformLoss(BaseLossWrapper, BaseMetricLossFunction):
                 f"aug_weight must be in [0, {top}] with objective={objective!r}, "
                 f"got {aug_weight!r}"
             )
+        if total_iterations is not None and not (
+            isinstance(total_iterations, int) and total_iterations >= 1
+        ):
+            raise ValueError(
+                f"total_iterations must be None or an int >= 1, got {total_iterations!r}"
+            )
+        if warmup_iterations is None:
+            warmup_iterations = (total_iterations or 0) // 2
+        if ramp_iterations is None:
+            ramp_iterations = (total_iterations or 0) // 4
         for name, value in (
             ("warmup_iterations", warmup_iterations),
             ("ramp_iterations", ramp_iterations),
