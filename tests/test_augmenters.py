@@ -348,3 +348,14 @@ def test_gradients_through_batch_centers():
         return sft(x, y)[0]
 
     assert torch.autograd.gradcheck(f, (x,))
+
+
+@pytest.mark.parametrize("consistent_only", [False, True])
+def test_no_centres_with_statistics_and_the_filter(consistent_only):
+    # every class has one sample: no batch centre, nothing to move, no error
+    x = torch.randn(4, 6, device=DEVICE)
+    y = torch.arange(4, device=DEVICE)
+    sft = SphericalFeatureTransform(collect_stats=True, consistent_only=consistent_only)
+    aug, aug_labels, source = sft(x, y)
+    assert aug.shape == (0, 6) and len(aug_labels) == 0 and len(source) == 0
+    assert sft.num_augmented == 0 and sft.share_nearest_target == 0.0

@@ -187,7 +187,10 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         moved_dst = slerp(src, dst, self.strength)
         aug = self.move(unit[source_indices], src, moved_dst)
         if self.consistent_only or self.collect_stats:
-            nearest = (aug.detach() @ centers.centers.T).argmax(dim=1) == target_rows
+            nearest = torch.ones_like(target_rows, dtype=torch.bool)
+            if aug.shape[0] > 0:  # (argmax needs a centre; there are none then)
+                similarity = aug.detach() @ centers.centers.T
+                nearest = similarity.argmax(dim=1) == target_rows
             if self.consistent_only:
                 aug, target_rows = aug[nearest], target_rows[nearest]
                 source_indices, src, dst = (
