@@ -380,15 +380,19 @@ def stem_outputs(stem, dataset, copies, cfg, device):
     return torch.stack(out)
 
 
+def check_fast_tier(cfg):
+    if cfg.train_from_block and cfg.backbone != "efficientnet_lite0":
+        raise ValueError(
+            "train_from_block needs a backbone with blocks (efficientnet_lite0), "
+            f"got {cfg.backbone!r}"
+        )
+
+
 def cached_datasets(cfg, trunk, train_set, eval_set, device):
     """The fast tier: (trained head, cached training set, cached evaluation set).
     The frozen blocks' outputs are computed once per configuration of the data and
     backbone and reused by every run (``<cache_dir>/features``)."""
-    if not hasattr(trunk, "split"):
-        raise ValueError(
-            f"train_from_block needs a backbone with blocks (efficientnet_lite0), "
-            f"got {cfg.backbone!r}"
-        )
+    check_fast_tier(cfg)
     stem, head = trunk.split(cfg.train_from_block)
     cached = []
     for part, dataset, copies in (
@@ -474,11 +478,7 @@ def run(cfg, out_dir):
             "freeze_bn keeps the BatchNorm statistics of pretrained weights; "
             "a trunk trained from scratch has none (use it with pretrained)"
         )
-    if cfg.train_from_block and cfg.backbone != "efficientnet_lite0":
-        raise ValueError(
-            "train_from_block needs a backbone with blocks (efficientnet_lite0), "
-            f"got {cfg.backbone!r}"
-        )
+    check_fast_tier(cfg)
     run_dir = Path(out_dir) / cfg.name()
     result_path = run_dir / "result.json"
     if result_path.exists():

@@ -59,16 +59,18 @@ def centers_from_table(table, known, labels, include_absent):
     num_classes = table.shape[0]
     in_batch = torch.zeros(num_classes, dtype=torch.bool, device=table.device)
     in_batch[labels] = True
-    unit, nonzero = normalize_rows(table)
-    usable = known & nonzero & (in_batch | include_absent)
-    center_labels = usable.nonzero().squeeze(1)
+    # only the rows that can be returned are normalised (a table may hold many
+    # more classes than a batch)
+    candidates = (known & (in_batch | include_absent)).nonzero().squeeze(1)
+    unit, nonzero = normalize_rows(table[candidates])
+    center_labels = candidates[nonzero]
     row_of_label = torch.full((num_classes,), -1, dtype=torch.long, device=table.device)
     row_of_label[center_labels] = torch.arange(
         center_labels.shape[0], device=table.device
     )
     return ClassCenters(
         labels=center_labels,
-        centers=unit[center_labels],
+        centers=unit[nonzero],
         in_batch=in_batch[center_labels],
         sample_rows=row_of_label[labels],
     )
