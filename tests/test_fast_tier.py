@@ -143,3 +143,18 @@ def test_learning_rate_per_loss(tmp_path, fake_emoji):
     assert lrs == {"contrastive": 0.5, "multisimilarity": 0.25}
     with pytest.raises(SystemExit):
         compare.main(argv[:-2] + ["--loss-lr", "nosuchloss=1", "--out", str(out)])
+
+
+def test_share_nearest_target_reads_the_transform_logs(tmp_path, capsys):
+    from benchmarks import share_nearest_target
+
+    for seed, values in ((0, ["0", "0.5", "1.0"]), (1, ["0", "0.25", "0.75"])):
+        logs = tmp_path / f"emoji_ms_sft_backbone=x_seed={seed}" / "logs"
+        logs.mkdir(parents=True)
+        rows = ["~iteration~,num_augmented,share_nearest_target"]
+        rows += [f"{i},{0 if v == '0' else 128},{v}" for i, v in enumerate(values)]
+        (logs / "a_transform_SphericalFeatureTransform.csv").write_text("\n".join(rows))
+    result = share_nearest_target.shares(tmp_path)
+    assert result == {"emoji_ms_sft": [(0.75, 0.5, 1.0), (0.5, 0.25, 0.75)]}
+    share_nearest_target.main([str(tmp_path)])
+    assert "runs=2 mean share 0.625 first 0.375 last 0.875" in capsys.readouterr().out

@@ -1,0 +1,44 @@
+"""The share of synthetic samples that lie nearest to their target's centre, per
+variant, from the record-keeper logs of finished runs (the transform's
+``share_nearest_target`` statistic, logged every 10 iterations).
+
+    python -m benchmarks.share_nearest_target runs/study_multisimilarity
+"""
+
+import csv
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def shares(folder):
+    """variant -> [(mean share while augmenting, first logged, last logged)] per run."""
+    rows = defaultdict(list)
+    for path in sorted(
+        Path(folder).glob("*/logs/*transform_SphericalFeatureTransform.csv")
+    ):
+        variant = path.parts[-3].split("_backbone")[0]
+        with open(path) as f:
+            active = [
+                float(r["share_nearest_target"])
+                for r in csv.DictReader(f)
+                if float(r["num_augmented"]) > 0
+            ]
+        if active:
+            rows[variant].append((statistics.mean(active), active[0], active[-1]))
+    return rows
+
+
+def main(argv=None):
+    (folder,) = sys.argv[1:] if argv is None else argv
+    for variant, runs in sorted(shares(folder).items()):
+        mean, first, last = (statistics.mean(r[i] for r in runs) for i in range(3))
+        print(
+            f"{variant:70s} runs={len(runs)} mean share {mean:.3f} "
+            f"first {first:.3f} last {last:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
