@@ -486,10 +486,22 @@ def run(cfg, out_dir):
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # record-keeper logs the losses' and miners' statistics; PML collects them only
+    # under its process-wide flag, so set it for this run and restore it afterwards
+    collect_stats = c_f.COLLECT_STATS
+    c_f.COLLECT_STATS = True
+    try:
+        return train_and_evaluate(cfg, run_dir)
+    finally:
+        c_f.COLLECT_STATS = collect_stats
+
+
+def train_and_evaluate(cfg, run_dir):
+    """The training loop of run(); saves result.json and model.pt in run_dir."""
+    result_path = run_dir / "result.json"
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     device = torch.device(cfg.device)
-    c_f.COLLECT_STATS = True
 
     train_set, eval_set = build_datasets(cfg)
     num_classes = int(np.max(train_set.labels)) + 1

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from pytorch_metric_learning.utils import common_functions as c_f
 
 import pml_sft
 from benchmarks import compare, train
@@ -79,7 +80,12 @@ def test_fast_tier_run_trains_only_the_head(tmp_path, fake_emoji, monkeypatch):
     cfg = _config(
         tmp_path, method="sft", centers="dataset", center_every=2, loss="contrastive"
     )
+    monkeypatch.setattr(c_f, "COLLECT_STATS", False)
     result = train.run(cfg, tmp_path / "runs")
+    assert not c_f.COLLECT_STATS  # PML's process-wide flag is restored after a run
+    logs = tmp_path / "runs" / cfg.name() / "logs"
+    stats = (logs / "loss_funcs_metric_loss_FeatureTransformLoss.csv").read_text()
+    assert "share_nearest_target" in stats.splitlines()[0]  # collected during it
     assert result["iterations"] > 0 and result["curves"]["recall_at_1"][-1] is not None
     assert fits == [result["num_train_samples"]] * 2  # epochs 1 and 3
     saved = torch.load(tmp_path / "runs" / cfg.name() / "model.pt")
