@@ -24,3 +24,11 @@ common=(--preset study --methods sft --workers 2
 .venv/bin/python -m benchmarks.compare "${common[@]}" --study-losses proxyanchor \
     --seeds 0 --variants default "synthetic only as negatives" "centres: the loss" \
     --out runs/study_proxyanchor_seed0 "$@"
+# Confirmation tier (MultiSimilarity): blocks 11-15 + head conv fine-tuned (their input
+# cached) instead of block 15 alone; the fast tier's winner against the baseline and
+# against translation with the same schedule, 2 seeds
+.venv/bin/python -m benchmarks.compare --preset study --methods translation sft \
+    --workers 2 --backbone efficientnet_lite0 --pretrained true --image-size 64 \
+    --train-from-block 11 --epochs 20 --eval-every 2 --lr 3e-3 --proxy-lr 0.1 \
+    --select best-epoch --study-losses multisimilarity --seeds 0 1 --variants late \
+    --out runs/confirm_multisimilarity "$@"
