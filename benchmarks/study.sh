@@ -15,12 +15,14 @@ common=(--preset study --methods sft --workers 2
 # MultiSimilarity: every option, 2 seeds
 .venv/bin/python -m benchmarks.compare "${common[@]}" --study-losses multisimilarity \
     --seeds 0 1 --out runs/study_multisimilarity "$@"
-# MultiSimilarity: the default and the winner, 3 seeds
+# MultiSimilarity: the default and the winner, 3 seeds, SFT and translation
 .venv/bin/python -m benchmarks.compare "${common[@]}" --study-losses multisimilarity \
-    --seeds 0 1 2 --variants default late --out runs/study_multisimilarity_3seeds "$@"
-# ProxyAnchor: the winner of MultiSimilarity, 3 seeds; more options on seed 0
+    --methods translation sft --seeds 0 1 2 --variants default late \
+    --out runs/study_multisimilarity_3seeds "$@"
+# ProxyAnchor: the winner of MultiSimilarity, 3 seeds, SFT and translation; more
+# options on seed 0
 .venv/bin/python -m benchmarks.compare "${common[@]}" --study-losses proxyanchor \
-    --seeds 0 1 2 --variants late --out runs/study_proxyanchor "$@"
+    --methods translation sft --seeds 0 1 2 --variants late --out runs/study_proxyanchor "$@"
 .venv/bin/python -m benchmarks.compare "${common[@]}" --study-losses proxyanchor \
     --seeds 0 --variants default "synthetic only as negatives" "centres: the loss" \
     --out runs/study_proxyanchor_seed0 "$@"
