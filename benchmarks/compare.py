@@ -216,7 +216,9 @@ def plot_recall(rows, path, losses, methods):
     plt.close(fig)
 
 
-def plot_curves(results, path, losses, methods):
+def plot_curves(results, path, losses, series):
+    """Mean Recall@1 per evaluated epoch, one panel per loss and one line per
+    ``series(result)`` label (the method, or the study's variant and method)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,25 +228,22 @@ def plot_curves(results, path, losses, methods):
         1, len(losses), figsize=(3.4 * len(losses), 3.2), squeeze=False
     )
     for ax, loss in zip(axes[0], losses):
-        for method in methods:
-            members = [
-                r
-                for r in results
-                if r["config"]["loss"] == loss and r["config"]["method"] == method
-            ]
-            if not members:
-                continue
+        groups = {}
+        for r in results:
+            if r["config"]["loss"] == loss:
+                groups.setdefault(series(r), []).append(r)
+        for label, members in groups.items():
             epochs = members[0]["curves"]["epoch"]
             points = [
                 (e, np.mean([m["curves"]["recall_at_1"][i] for m in members]))
                 for i, e in enumerate(epochs)
                 if members[0]["curves"]["recall_at_1"][i] is not None
             ]
-            ax.plot(*zip(*points), marker="o", label=method)
+            ax.plot(*zip(*points), marker="o", label=label)
         ax.set_title(loss)
         ax.set_xlabel("epoch")
         ax.set_ylabel("Recall@1")
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -463,6 +462,16 @@ def main(argv=None):
         )
         table = markdown_table(rows, ["loss", "variant", "method"])
         title = "# Feature-augmentation study (validation classes)\n"
+        results.sort(key=lambda r: (order.index(r["config"]["variant"]), r["name"]))
+        plot_curves(
+            results,
+            out / "learning_curves.png",
+            args.study_losses,
+            lambda r: r["config"]["variant"]
+            + (
+                "" if r["config"]["method"] == "none" else f" ({r['config']['method']})"
+            ),
+        )
     else:
         rows = summarize(results, ["loss", "method"])
         rows.sort(
@@ -474,7 +483,13 @@ def main(argv=None):
         table = markdown_table(rows, ["loss", "method"])
         title = "# Baseline vs +translation vs +SFT\n"
         plot_recall(rows, out / "recall_at_1.png", args.losses, args.methods)
-        plot_curves(results, out / "learning_curves.png", args.losses, args.methods)
+        results.sort(key=lambda r: args.methods.index(r["config"]["method"]))
+        plot_curves(
+            results,
+            out / "learning_curves.png",
+            args.losses,
+            lambda r: r["config"]["method"],
+        )
     write_csv(out / "summary.csv", rows)
     (out / "summary.md").write_text(
         title + "\n" + "\n".join(header) + "\n" + table + "\n"

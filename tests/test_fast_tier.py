@@ -106,8 +106,18 @@ def test_fast_tier_run_trains_only_the_head(tmp_path, fake_emoji, monkeypatch):
         )
 
 
-def test_study_preset_selects_the_best_validation_epoch(tmp_path, fake_emoji):
+def test_study_preset_selects_the_best_validation_epoch(
+    tmp_path, fake_emoji, monkeypatch
+):
     out = tmp_path / "study"
+    plotted = []
+    plot_curves = compare.plot_curves
+
+    def recording_plot_curves(results, path, losses, series):
+        plotted.append([series(r) for r in results])
+        return plot_curves(results, path, losses, series)
+
+    monkeypatch.setattr(compare, "plot_curves", recording_plot_curves)
     argv = [
         "--preset", "study", "--study-losses", "contrastive", "--seeds", "0",
         "--variants", "default", "synthetic only as negatives", "--workers", "1",
@@ -124,6 +134,17 @@ def test_study_preset_selects_the_best_validation_epoch(tmp_path, fake_emoji):
         assert label in summary
     runs = (out / "runs.csv").read_text().splitlines()
     assert len(runs) == 1 + 1 + 2 * 2  # header, none, 2 variants x (translation, sft)
+    # one learning curve per variant and method, in the table's order
+    assert (out / "learning_curves.png").stat().st_size > 0
+    assert plotted == [
+        [
+            "baseline (no augmentation)",
+            "default (joint loss, any role) (sft)",
+            "default (joint loss, any role) (translation)",
+            "synthetic only as negatives (sft)",
+            "synthetic only as negatives (translation)",
+        ]
+    ]
     results = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
     for r in results:
         best, epoch = compare.best_epoch_metrics(r)
