@@ -243,7 +243,7 @@ def plot_curves(results, path, losses, series):
         ax.set_title(loss)
         ax.set_xlabel("epoch")
         ax.set_ylabel("Recall@1")
-        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3))
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
