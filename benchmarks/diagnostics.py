@@ -27,7 +27,7 @@ import torch
 from pml_sft.functional import rotate, translate
 
 from .models import Embedder, build_trunk
-from .train import RunConfig, build_datasets, embed
+from .train import RunConfig, build_datasets, cached_datasets, embed
 
 
 def class_centers(emb, labels):
@@ -173,15 +173,27 @@ def plot(report, path, title):
 
 
 def load_run(run_dir, device="cpu"):
+    """(config, trunk, embedder, evaluation set) of a finished run. For a fast-tier
+    run (``train_from_block``) the trunk is the trained head and the evaluation set
+    holds the frozen blocks' cached outputs, as in training."""
     run_dir = Path(run_dir)
     result = json.loads((run_dir / "result.json").read_text())
     cfg = RunConfig(**result["config"])
+    cfg.progress = False
     weights = torch.load(run_dir / "model.pt", map_location=device)
-    trunk = build_trunk(cfg.backbone, False, cfg.width)
+    _, eval_set = build_datasets(cfg)
+    if cfg.train_from_block:
+        trunk = build_trunk(cfg.backbone, cfg.pretrained, cfg.width)
+        train_set, _ = build_datasets(cfg)
+        trunk, _, eval_set = cached_datasets(
+            cfg, trunk, train_set, eval_set, torch.device(device)
+        )
+    else:
+        trunk = build_trunk(cfg.backbone, False, cfg.width)
     trunk.load_state_dict(weights["trunk"])
     embedder = Embedder(trunk.output_size, cfg.embedding_size)
     embedder.load_state_dict(weights["embedder"])
-    return cfg, trunk.to(device), embedder.to(device)
+    return cfg, trunk.to(device), embedder.to(device), eval_set
 
 
 def markdown(report, name):
@@ -224,9 +236,7 @@ def main(argv=None):
     )
     parser.add_argument("--min-samples", type=int, default=8)
     args = parser.parse_args(argv)
-    cfg, trunk, embedder = load_run(args.run)
-    cfg.progress = False
-    _, eval_set = build_datasets(cfg)
+    cfg, trunk, embedder, eval_set = load_run(args.run)
     emb, labels = embed(trunk, embedder, eval_set, cfg, torch.device("cpu"))
     report = diagnose(emb, labels, args.min_samples)
     out = Path(args.out or args.run)

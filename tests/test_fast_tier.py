@@ -8,7 +8,7 @@ import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 
 import pml_sft
-from benchmarks import compare, train
+from benchmarks import compare, diagnostics, train
 
 from .helpers import fake_emoji_data
 
@@ -93,6 +93,17 @@ def test_fast_tier_run_trains_only_the_head(tmp_path, fake_emoji, monkeypatch):
     prefixes = {k.rsplit(".", 1)[0] for k in saved["trunk"]}
     assert {p.split(".")[0] for p in prefixes} == {"blocks", "conv_head", "bn_head"}
     assert {p.split(".")[1] for p in prefixes if p.startswith("blocks")} == {"0"}
+    # the diagnostics read the trained head back onto the cached frozen blocks
+    run_dir = tmp_path / "runs" / cfg.name()
+    diagnostics.main(
+        ["--run", str(run_dir), "--out", str(tmp_path / "diag"), "--min-samples", "2"]
+    )
+    report = json.loads((tmp_path / "diag" / "diagnostics.json").read_text())
+    assert report["num_samples"] == result["num_eval_samples"]
+    _, head, _, _ = diagnostics.load_run(run_dir)
+    assert torch.equal(
+        head.state_dict()["conv_head.weight"], saved["trunk"]["conv_head.weight"]
+    )
     with pytest.raises(ValueError, match="efficientnet_lite0"):
         train.run(
             train.RunConfig(
