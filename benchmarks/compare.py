@@ -19,7 +19,7 @@ import multiprocessing
 import platform
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from .train import (
     METRICS,
     RunConfig,
     add_config_arguments,
+    git_commit,
     prepare_data,
     run,
 )
@@ -249,29 +250,6 @@ def plot_curves(results, path, losses, series):
     plt.close(fig)
 
 
-def git_commit():
-    """The commit of the code that ran (best effort), for the results' provenance."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-        return out + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def machine_description():
     import torch
 
@@ -422,7 +400,13 @@ def main(argv=None):
     header = [
         f"Command: `{command.strip()}`",
         f"Machine: {machine_description()}",
-        f"Code: commit {git_commit()}",
+        f"Code: commit {git_commit()}; runs trained at "
+        + ", ".join(
+            f"{commit} ({count})"
+            for commit, count in Counter(
+                r.get("commit", "an earlier commit (not recorded)") for r in results
+            ).items()
+        ),
         f"Wall time: {(time.time() - started) / 60:.1f} min for {len(results)} runs "
         f"(finished runs are reused)",
         f"Data: {base['dataset']}, evaluated on the {base['split']} classes "

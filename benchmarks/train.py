@@ -604,6 +604,7 @@ def train_and_evaluate(cfg, run_dir):
         num_eval_samples=len(eval_set.labels),
         num_eval_classes=int(len(np.unique(eval_set.labels))),
         iterations=iteration,
+        commit=git_commit(),
     )
     torch.save(
         {"trunk": trunk.state_dict(), "embedder": embedder.state_dict()},
@@ -613,6 +614,29 @@ def train_and_evaluate(cfg, run_dir):
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, result_path)
     return result
+
+
+def git_commit():
+    """The commit of the code that ran (best effort), for the results' provenance."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        return out + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def add_config_arguments(parser, exclude=()):

@@ -157,6 +157,9 @@ def test_study_preset_selects_the_best_validation_epoch(
         ]
     ]
     results = [json.loads(p.read_text()) for p in out.glob("*/result.json")]
+    # provenance: every run records the commit it was trained at
+    assert {r["commit"] for r in results} == {train.git_commit()}
+    assert f"runs trained at {train.git_commit()} (5)" in summary
     for r in results:
         best, epoch = compare.best_epoch_metrics(r)
         assert best["recall_at_1"] == max(r["curves"]["recall_at_1"])
