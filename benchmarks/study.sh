@@ -12,9 +12,9 @@ common=(--preset study --methods sft --workers 2
     --backbone efficientnet_lite0 --pretrained true --image-size 64
     --train-from-block 15 --epochs 20 --eval-every 2 --lr 3e-3 --proxy-lr 0.1
     --select best-epoch)
-# MultiSimilarity: every option, 2 seeds
+# MultiSimilarity: every option, 3 seeds
 .venv/bin/python -m benchmarks.compare "${common[@]}" --study-losses multisimilarity \
-    --seeds 0 1 --out runs/study_multisimilarity "$@"
+    --seeds 0 1 2 --out runs/study_multisimilarity "$@"
 # MultiSimilarity: the default and the winner, 3 seeds, SFT and translation
 .venv/bin/python -m benchmarks.compare "${common[@]}" --study-losses multisimilarity \
     --methods translation sft --seeds 0 1 2 --variants default late \
@@ -28,9 +28,9 @@ common=(--preset study --methods sft --workers 2
     --out runs/study_proxyanchor_seed0 "$@"
 # Confirmation tier (MultiSimilarity): blocks 11-15 + head conv fine-tuned (their input
 # cached) instead of block 15 alone; the fast tier's winner against the baseline and
-# against translation with the same schedule, 2 seeds
+# against translation with the same schedule, 3 seeds
 .venv/bin/python -m benchmarks.compare --preset study --methods translation sft \
     --workers 2 --backbone efficientnet_lite0 --pretrained true --image-size 64 \
     --train-from-block 11 --epochs 20 --eval-every 2 --lr 3e-3 --proxy-lr 0.1 \
-    --select best-epoch --study-losses multisimilarity --seeds 0 1 --variants late \
+    --select best-epoch --study-losses multisimilarity --seeds 0 1 2 --variants late \
     --out runs/confirm_multisimilarity "$@"
