@@ -4,7 +4,7 @@
 # study (issue 11): augmentation starts at 50 % of training (epoch 3) and its weight
 # ramps to 1 over the next 25 % (1.5 epochs). Everything else is the original
 # comparison (`python -m benchmarks.compare`, benchmarks/results/emoji_comparison).
-# Resumable; ~1.5 h on 2 CPU cores. Results: runs/from_scratch_late/summary.md.
+# Resumable; ~1 h on 2 CPU cores. Results: runs/from_scratch_late/summary.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .ci/setup-venv
