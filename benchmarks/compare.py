@@ -233,14 +233,15 @@ def plot_curves(results, path, losses, series):
         for r in results:
             if r["config"]["loss"] == loss:
                 groups.setdefault(series(r), []).append(r)
-        for label, members in groups.items():
+        for i, (label, members) in enumerate(groups.items()):
             epochs = members[0]["curves"]["epoch"]
             points = [
                 (e, np.mean([m["curves"]["recall_at_1"][i] for m in members]))
                 for i, e in enumerate(epochs)
                 if members[0]["curves"]["recall_at_1"][i] is not None
             ]
-            ax.plot(*zip(*points), marker="o", label=label)
+            style = ("-", "--", ":")[i // 10 % 3]  # the colour cycle has 10 colours
+            ax.plot(*zip(*points), marker="o", linestyle=style, label=label)
         ax.set_title(loss)
         ax.set_xlabel("epoch")
         ax.set_ylabel("Recall@1")
