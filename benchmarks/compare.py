@@ -233,14 +233,14 @@ def plot_curves(results, path, losses, series):
         for r in results:
             if r["config"]["loss"] == loss:
                 groups.setdefault(series(r), []).append(r)
-        for i, (label, members) in enumerate(groups.items()):
+        for line, (label, members) in enumerate(groups.items()):
             epochs = members[0]["curves"]["epoch"]
             points = [
                 (e, np.mean([m["curves"]["recall_at_1"][i] for m in members]))
                 for i, e in enumerate(epochs)
                 if members[0]["curves"]["recall_at_1"][i] is not None
             ]
-            style = ("-", "--", ":")[i // 10 % 3]  # the colour cycle has 10 colours
+            style = ("-", "--", ":")[line // 10 % 3]  # the colour cycle has 10
             ax.plot(*zip(*points), marker="o", linestyle=style, label=label)
         ax.set_title(loss)
         ax.set_xlabel("epoch")

@@ -181,10 +181,9 @@ def load_run(run_dir, device="cpu"):
     cfg = RunConfig(**result["config"])
     cfg.progress = False
     weights = torch.load(run_dir / "model.pt", map_location=device)
-    _, eval_set = build_datasets(cfg)
+    train_set, eval_set = build_datasets(cfg)
     if cfg.train_from_block:
         trunk = build_trunk(cfg.backbone, cfg.pretrained, cfg.width)
-        train_set, _ = build_datasets(cfg)
         trunk, _, eval_set = cached_datasets(
             cfg, trunk, train_set, eval_set, torch.device(device)
         )

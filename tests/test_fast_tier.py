@@ -82,19 +82,19 @@ def test_fast_tier_run_trains_only_the_head(tmp_path, fake_emoji, monkeypatch):
     )
     monkeypatch.setattr(c_f, "COLLECT_STATS", False)
     result = train.run(cfg, tmp_path / "runs")
+    run_dir = tmp_path / "runs" / cfg.name()
     assert not c_f.COLLECT_STATS  # PML's process-wide flag is restored after a run
-    logs = tmp_path / "runs" / cfg.name() / "logs"
+    logs = run_dir / "logs"
     stats = (logs / "loss_funcs_metric_loss_FeatureTransformLoss.csv").read_text()
     assert "share_nearest_target" in stats.splitlines()[0]  # collected during it
     assert result["iterations"] > 0 and result["curves"]["recall_at_1"][-1] is not None
     assert fits == [result["num_train_samples"]] * 2  # epochs 1 and 3
-    saved = torch.load(tmp_path / "runs" / cfg.name() / "model.pt")
+    saved = torch.load(run_dir / "model.pt")
     # the trained part only: the last block (the head's block 0) and the head conv
     prefixes = {k.rsplit(".", 1)[0] for k in saved["trunk"]}
     assert {p.split(".")[0] for p in prefixes} == {"blocks", "conv_head", "bn_head"}
     assert {p.split(".")[1] for p in prefixes if p.startswith("blocks")} == {"0"}
     # the diagnostics read the trained head back onto the cached frozen blocks
-    run_dir = tmp_path / "runs" / cfg.name()
     diagnostics.main(
         ["--run", str(run_dir), "--out", str(tmp_path / "diag"), "--min-samples", "2"]
     )
