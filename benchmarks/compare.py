@@ -219,7 +219,8 @@ def plot_recall(rows, path, losses, methods):
 
 def plot_curves(results, path, losses, series):
     """Mean Recall@1 per evaluated epoch, one panel per loss and one line per
-    ``series(result)`` label (the method, or the study's variant and method)."""
+    ``series(result)`` label (the method, or the study's variant and method); the
+    plotted values also go to a CSV file next to the plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,6 +229,7 @@ def plot_curves(results, path, losses, series):
     fig, axes = plt.subplots(
         1, len(losses), figsize=(3.4 * len(losses), 3.2), squeeze=False
     )
+    rows = []
     for ax, loss in zip(axes[0], losses):
         groups = {}
         for r in results:
@@ -242,6 +244,10 @@ def plot_curves(results, path, losses, series):
             ]
             style = ("-", "--", ":")[line // 10 % 3]  # the colour cycle has 10
             ax.plot(*zip(*points), marker="o", linestyle=style, label=label)
+            rows += [
+                {"loss": loss, "series": label, "epoch": e, "recall_at_1_mean": v}
+                for e, v in points
+            ]
         ax.set_title(loss)
         ax.set_xlabel("epoch")
         ax.set_ylabel("Recall@1")
@@ -249,6 +255,7 @@ def plot_curves(results, path, losses, series):
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+    write_csv(Path(path).with_suffix(".csv"), rows)
 
 
 def machine_description():

@@ -147,6 +147,9 @@ def test_study_preset_selects_the_best_validation_epoch(
     assert len(runs) == 1 + 1 + 2 * 2  # header, none, 2 variants x (translation, sft)
     # one learning curve per variant and method, in the table's order
     assert (out / "learning_curves.png").stat().st_size > 0
+    curves = (out / "learning_curves.csv").read_text().splitlines()
+    assert curves[0] == "loss,series,epoch,recall_at_1_mean"
+    assert len(curves) == 1 + 5 * 2  # 5 lines x 2 evaluated epochs
     assert plotted == [
         [
             "baseline (no augmentation)",
