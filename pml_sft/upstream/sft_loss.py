@@ -1,0 +1,295 @@
+"""Spherical Feature Transform, https://arxiv.org/abs/2008.01469 (ECCV 2020)."""
+
+import warnings
+
+import torch
+from pytorch_metric_learning.losses.base_loss_wrapper import BaseLossWrapper
+from pytorch_metric_learning.losses.base_metric_loss_function import (
+    BaseMetricLossFunction,
+)
+from pytorch_metric_learning.utils import common_functions as c_f
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+# Rows with 1 + <src, dst> below this are rotated with the plane form, which stays
+# accurate for (nearly) antipodal centres; the closed form divides by 1 + <src, dst>.
+ANTIPODAL_MARGIN = 0.1
+
+NO_LABELS = "it takes no labels, and synthetic samples exist only through labels"
+UNSUPPORTED_LOSSES = {
+    "CrossBatchMemory": "synthetic samples are made from the current model's centres "
+    "and must not enter a memory bank that serves later steps",
+    "ManifoldLoss": NO_LABELS,
+    "NPairsLoss": "it uses only the first positive pair of each class, which is "
+    "always made of real samples, so augmentation would have no effect",
+    "SelfSupervisedLoss": NO_LABELS,
+    "SmoothAPLoss": "it needs equal, contiguous class blocks, which randomly drawn "
+    "target classes do not keep",
+    "VICRegLoss": NO_LABELS,
+}
+
+
+def compute_dtype(dtype):
+    """float16 and bfloat16 are computed in float32."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def inner(a, b):
+    """Row-wise inner products of two (N, D) tensors."""
+    return (a * b).sum(dim=1)
+
+
+def plane_basis(a, b):
+    """For unit rows a, b: cos t = <a, b>, sin t, and the unit v orthogonal to a with
+    b = cos t a + sin t v. Where b = +-a, v is any unit vector orthogonal to a."""
+    c = inner(a, b)
+    w = b - c.unsqueeze(1) * a
+    w = w - inner(a, w).unsqueeze(1) * a  # again: b - c a cancels when b ~ -a
+    s = w.norm(dim=1)
+    degenerate = s < torch.finfo(a.dtype).eps ** 0.5
+    # there: e_k minus its projection on a, for the coordinate k where a is smallest
+    k = a.abs().argmin(dim=1, keepdim=True)
+    u = torch.zeros_like(a).scatter_(1, k, 1.0) - a.gather(1, k) * a
+    u = u / u.norm(dim=1, keepdim=True)
+    v = torch.where(
+        degenerate[:, None], u, w / torch.where(degenerate, 1 + s, s)[:, None]
+    )
+    return c, s, v
+
+
+def rotate(x, src, dst):
+    """Rotate each row of ``x`` (N, D) by the minimal rotation R that carries the unit
+    row ``src`` onto the unit row ``dst``: R turns the plane span{src, dst} by the angle
+    between them and is the identity on its orthogonal complement, so R src = dst and
+    norms and inner products are kept. With a = src, b = dst, in O(N D) (no D x D
+    matrix):
+
+        R x = x - (<a + b, x> / (1 + <a, b>)) (a + b) + 2 <a, x> b
+
+    Nearly antipodal rows use the equivalent plane form
+    R x = x + (cos t - 1)(<a,x> a + <v,x> v) + sin t (<a,x> v - <v,x> a), with
+    b = cos t a + sin t v; for b = -a it is a half-turn towards a fixed orthogonal
+    direction. Half precision is computed in float32.
+    """
+    dtype = compute_dtype(x.dtype)
+    x, a, b = x.to(dtype), src.to(dtype), dst.to(dtype)
+    p, q, denom = inner(a, x), inner(b, x), 1 + inner(a, b)
+    near = denom < ANTIPODAL_MARGIN
+    k = (p + q) / torch.where(near, torch.ones_like(denom), denom)
+    out = torch.addcmul(x, -k.unsqueeze(1), a).addcmul((2 * p - k).unsqueeze(1), b)
+    if bool(near.any()):
+        rows = near.nonzero(as_tuple=False).squeeze(1)
+        c, s, v = plane_basis(a[rows], b[rows])
+        p, r = p[rows], inner(v, x[rows])
+        in_plane = ((c - 1) * p - s * r).unsqueeze(1) * a[rows]
+        in_plane = in_plane + ((c - 1) * r + s * p).unsqueeze(1) * v
+        out = out.index_copy(0, rows, x[rows] + in_plane)
+    return out
+
+
+def class_sums(embeddings, labels):
+    """(labels (K,), inverse (N,), per-class sums (K, D), counts (K,)) for the classes
+    present; half precision is summed in float32. Differentiable."""
+    unique, inverse, counts = torch.unique(
+        labels, return_inverse=True, return_counts=True
+    )
+    x = embeddings.to(compute_dtype(embeddings.dtype))
+    sums = x.new_zeros(len(unique), x.shape[1]).index_add(0, inverse, x)
+    return unique, inverse, sums, counts
+
+
+def batch_class_centers(embeddings, labels, min_samples=2):
+    """The unit mean of each class with at least ``min_samples`` samples (and a
+    non-zero mean). Returns (labels (K,), centers (K, D), sample_rows (N,)): for each
+    sample the row of its class's centre, or -1 when the class has none."""
+    unique, inverse, sums, counts = class_sums(embeddings, labels)
+    norms = sums.norm(dim=1)
+    valid = (counts >= min_samples) & (norms > torch.finfo(sums.dtype).eps)
+    row = torch.full_like(counts, -1)
+    row[valid] = torch.arange(int(valid.sum()), device=row.device)
+    return unique[valid], sums[valid] / norms[valid].unsqueeze(1), row[inverse]
+
+
+def draw_targets(allowed, num_targets, scores):
+    """For each source (row of the (S, K) bool ``allowed``) up to ``num_targets``
+    distinct allowed columns, uniformly at random: the highest of the (S, K) scores
+    in [0, 1). Returns (source positions (M,), target columns (M,))."""
+    k = min(num_targets, allowed.shape[1])
+    if allowed.shape[0] == 0 or k == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=allowed.device)
+        return empty, empty
+    top = scores.masked_fill(~allowed, -1.0).topk(k, dim=1)
+    keep = (top.values >= 0).reshape(-1)
+    positions = torch.arange(allowed.shape[0], device=allowed.device)
+    positions = positions.unsqueeze(1).expand(-1, k).reshape(-1)
+    return positions[keep], top.indices.reshape(-1)[keep]
+
+
+class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
+    """Wraps a loss and adds, to each training batch, rotated copies of its
+    embeddings: a sample of class i is rotated from the centre of i onto the centre
+    of another class j of the batch and labelled j.
+
+    Args:
+        loss: the loss to wrap.
+        miner: an optional miner, run on the batch with the synthetic samples.
+        num_targets: target classes per sample (k synthetic samples each).
+        total_iterations: the length of training. It sets the validated schedule:
+            no augmentation for the first half, then the weight of the augmented
+            loss ramps from 0 to 1 over the next quarter.
+        warmup_iterations: iterations without augmentation (default: half of
+            ``total_iterations``).
+        ramp_iterations: iterations over which the weight rises to 1 after the
+            warm-up (default: a quarter of ``total_iterations``).
+    """
+
+    def __init__(
+        self,
+        loss,
+        miner=None,
+        num_targets=1,
+        total_iterations=None,
+        warmup_iterations=None,
+        ramp_iterations=None,
+        **kwargs,
+    ):
+        inner_options = {"distance", "reducer", "embedding_regularizer"} & set(kwargs)
+        if inner_options:
+            raise ValueError(f"set {sorted(inner_options)} on the wrapped loss")
+        super().__init__(loss=loss, **kwargs)
+        del self.distance, self.reducer  # the wrapped loss's apply
+        if total_iterations is None and warmup_iterations is None:
+            warnings.warn(
+                f"{type(self).__name__} augments from the first step: pass "
+                "total_iterations (the validated schedule starts half-way) or "
+                "warmup_iterations=0 to confirm"
+            )
+        if not (isinstance(num_targets, int) and num_targets >= 1):
+            raise ValueError(f"num_targets must be an int >= 1, got {num_targets!r}")
+        schedule = (total_iterations, warmup_iterations, ramp_iterations)
+        if not all(v is None or (isinstance(v, int) and v >= 0) for v in schedule):
+            raise ValueError(
+                "total_iterations, warmup_iterations and ramp_iterations must be None "
+                f"or ints >= 0, got {schedule}"
+            )
+        total = total_iterations or 0
+        if warmup_iterations is None:
+            warmup_iterations = total // 2
+        if ramp_iterations is None:
+            ramp_iterations = total // 4
+        self.loss = loss
+        self.miner = miner
+        self.num_targets = num_targets
+        self.warmup_iterations = warmup_iterations
+        self.ramp_iterations = ramp_iterations
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
+        self.add_to_recordable_attributes(
+            list_of_names=["num_targets", "warmup_iterations", "ramp_iterations"],
+            is_stat=False,
+        )
+        self.add_to_recordable_attributes(
+            list_of_names=["num_augmented", "current_aug_weight"], is_stat=True
+        )
+
+    @staticmethod
+    def supported_losses():
+        """Every loss PML exports, except UNSUPPORTED_LOSSES."""
+        from pytorch_metric_learning import losses
+
+        return sorted(
+            name
+            for name, obj in vars(losses).items()
+            if isinstance(obj, type) and issubclass(obj, torch.nn.Module)
+            if not name.startswith(("Base", "Generic", "SFT"))
+            if name not in UNSUPPORTED_LOSSES
+        )
+
+    @classmethod
+    def check_loss_support(cls, loss_name):
+        if loss_name in UNSUPPORTED_LOSSES:
+            raise ValueError(
+                f"{cls.__name__} cannot wrap {loss_name}: {UNSUPPORTED_LOSSES[loss_name]}"
+            )
+
+    def forward(
+        self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None
+    ):
+        if ref_emb is not None or ref_labels is not None:
+            raise ValueError(
+                "synthetic samples join the batch itself, so ref_emb/ref_labels are "
+                "not supported (use DistributedLossWrapper with efficient=False)"
+            )
+        c_f.labels_required(labels)
+        labels = c_f.to_device(labels, embeddings)
+        self.reset_stats()
+        self.current_aug_weight = weight = self.step_weight()
+        self.num_augmented, n = 0, len(embeddings)
+        if weight > 0:
+            aug, aug_labels = self.augment(embeddings, labels)
+            self.num_augmented = len(aug)
+        if self.num_augmented == 0:
+            return self.compute_loss(embeddings, labels, indices_tuple, n)
+        all_embeddings = torch.cat([embeddings, aug])
+        all_labels = torch.cat([labels, aug_labels.to(labels.dtype)])
+        loss = self.compute_loss(all_embeddings, all_labels, indices_tuple, n)
+        if weight < 1:
+            plain = self.compute_loss(embeddings, labels, indices_tuple, n)
+            loss = (1 - weight) * plain + weight * loss
+        return loss
+
+    def compute_loss(self, embeddings, labels, indices_tuple, n):
+        """The wrapped loss on a batch whose first n rows are real."""
+        tuples = self.create_indices_tuple(embeddings, labels, indices_tuple, n)
+        return self.loss(embeddings, labels, tuples)
+
+    def step_weight(self):
+        """The weight of the augmented loss; in training mode it advances the
+        schedule by one iteration (a buffer, so it is saved in ``state_dict``)."""
+        if not self.training:
+            return 0.0
+        self.iteration += 1
+        t = int(self.iteration) - self.warmup_iterations
+        if t <= 0:
+            return 0.0
+        return min(1.0, t / self.ramp_iterations) if self.ramp_iterations > 0 else 1.0
+
+    def augment(self, embeddings, labels):
+        """Up to ``num_targets`` rotated copies of each sample whose class has a
+        batch centre, each onto another class's centre, with that class's label."""
+        x = torch.nn.functional.normalize(
+            embeddings.to(compute_dtype(embeddings.dtype)), dim=1
+        )
+        center_labels, centers, rows = batch_class_centers(x.detach(), labels)
+        sources = (rows >= 0).nonzero(as_tuple=False).squeeze(1)
+        own = rows[sources]
+        allowed = own.unsqueeze(1) != torch.arange(len(centers), device=own.device)
+        scores = torch.rand(allowed.shape, device=allowed.device)
+        positions, targets = draw_targets(allowed, self.num_targets, scores)
+        sources = sources[positions]
+        aug = rotate(x[sources], centers[rows[sources]], centers[targets])
+        return aug.to(embeddings.dtype), center_labels[targets]
+
+    def create_indices_tuple(self, embeddings, labels, indices_tuple, n):
+        """The miner's tuples on the (enlarged) batch, with ``indices_tuple`` (mined
+        on the n real rows) kept; without a miner, every tuple that involves a
+        synthetic row is added to ``indices_tuple``."""
+        if self.miner is not None:
+            mined = self.miner(embeddings, labels)
+            if indices_tuple is None:
+                return mined
+            if len(indices_tuple) != len(mined):
+                convert = (
+                    lmu.convert_to_pairs if len(mined) == 4 else lmu.convert_to_triplets
+                )
+                indices_tuple = convert(indices_tuple, labels)
+            return c_f.concatenate_indices_tuples(mined, indices_tuple)
+        if indices_tuple is None or len(embeddings) == n:
+            return indices_tuple
+        if len(indices_tuple) == 4:
+            a1, p, a2, neg = lmu.get_all_pairs_indices(labels)
+            pos, negs = (a1 >= n) | (p >= n), (a2 >= n) | (neg >= n)
+            extra = a1[pos], p[pos], a2[negs], neg[negs]
+        else:
+            a, p, neg = lmu.get_all_triplets_indices(labels)
+            keep = (a >= n) | (p >= n) | (neg >= n)
+            extra = a[keep], p[keep], neg[keep]
+        return c_f.concatenate_indices_tuples(indices_tuple, extra)
