@@ -36,11 +36,14 @@ def main():
         torch.nn.Linear(dim, dim).to(device)
     )
     loss_fn = DistributedLossWrapper(
-        pml_sft.SFTLoss(
+        pml_sft.FeatureTransformLoss(
             losses.MultiSimilarityLoss(),
+            pml_sft.SphericalFeatureTransform(
+                centers=pml_sft.MovingAverageClassCenters(classes, dim),  # synced
+                generator=torch.Generator().manual_seed(1),  # same seed on every rank
+            ),
             miner=miners.MultiSimilarityMiner(),
-            centers=pml_sft.MovingAverageClassCenters(classes, dim),  # synced buffers
-            generator=torch.Generator().manual_seed(1),  # same seed on every rank
+            warmup_iterations=0,  # a toy run: augment from the first step
         )
     ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)

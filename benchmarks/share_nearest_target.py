@@ -16,7 +16,7 @@ def shares(folder):
     """variant -> [(mean share while augmenting, first logged, last logged)] per run."""
     rows = defaultdict(list)
     for path in sorted(
-        Path(folder).glob("*/logs/*transform_SphericalFeatureTransform.csv")
+        Path(folder).glob("*/logs/*SphericalFeatureTransform.csv")
     ):
         variant = path.parts[-3].split("_backbone")[0]
         with open(path) as f:

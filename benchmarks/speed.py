@@ -125,7 +125,10 @@ def wrapper_and_full_step(args):
     model = torch.nn.Sequential(trunk, embedder)
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     inner = losses.MultiSimilarityLoss()
-    wrapped = pml_sft.SFTLoss(inner, generator=torch.Generator().manual_seed(0))
+    augmenter = pml_sft.SphericalFeatureTransform(
+        generator=torch.Generator().manual_seed(0)
+    )
+    wrapped = pml_sft.FeatureTransformLoss(inner, augmenter, warmup_iterations=0)
     emb = F.normalize(torch.randn(args.batch_size, args.embedding_size), dim=1)
     aug, aug_labels, _ = pml_sft.SphericalFeatureTransform()(emb, labels)
     enlarged = torch.cat([emb, aug])

@@ -22,6 +22,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from tqdm import tqdm
 
 import pml_sft
+from pml_sft.contrib import AblationLoss
 from pml_sft.datasets import emoji
 
 from .models import (
@@ -323,17 +324,20 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
         generator=generator,
         collect_stats=True,
     )
-    wrapped = pml_sft.FeatureTransformLoss(
-        inner,
-        transform=transform,
-        miner=miner,
-        aug_weight=cfg.aug_weight,
-        objective=cfg.objective,
+    schedule = dict(
         warmup_iterations=int(round(cfg.warmup_epochs * iterations_per_epoch)),
         ramp_iterations=int(round(cfg.ramp_epochs * iterations_per_epoch)),
-        synthetic_role=cfg.synthetic_role,
         collect_stats=True,
     )
+    ablated = dict(
+        aug_weight=cfg.aug_weight,
+        objective=cfg.objective,
+        synthetic_role=cfg.synthetic_role,
+    )
+    if ablated == dict(aug_weight=1.0, objective="joint", synthetic_role="any"):
+        wrapped = pml_sft.FeatureTransformLoss(inner, transform, miner, **schedule)
+    else:
+        wrapped = AblationLoss(inner, transform, miner, **ablated, **schedule)
     return wrapped, None
 
 
@@ -552,7 +556,7 @@ def train_and_evaluate(cfg, run_dir):
 
     curves = {"epoch": [], "train_loss": [], **{m: [] for m in METRICS}}
     iteration, start = 0, time.time()
-    centers = getattr(getattr(objective, "transform", None), "centers", None)
+    centers = getattr(getattr(objective, "augmenter", None), "centers", None)
     for epoch in range(1, cfg.epochs + 1):
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch - 1)

@@ -18,7 +18,7 @@ from .centers import (
 from .losses import FeatureTransformLoss, FeatureTranslationLoss, SFTLoss
 from .utils import RecallAtK
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "functional",

@@ -181,7 +181,12 @@ def test_proxy_centers_follow_the_loss_proxies():
         loss.proxies.mul_(-1)
     assert torch.allclose(centers(x, y).centers, -expected)
     assert [
-        n for n, _ in pml_sft.SFTLoss(loss, centers=centers).named_parameters()
+        n
+        for n, _ in pml_sft.FeatureTransformLoss(
+            loss,
+            pml_sft.SphericalFeatureTransform(centers=centers),
+            warmup_iterations=0,
+        ).named_parameters()
     ] == [
         "loss.proxies"
     ]  # the proxies stay the loss's parameters, once

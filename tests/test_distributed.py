@@ -36,13 +36,17 @@ def _data(step):
 
 
 def _make_loss(centers, with_miner=False):
-    return pml_sft.SFTLoss(
-        losses.MultiSimilarityLoss(),
-        miner=miners.MultiSimilarityMiner() if with_miner else None,
+    augmenter = pml_sft.SphericalFeatureTransform(
         centers=centers,
         num_targets=2,
         generator=torch.Generator().manual_seed(7),
         keyed_draws=True,  # also in the one-process reference (the default is keyed only under torch.distributed)
+    )
+    return pml_sft.FeatureTransformLoss(
+        losses.MultiSimilarityLoss(),
+        augmenter,
+        miner=miners.MultiSimilarityMiner() if with_miner else None,
+        warmup_iterations=0,
     )
 
 
@@ -76,7 +80,7 @@ def _worker(rank, port, out_dir):
             loss = loss_fn(x, labels[own], indices)
             loss.backward()
             steps.append((loss.detach(), x.grad.clone()))
-        centres = loss_fn.loss.transform.centers
+        centres = loss_fn.loss.augmenter.centers
         results[name] = dict(
             steps=steps,
             centers=centres.centers.clone(),
@@ -142,7 +146,7 @@ def _single_process(with_miner):
         loss = loss_fn(x, labels, outer(x, labels) if outer else None)
         loss.backward()
         steps.append((loss.detach(), x.grad.clone()))
-    return steps, loss_fn.transform.centers
+    return steps, loss_fn.augmenter.centers
 
 
 @pytest.mark.parametrize("name", ["wrapped", "wrapped_miner"])

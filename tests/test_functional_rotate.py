@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pml_sft.functional import rotate
-from pml_sft.functional.rotation import ANTIPODAL_MARGIN
+from pml_sft.upstream.sft_loss import ANTIPODAL_MARGIN
 
 from .helpers import DEVICE, random_unit, rotate_reference, rotation_matrix, tol, unit
 

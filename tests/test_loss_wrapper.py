@@ -10,6 +10,7 @@ from pml_sft import (
     SFTLoss,
     SphericalFeatureTransform,
 )
+from pml_sft.contrib import AblationLoss
 
 from .helpers import DEVICE
 
@@ -28,7 +29,9 @@ def _gen(seed=0):
 def test_equals_inner_loss_on_the_enlarged_batch(dtype):
     x, y = _batch(dtype)
     inner = losses.MultiSimilarityLoss()
-    wrapped = SFTLoss(inner, generator=_gen())
+    wrapped = FeatureTransformLoss(
+        inner, SphericalFeatureTransform(generator=_gen()), warmup_iterations=0
+    )
     aug, aug_labels, _ = SphericalFeatureTransform(generator=_gen())(x, y)
     expected = inner(torch.cat([x, aug]), torch.cat([y, aug_labels]))
     assert torch.allclose(wrapped(x, y), expected)
@@ -38,9 +41,9 @@ def test_equals_inner_loss_on_the_enlarged_batch(dtype):
 def test_single_class_batch_returns_plain_loss():
     x, y = _batch(classes=1, per_class=6)
     inner = losses.ContrastiveLoss()
-    wrapped = SFTLoss(inner, collect_stats=True)
+    wrapped = SFTLoss(inner, collect_stats=True, warmup_iterations=0)
     assert torch.equal(wrapped(x, y), inner(x, y))
-    assert wrapped.num_augmented == 0 and wrapped.transform.num_augmented == 0
+    assert wrapped.num_augmented == 0 and wrapped.augmenter.num_augmented == 0
 
 
 def test_warmup_ramp_and_weight():
@@ -49,23 +52,28 @@ def test_warmup_ramp_and_weight():
     plain = inner(x, y)
     aug, aug_labels, _ = SphericalFeatureTransform(generator=_gen())(x, y)
     full = inner(torch.cat([x, aug]), torch.cat([y, aug_labels]))
-    wrapped = SFTLoss(inner, warmup_iterations=2, ramp_iterations=4, aug_weight=0.8)
+    wrapped = AblationLoss(
+        inner,
+        SphericalFeatureTransform(),
+        aug_weight=0.8,
+        warmup_iterations=2,
+        ramp_iterations=4,
+    )
     assert torch.equal(wrapped(x, y), plain) and torch.equal(wrapped(x, y), plain)
-    wrapped.transform.generator = _gen()
+    wrapped.augmenter.generator = _gen()
     w = 0.8 * 1 / 4
-    assert wrapped.current_weight() == 0.0
     got = wrapped(x, y)
     assert wrapped.current_aug_weight == pytest.approx(w)
     assert torch.allclose(got, (1 - w) * plain + w * full)
     for _ in range(10):
         wrapped(x, y)
-    assert wrapped.current_weight() == pytest.approx(0.8)
+    assert wrapped.current_aug_weight == pytest.approx(0.8)
 
 
 def test_eval_mode_does_not_augment_or_count():
     x, y = _batch()
     inner = losses.TripletMarginLoss()
-    wrapped = SFTLoss(inner).eval()
+    wrapped = SFTLoss(inner, warmup_iterations=0).eval()
     assert torch.equal(wrapped(x, y), inner(x, y))
     assert int(wrapped.iteration) == 0
 
@@ -80,7 +88,8 @@ def test_inner_miner_mines_the_enlarged_batch_and_keeps_outer_indices():
             return super().forward(embeddings, labels, indices_tuple, *args)
 
     outer = miners.TripletMarginMiner(margin=10)(x, y)
-    wrapped = SFTLoss(Recording(), miner=miners.MultiSimilarityMiner(epsilon=10))
+    miner = miners.MultiSimilarityMiner(epsilon=10)
+    wrapped = SFTLoss(Recording(), miner=miner, warmup_iterations=0)
     wrapped(x, y, outer)
     a1, p, a2, n = seen["indices"]
     assert seen["n"] == 2 * len(x)
@@ -100,7 +109,7 @@ def test_outer_indices_without_miner_add_all_tuples_with_augmented_rows():
             return super().forward(embeddings, labels, indices_tuple, *args)
 
     outer = miners.BatchHardMiner()(x, y)
-    SFTLoss(Recording())(x, y, outer)
+    SFTLoss(Recording(), warmup_iterations=0)(x, y, outer)
     a, p, n = seen["indices"]
     k = len(outer[0])
     assert torch.equal(a[:k], outer[0])
@@ -122,15 +131,16 @@ def test_synthetic_roles(with_miner):
     n = len(x)
     miner = miners.MultiSimilarityMiner(epsilon=10) if with_miner else None
     inner = RecordingContrastive()
-    SFTLoss(inner, synthetic_role="partner", miner=miner)(x, y)
+    sft, start = SphericalFeatureTransform(), dict(warmup_iterations=0)
+    AblationLoss(inner, sft, miner, synthetic_role="partner", **start)(x, y)
     a1, p, a2, neg = inner.seen
     assert (a1 < n).all() and (a2 < n).all()
     assert (p >= n).any() and (neg >= n).any()
-    SFTLoss(inner, synthetic_role="negative", miner=miner)(x, y)
+    AblationLoss(inner, sft, miner, synthetic_role="negative", **start)(x, y)
     a1, p, a2, neg = inner.seen
     assert (a1 < n).all() and (p < n).all() and (a2 < n).all()
     assert (neg >= n).any() and len(a1) > 0
-    SFTLoss(inner, synthetic_role="any", miner=miner)(x, y)
+    AblationLoss(inner, sft, miner, synthetic_role="any", **start)(x, y)
     if with_miner:
         assert (inner.seen[0] >= n).any()
     else:
@@ -138,7 +148,7 @@ def test_synthetic_roles(with_miner):
 
 
 def test_role_restriction_of_triplets():
-    from pml_sft.losses.feature_transform_loss import restrict_roles
+    from pml_sft.contrib import restrict_roles
 
     a = torch.tensor([0, 0, 5, 1, 1])
     p = torch.tensor([1, 6, 1, 0, 0])
@@ -155,7 +165,10 @@ def test_separate_objective():
     x, y = _batch()
     gen = torch.Generator().manual_seed(0)
     inner = RecordingContrastive()
-    wrapped = SFTLoss(inner, objective="separate", aug_weight=0.5, generator=gen)
+    sft = SphericalFeatureTransform(generator=gen)
+    wrapped = AblationLoss(
+        inner, sft, objective="separate", aug_weight=0.5, warmup_iterations=0
+    )
     calls = []
     original = inner.forward
 
@@ -173,10 +186,19 @@ def test_separate_objective():
     assert ((a2 >= len(x)) | (neg >= len(x))).all()
     assert torch.allclose(total, plain + 0.5 * extra)
     with pytest.raises(ValueError, match="objective"):
-        SFTLoss(losses.ContrastiveLoss(), objective="both")
-    SFTLoss(losses.ContrastiveLoss(), objective="separate", aug_weight=2.0)
+        AblationLoss(
+            losses.ContrastiveLoss(), SphericalFeatureTransform(), objective="both"
+        )
+    AblationLoss(
+        losses.ContrastiveLoss(),
+        SphericalFeatureTransform(),
+        objective="separate",
+        aug_weight=2.0,
+    )
     with pytest.raises(ValueError, match="aug_weight"):
-        SFTLoss(losses.ContrastiveLoss(), aug_weight=2.0)
+        AblationLoss(
+            losses.ContrastiveLoss(), SphericalFeatureTransform(), aug_weight=2.0
+        )
 
 
 @pytest.mark.parametrize("option", ["reducer", "distance", "embedding_regularizer"])
@@ -219,70 +241,76 @@ def test_cross_batch_memory_is_refused_both_ways():
     assert memory.queue_idx == 0
 
 
+def _ema_sft(num_classes, size):
+    return SphericalFeatureTransform(
+        centers=MovingAverageClassCenters(num_classes, size)
+    )
+
+
 def test_state_dict_holds_iteration_and_centers():
-    wrapped = SFTLoss(
-        losses.ArcFaceLoss(4, 8),
-        centers=MovingAverageClassCenters(4, 8),
-        warmup_iterations=1,
+    wrapped = FeatureTransformLoss(
+        losses.ArcFaceLoss(4, 8), _ema_sft(4, 8), warmup_iterations=1
     )
     x, y = _batch()
     wrapped(x, y)
     wrapped(x, y)
     state = wrapped.state_dict()
     assert int(state["iteration"]) == 2
-    assert "transform.centers.centers" in state and "loss.W" in state
-    fresh = SFTLoss(
-        losses.ArcFaceLoss(4, 8),
-        centers=MovingAverageClassCenters(4, 8),
-        warmup_iterations=1,
+    assert "augmenter.centers.centers" in state and "loss.W" in state
+    fresh = FeatureTransformLoss(
+        losses.ArcFaceLoss(4, 8), _ema_sft(4, 8), warmup_iterations=1
     )
     fresh.load_state_dict(state)
-    assert fresh.current_weight() == 1.0
+    assert fresh.step_weight() == 1.0
     assert torch.equal(
-        fresh.transform.centers.centers, wrapped.transform.centers.centers
+        fresh.augmenter.centers.centers, wrapped.augmenter.centers.centers
     )
 
 
-def test_kwargs_are_routed_to_transform_and_wrapper():
-    wrapped = SFTLoss(
-        losses.ContrastiveLoss(), num_targets=3, target_pool="batch", aug_weight=0.5
-    )
-    assert wrapped.transform.num_targets == 3 and wrapped.aug_weight == 0.5
-    assert isinstance(
-        FeatureTranslationLoss(losses.ContrastiveLoss()).transform, FeatureTranslation
-    )
-    assert isinstance(
-        FeatureTransformLoss(losses.ContrastiveLoss()).transform,
-        SphericalFeatureTransform,
-    )
-    with pytest.raises(TypeError, match="builds its own transform"):
-        SFTLoss(losses.ContrastiveLoss(), transform=FeatureTranslation())
-    with pytest.raises(TypeError, match="belong to the transform"):
-        FeatureTransformLoss(
-            losses.ContrastiveLoss(), transform=FeatureTranslation(), num_targets=2
-        )
+def test_wrappers_take_built_augmenters():
+    wrapped = SFTLoss(losses.ContrastiveLoss(), num_targets=3, warmup_iterations=0)
+    assert isinstance(wrapped.augmenter, SphericalFeatureTransform)
+    assert wrapped.augmenter.num_targets == wrapped.num_targets == 3
+    translation = FeatureTranslationLoss(losses.ContrastiveLoss(), warmup_iterations=0)
+    assert isinstance(translation.augmenter, FeatureTranslation)
+    with pytest.raises(TypeError, match="build the augmenter"):
+        SFTLoss(losses.ContrastiveLoss(), centers=MovingAverageClassCenters(4, 8))
+    with pytest.raises(TypeError, match="augmenter must be"):
+        FeatureTransformLoss(losses.ContrastiveLoss(), torch.nn.Identity())
+
+
+def test_without_a_schedule_the_constructor_warns():
+    with pytest.warns(UserWarning, match="total_iterations"):
+        SFTLoss(losses.ContrastiveLoss())
+    with pytest.warns(UserWarning, match="total_iterations"):
+        FeatureTransformLoss(losses.ContrastiveLoss(), FeatureTranslation())
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(aug_weight=1.5), "aug_weight"),
-        (dict(aug_weight=-0.1), "aug_weight"),
         (dict(warmup_iterations=-1), "warmup_iterations"),
         (dict(ramp_iterations=0.5), "ramp_iterations"),
+        (dict(num_targets=0), "num_targets"),
         (dict(miner=miners.EmbeddingsAlreadyPackagedAsTriplets()), "batch layout"),
     ],
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SFTLoss(losses.ContrastiveLoss(), **kwargs)
-    with pytest.raises(TypeError, match="transform must be"):
-        FeatureTransformLoss(losses.ContrastiveLoss(), transform=torch.nn.Identity())
+
+
+@pytest.mark.parametrize("aug_weight", [1.5, -0.1])
+def test_bad_ablation_weight(aug_weight):
+    with pytest.raises(ValueError, match="aug_weight"):
+        AblationLoss(
+            losses.ContrastiveLoss(), SphericalFeatureTransform(), aug_weight=aug_weight
+        )
 
 
 def test_bad_input_is_refused_before_the_inner_loss():
     x, y = _batch()
-    wrapped = SFTLoss(losses.ContrastiveLoss())
+    wrapped = SFTLoss(losses.ContrastiveLoss(), warmup_iterations=0)
     with pytest.raises(ValueError, match="labels are required"):
         wrapped(x, None)
     with pytest.raises(ValueError, match="NaN or inf"):
@@ -294,24 +322,25 @@ def test_bad_input_is_refused_before_the_inner_loss():
 def test_do_nothing_reducer_needs_full_weight():
     x, y = _batch()
     inner = losses.ContrastiveLoss(reducer=reducers.DoNothingReducer())
-    assert isinstance(SFTLoss(inner)(x, y), dict)
-    with pytest.raises(TypeError, match="reducer that returns a tensor"):
-        SFTLoss(inner, aug_weight=0.5)(x, y)
+    assert isinstance(SFTLoss(inner, warmup_iterations=0)(x, y), dict)
+    sft = SphericalFeatureTransform()
+    with pytest.raises(TypeError, match="DoNothingReducer"):
+        AblationLoss(inner, sft, objective="separate", warmup_iterations=0)(x, y)
 
 
 def test_moving_average_centers_across_batches_and_translation():
     g = _gen(3)
-    wrapped = FeatureTranslationLoss(
-        losses.MultiSimilarityLoss(),
-        centers=MovingAverageClassCenters(10, 8),
-        target_pool="all",
-        generator=g,
+    translation = FeatureTranslation(
+        centers=MovingAverageClassCenters(10, 8), target_pool="all", generator=g
+    )
+    wrapped = FeatureTransformLoss(
+        losses.MultiSimilarityLoss(), translation, warmup_iterations=0
     )
     for seed in range(3):
         x, y = _batch(classes=2, per_class=2, seed=seed)
         loss = wrapped(x, y + 2 * seed)
         assert torch.isfinite(loss)
-    assert int((wrapped.transform.centers.num_updates > 0).sum()) == 6
+    assert int((wrapped.augmenter.centers.num_updates > 0).sum()) == 6
 
 
 def test_total_iterations_sets_the_validated_schedule():
@@ -328,7 +357,7 @@ def test_total_iterations_sets_the_validated_schedule():
         losses.ContrastiveLoss(), total_iterations=100, ramp_iterations=0
     )
     assert (explicit.warmup_iterations, explicit.ramp_iterations) == (50, 0)
-    plain = SFTLoss(losses.ContrastiveLoss())
+    plain = SFTLoss(losses.ContrastiveLoss(), warmup_iterations=0)
     assert (plain.warmup_iterations, plain.ramp_iterations) == (0, 0)
     with pytest.raises(ValueError, match="total_iterations"):
-        SFTLoss(losses.ContrastiveLoss(), total_iterations=0)
+        SFTLoss(losses.ContrastiveLoss(), total_iterations=-1)

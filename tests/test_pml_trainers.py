@@ -179,9 +179,9 @@ def test_records_are_visible_to_record_keeper_style_logging():
     loss(x, y)
     names = c_f.list_of_recordable_attributes_list_names()
     recorded = {
-        n: getattr(loss.transform, n)
+        n: getattr(loss.augmenter, n)
         for ln in names
-        for n in getattr(loss.transform, ln, [])
+        for n in getattr(loss.augmenter, ln, [])
     }
     assert recorded["num_augmented"] == 16 and recorded["mean_center_angle"] > 0
-    assert "aug_weight" in getattr(loss, "_record_these")
+    assert "warmup_iterations" in getattr(loss, "_record_these")

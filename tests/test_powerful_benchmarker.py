@@ -82,27 +82,33 @@ def test_loss_factory_nests_inner_loss_with_num_classes():
     runner = pb_run.make_runner()
     factory = pb_sft.SFTLossFactory(getter=runner.pytorch_getter)
     spec = {
-        "SFTLoss": {
+        "FeatureTransformLoss": {
             "loss": {"ArcFaceLoss": {"embedding_size": 16}},
             "miner": {"MultiSimilarityMiner": {"epsilon": 0.1}},
-            "centers": {"MovingAverageClassCenters": {"embedding_size": 16}},
-            "num_targets": 2,
+            "augmenter": {
+                "SphericalFeatureTransform": {
+                    "centers": {"MovingAverageClassCenters": {"embedding_size": 16}},
+                    "num_targets": 2,
+                }
+            },
+            "warmup_iterations": 0,
         }
     }
     loss = factory.create(spec, kwargs={"num_classes": 7})
     assert loss.loss.W.shape == (16, 7)
-    assert loss.transform.centers.num_classes == 7 and loss.transform.num_targets == 2
-    assert loss.collect_stats and loss.transform.collect_stats
+    assert loss.augmenter.centers.num_classes == 7 and loss.num_targets == 2
+    assert loss.collect_stats and loss.augmenter.collect_stats
     translation = factory.create(
         {
-            "FeatureTransformLoss": {
+            "FeatureTranslationLoss": {
                 "loss": {"ContrastiveLoss": {}},
-                "transform": {"FeatureTranslation": {"num_targets": 1}},
+                "num_targets": 1,
+                "warmup_iterations": 0,
             }
         },
         kwargs={"num_classes": 7},
     )
-    assert type(translation.transform).__name__ == "FeatureTranslation"
+    assert type(translation.augmenter).__name__ == "FeatureTranslation"
     plain = factory.create(
         {"ProxyAnchorLoss": {"embedding_size": 16}}, kwargs={"num_classes": 5}
     )

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pytorch_metric_learning import losses, miners
 
 import pml_sft
+from pml_sft.contrib import AblationLoss
 from pml_sft.functional import rotate
 
 from .helpers import DEVICE, unit
@@ -27,14 +28,17 @@ def _data(step, n=24):
 def _setup(generator_seed=1):
     torch.manual_seed(0)
     model = torch.nn.Linear(D, D).to(DEVICE)
-    loss_fn = pml_sft.SFTLoss(
-        losses.ArcFaceLoss(C, D),
-        miner=miners.MultiSimilarityMiner(),
+    augmenter = pml_sft.SphericalFeatureTransform(
         centers=pml_sft.MovingAverageClassCenters(C, D),
+        generator=torch.Generator(device=DEVICE).manual_seed(generator_seed),
+    )
+    loss_fn = AblationLoss(
+        losses.ArcFaceLoss(C, D),
+        augmenter,
+        miner=miners.MultiSimilarityMiner(),
         warmup_iterations=3,
         ramp_iterations=4,
         aug_weight=0.8,
-        generator=torch.Generator(device=DEVICE).manual_seed(generator_seed),
     ).to(DEVICE)
     optimizer = torch.optim.Adam(
         list(model.parameters()) + list(loss_fn.parameters()), lr=0.01
@@ -81,9 +85,12 @@ def test_resume_from_checkpoint_is_bit_for_bit():
 def _default_setup(generator_seed=1):
     torch.manual_seed(0)
     model = torch.nn.Linear(D, D).to(DEVICE)
-    loss_fn = pml_sft.SFTLoss(
+    loss_fn = pml_sft.FeatureTransformLoss(
         losses.MultiSimilarityLoss(),
-        generator=torch.Generator(device=DEVICE).manual_seed(generator_seed),
+        pml_sft.SphericalFeatureTransform(
+            generator=torch.Generator(device=DEVICE).manual_seed(generator_seed)
+        ),
+        warmup_iterations=0,
     ).to(DEVICE)
     return model, loss_fn, torch.optim.Adam(model.parameters(), lr=0.01)
 
@@ -135,9 +142,12 @@ def test_checkpoint_with_other_sizes_is_refused():
         (C + 1, D, "num_classes=7"),
         (C, D + 2, "embedding_size=10"),
     ):
-        other = pml_sft.SFTLoss(
+        other = pml_sft.FeatureTransformLoss(
             losses.ContrastiveLoss(),
-            centers=pml_sft.MovingAverageClassCenters(classes, size),
+            pml_sft.SphericalFeatureTransform(
+                centers=pml_sft.MovingAverageClassCenters(classes, size)
+            ),
+            warmup_iterations=0,
         )
         with pytest.raises(ValueError, match=match):
             other.load_state_dict(state, strict=False)
@@ -167,8 +177,12 @@ def test_hostile_inputs_each_give_a_result_or_a_clear_error():
     with pytest.raises(ValueError, match="entries but there are"):
         loss_fn(x, y[:-1])
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 6\)"):
-        pml_sft.SFTLoss(
-            losses.ContrastiveLoss(), centers=pml_sft.MovingAverageClassCenters(C, D)
+        pml_sft.FeatureTransformLoss(
+            losses.ContrastiveLoss(),
+            pml_sft.SphericalFeatureTransform(
+                centers=pml_sft.MovingAverageClassCenters(C, D)
+            ),
+            warmup_iterations=0,
         )(x, y + 1)
     with pytest.raises(ValueError, match="too large to normalise"):
         loss_fn(torch.full_like(x, 1e37), y)  # finite values, overflowing norm
@@ -197,7 +211,11 @@ def test_degenerate_batches_give_correct_results():
 def test_half_precision_losses_are_finite_and_centers_float32(dtype):
     x, y = _data(0)
     centres = pml_sft.MovingAverageClassCenters(C, D)
-    loss_fn = pml_sft.SFTLoss(losses.ContrastiveLoss(), centers=centres)
+    loss_fn = pml_sft.FeatureTransformLoss(
+        losses.ContrastiveLoss(),
+        pml_sft.SphericalFeatureTransform(centers=centres),
+        warmup_iterations=0,
+    )
     xh = x.to(dtype).requires_grad_()
     loss = loss_fn(xh, y)
     loss.backward()
@@ -310,11 +328,12 @@ def test_wrapped_loss_is_finite_property(
         .to(dtype=dtype, device=DEVICE)
         .requires_grad_()
     )
-    cls = pml_sft.SFTLoss if method == "sft" else pml_sft.FeatureTranslationLoss
-    loss_fn = cls(
+    cls = pml_sft.SphericalFeatureTransform
+    cls = cls if method == "sft" else pml_sft.FeatureTranslation
+    loss_fn = pml_sft.FeatureTransformLoss(
         losses.MultiSimilarityLoss(),
-        num_targets=num_targets,
-        generator=copy.deepcopy(g),
+        cls(num_targets=num_targets, generator=copy.deepcopy(g)),
+        warmup_iterations=0,
     )
     loss = loss_fn(x, labels.to(DEVICE))
     loss.backward()

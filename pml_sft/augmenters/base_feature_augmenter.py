@@ -6,7 +6,7 @@ from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 from ..centers import BaseClassCenters, BatchClassCenters
 from ..functional import slerp
-from ..functional.rotation import compute_dtype
+from ..upstream.sft_loss import compute_dtype
 from ..utils import distributed
 from ..utils.checks import check_embeddings, check_finite, check_labels
 from ..utils.target_sampling import (
@@ -162,10 +162,22 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         Returns:
             aug_embeddings (M, D), aug_labels (M,), source_indices (M,).
         """
-        self.reset_stats()
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0])
         labels = c_f.to_device(labels, embeddings)
+        if ref_emb is not None or ref_labels is not None:
+            check_embeddings(ref_emb, "ref_emb")
+            check_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+            ref_labels = c_f.to_device(ref_labels, embeddings)
+            if ref_emb.shape[1] != embeddings.shape[1]:
+                raise ValueError("ref_emb must have the embeddings' size")
+        return self.augment(embeddings, labels, ref_emb, ref_labels)
+
+    def augment(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        """:meth:`forward` for inputs already checked (labels on the embeddings'
+        device), as the loss wrappers call it. NaN/inf and zero rows are still
+        refused: normalising finds them at no extra cost."""
+        self.reset_stats()
         unit, norms = self.directions(embeddings, "embeddings")
         keyed = self.keyed_draws
         keyed = distributed.is_distributed() if keyed is None else keyed
@@ -237,12 +249,7 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         the rows are summed in an order given by their content, so that the float
         sums, hence the centres, are bit-identical however the batch is ordered."""
         rows, row_labels = unit, labels
-        if ref_emb is not None or ref_labels is not None:
-            check_embeddings(ref_emb, "ref_emb")
-            check_labels(ref_labels, ref_emb.shape[0], "ref_labels")
-            ref_labels = c_f.to_device(ref_labels, unit)
-            if ref_emb.shape[1] != unit.shape[1]:
-                raise ValueError("ref_emb must have the embeddings' size")
+        if ref_emb is not None:
             ref_unit, _ = self.directions(ref_emb.detach(), "ref_emb")
             rows = torch.cat([unit, ref_unit.to(unit.dtype)])
             row_labels = torch.cat([labels, ref_labels.to(labels.dtype)])
@@ -252,7 +259,7 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         if keys is not None:
             order = torch.argsort(keys, stable=True)
             rows, row_labels = rows[order], row_labels[order]
-        centers = self.centers(
+        centers = self.centers.estimate(
             rows,
             row_labels,
             include_absent=self.target_pool == "all",

@@ -1,26 +1,9 @@
 import torch
 from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
+from ..upstream.sft_loss import class_sums  # noqa: F401 (re-exported)
 from ..utils.checks import check_embeddings, check_finite, check_labels
 from .class_centers import ClassCenters
-
-
-def class_sums(embeddings, labels):
-    """Per-class sums and counts of a batch, for the classes present in it.
-
-    Returns (unique_labels (K,), inverse (N,), sums (K, D), counts (K,)); sums of
-    float16/bfloat16 embeddings are accumulated in float32. Differentiable w.r.t.
-    ``embeddings``.
-    """
-    unique_labels, inverse, counts = torch.unique(
-        labels, return_inverse=True, return_counts=True
-    )
-    dtype = (
-        torch.float32 if embeddings.dtype in (torch.float16, torch.bfloat16) else None
-    )
-    x = embeddings if dtype is None else embeddings.to(dtype)
-    sums = x.new_zeros(unique_labels.shape[0], x.shape[1]).index_add(0, inverse, x)
-    return unique_labels, inverse, sums, counts
 
 
 def normalize_rows(x):
@@ -110,10 +93,15 @@ class BaseClassCenters(ModuleWithRecords):
         detach: compute the centres without gradient; False needs a
             ``differentiable`` estimator.
         """
-        self.reset_stats()
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0])
         check_finite(embeddings, "embeddings")
+        return self.estimate(embeddings, labels, include_absent, detach)
+
+    def estimate(self, embeddings, labels, include_absent=True, detach=True):
+        """:meth:`forward` without the input checks, for callers that made them
+        (the augmenters)."""
+        self.reset_stats()
         if not detach and not self.differentiable:
             raise ValueError(
                 f"{type(self).__name__} cannot pass gradients through its centres "

@@ -1,7 +1,8 @@
 import torch
 
+from ..upstream.sft_loss import batch_class_centers
 from ..utils import distributed
-from .base_class_centers import BaseClassCenters, class_sums, normalize_rows
+from .base_class_centers import BaseClassCenters
 from .class_centers import ClassCenters
 
 
@@ -38,14 +39,15 @@ class BatchClassCenters(BaseClassCenters):
         if self.sync_distributed and distributed.is_distributed():
             embeddings, own = distributed.all_gather_rows(embeddings)
             labels, _ = distributed.all_gather_rows(labels)
-        unique_labels, inverse, sums, counts = class_sums(embeddings, labels)
-        centers, nonzero = normalize_rows(sums)
+        center_labels, centers, sample_rows = batch_class_centers(
+            embeddings, labels, self.min_samples
+        )
         result = ClassCenters(
-            labels=unique_labels,
+            labels=center_labels,
             centers=centers,
-            in_batch=torch.ones_like(nonzero),
-            sample_rows=inverse,
-        ).keep(nonzero & (counts >= self.min_samples))
+            in_batch=torch.ones_like(center_labels, dtype=torch.bool),
+            sample_rows=sample_rows,
+        )
         if own is not None:
             result.sample_rows = result.sample_rows[own]
         return result

@@ -1,6 +1,6 @@
 """Functional layer: feature transforms applied row by row."""
 
-from .rotation import orthogonal_unit, rotate, slerp
+from .rotation import rotate, slerp
 from .translation import translate
 
-__all__ = ["rotate", "translate", "slerp", "orthogonal_unit"]
+__all__ = ["rotate", "translate", "slerp"]

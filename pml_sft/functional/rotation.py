@@ -1,62 +1,20 @@
-"""Minimal rotations on the hypersphere, applied row by row without D x D matrices."""
+"""Minimal rotations on the hypersphere, applied row by row without D x D matrices.
+
+The maths lives in :mod:`pml_sft.upstream.sft_loss` (the file proposed to PML); this
+module adds the input checks of a public entry point and ``slerp``.
+"""
 
 import math
 
 import torch
 
+from ..upstream import sft_loss
 from ..utils.checks import (
     check_embeddings,
     check_finite,
     check_same_layout,
     unit_tolerance,
 )
-
-# Rows with 1 + <src, dst> below this use the plane form: the closed form divides by
-# 1 + <src, dst>, which loses accuracy as the two become antipodal.
-ANTIPODAL_MARGIN = 0.1
-
-
-def compute_dtype(dtype):
-    """float16/bfloat16 are computed in float32."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def orthogonal_unit(a):
-    """A unit vector orthogonal to each (unit) row of ``a``: e_k minus its projection
-    on a, where k is the coordinate in which a is smallest (so the result is never
-    near zero for D >= 2)."""
-    k = a.abs().argmin(dim=1, keepdim=True)
-    e = torch.zeros_like(a).scatter_(1, k, 1.0)
-    u = e - a.gather(1, k) * a
-    return u / torch.linalg.vector_norm(u, dim=1, keepdim=True)
-
-
-def plane_basis(a, b):
-    """cos t = <a, b>, sin t and the unit vector v of b's component orthogonal to a
-    (so b = cos t a + sin t v). Where a and b are (anti)parallel to working precision
-    v is any unit vector orthogonal to a."""
-    c = torch.linalg.vecdot(a, b)
-    w = b - c.unsqueeze(1) * a
-    # when b is nearly -a, b - c a cancels: orthogonalise once more, or v would lean
-    # towards a by ~eps/|w| and the rotation would not quite keep norms
-    w = w - torch.linalg.vecdot(a, w).unsqueeze(1) * a
-    s = torch.linalg.vector_norm(w, dim=1)
-    degenerate = s < torch.finfo(a.dtype).eps ** 0.5
-    safe_s = torch.where(degenerate, torch.ones_like(s), s)
-    v = torch.where(
-        degenerate.unsqueeze(1), orthogonal_unit(a), w / safe_s.unsqueeze(1)
-    )
-    return c, s, v
-
-
-def _rotate_plane_form(x, a, b):
-    """R x = x + (cos t - 1)(<a,x> a + <v,x> v) + sin t (<a,x> v - <v,x> a)."""
-    c, s, v = plane_basis(a, b)
-    p = torch.linalg.vecdot(a, x)
-    r = torch.linalg.vecdot(v, x)
-    coef_a = (c - 1) * p - s * r
-    coef_v = (c - 1) * r + s * p
-    return x + coef_a.unsqueeze(1) * a + coef_v.unsqueeze(1) * v
 
 
 def rotate(x, src, dst, check=True):
@@ -71,7 +29,8 @@ def rotate(x, src, dst, check=True):
 
     Rows whose centres are nearly antipodal (1 + <a, b> < ``ANTIPODAL_MARGIN``) use
     the equivalent plane form, which stays accurate there. Plain autograd:
-    differentiable with respect to all three inputs.
+    differentiable with respect to all three inputs. The computation is
+    :func:`pml_sft.upstream.sft_loss.rotate`.
 
     Args:
         x: (N, D) tensor of vectors to rotate (need not be unit vectors), D >= 2.
@@ -95,39 +54,21 @@ def rotate(x, src, dst, check=True):
         raise ValueError(f"rotations need at least 2 dimensions, got D={x.shape[1]}")
     if x.shape[0] == 0:
         return x.clone()
-    dtype = compute_dtype(x.dtype)
-    xc, a, b = x.to(dtype), src.to(dtype), dst.to(dtype)
-    p = torch.linalg.vecdot(a, xc)
-    q = torch.linalg.vecdot(b, xc)
-    denom = 1 + torch.linalg.vecdot(a, b)
-    near = denom < ANTIPODAL_MARGIN
-    # one host sync: antipodal rows, and with ``check`` the validation (a NaN or inf
-    # anywhere in x, src or dst reaches these inner products)
-    summary = [near.any().to(p.dtype)]
+    out = sft_loss.rotate(x, src, dst)
     if check:
-        summary += [
-            (p + q + denom).sum(),
-            (torch.linalg.vector_norm(a, dim=1) - 1).abs().amax(),
-            (torch.linalg.vector_norm(b, dim=1) - 1).abs().amax(),
-        ]
-    any_near, *checked = torch.stack(summary).tolist()
-    if check:
-        _validate(x, src, dst, *checked)
-    k = (p + q) / torch.where(near, 1.0, denom)
-    out = torch.addcmul(xc, k.neg().unsqueeze(1), a)
-    out = out.addcmul((2 * p - k).unsqueeze(1), b)
-    if any_near:
-        rows = near.nonzero().squeeze(1)
-        patched = _rotate_plane_form(xc[rows], a[rows], b[rows])
-        out = out.index_copy(0, rows, patched)
+        # one host sync: a NaN or inf in x, src or dst reaches the output
+        norms = torch.stack([src, dst]).to(out.dtype).norm(dim=2)
+        errors = (norms - 1).abs().amax(dim=1)
+        total, src_err, dst_err = torch.cat([out.sum().view(1), errors]).tolist()
+        validate(x, src, dst, total, src_err, dst_err)
     return out.to(x.dtype)
 
 
-def _validate(x, src, dst, inner_sum, src_err, dst_err):
-    if not math.isfinite(inner_sum):
+def validate(x, src, dst, total, src_err, dst_err):
+    if not math.isfinite(total):
         for name, t in (("x", x), ("src", src), ("dst", dst)):
             check_finite(t, name)
-        raise ValueError("rotate: x is so large that its inner products overflow")
+        raise ValueError("rotate: x is so large that its rotation overflows")
     tol = unit_tolerance(x.dtype)
     for name, err in (("src", src_err), ("dst", dst_err)):
         if not err <= tol:
@@ -144,6 +85,6 @@ def slerp(a, b, t):
     direction orthogonal to ``a``, as in :func:`rotate`."""
     if t == 1:
         return b
-    c, s, v = plane_basis(a, b)
+    c, s, v = sft_loss.plane_basis(a, b)
     angle = t * torch.atan2(s, c).unsqueeze(1)
     return torch.cos(angle) * a + torch.sin(angle) * v

@@ -214,8 +214,8 @@ class SFTLossFactory(LossFactory):
     For a :class:`~pml_sft.FeatureTransformLoss` (or ``SFTLoss`` /
     ``FeatureTranslationLoss``) the nested ``loss`` is built by this factory with
     ``num_classes`` passed on (ArcFace, ProxyAnchor, ... need it), ``miner`` by the
-    MinerFactory, ``transform`` and ``centers`` from the registered pml-sft classes
-    (``num_classes`` filled in for MovingAverageClassCenters). Statistics are
+    MinerFactory, ``augmenter`` (with its ``centers``) from the registered pml-sft
+    classes (``num_classes`` filled in for MovingAverageClassCenters). Statistics are
     collected (``collect_stats: True``) unless the config says otherwise, so the
     record-keeper logs show them. Every other loss is built as before.
     """
@@ -236,19 +236,17 @@ class SFTLossFactory(LossFactory):
         )
         if params.get("miner"):
             params["miner"] = MinerFactory(getter=self.getter).create(params["miner"])
-        if params.get("centers"):
-            params["centers"] = self._centers(params["centers"], num_classes)
-        if params.get("transform"):
+        if params.get("augmenter"):
             transform, t_params = self.getter.get(
                 "feature_augmenter",
-                yaml_dict=params["transform"],
+                yaml_dict=params["augmenter"],
                 return_uninitialized=True,
             )
             t_params = copy.deepcopy(t_params)
             if t_params.get("centers"):
                 t_params["centers"] = self._centers(t_params["centers"], num_classes)
             t_params.setdefault("collect_stats", params.get("collect_stats", True))
-            params["transform"] = transform(**t_params)
+            params["augmenter"] = transform(**t_params)
         params.setdefault("collect_stats", True)
         return loss(**params)
 

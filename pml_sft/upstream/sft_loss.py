@@ -16,8 +16,8 @@ ANTIPODAL_MARGIN = 0.1
 
 NO_LABELS = "it takes no labels, and synthetic samples exist only through labels"
 UNSUPPORTED_LOSSES = {
-    "CrossBatchMemory": "synthetic samples are made from the current model's centres "
-    "and must not enter a memory bank that serves later steps",
+    "CrossBatchMemory": "it would keep synthetic samples, made from the current "
+    "model's centres, in a memory bank that serves later steps",
     "ManifoldLoss": NO_LABELS,
     "NPairsLoss": "it uses only the first positive pair of each class, which is "
     "always made of real samples, so augmentation would have no effect",
@@ -154,7 +154,7 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
     ):
         inner_options = {"distance", "reducer", "embedding_regularizer"} & set(kwargs)
         if inner_options:
-            raise ValueError(f"set {sorted(inner_options)} on the wrapped loss")
+            raise TypeError(f"set {sorted(inner_options)} on the wrapped loss")
         super().__init__(loss=loss, **kwargs)
         del self.distance, self.reducer  # the wrapped loss's apply
         if total_iterations is None and warmup_iterations is None:

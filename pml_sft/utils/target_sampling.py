@@ -11,6 +11,8 @@ same targets.
 
 import torch
 
+from ..upstream.sft_loss import draw_targets  # noqa: F401 (re-exported)
+
 MASK31 = (1 << 31) - 1
 
 
@@ -70,32 +72,3 @@ def random_scores(num_sources, num_candidates, device, generator=None):
         num_sources, num_candidates, generator=generator, device=generator.device
     )
     return scores.to(device)
-
-
-def draw_targets(allowed, num_targets, scores):
-    """For each source (row of ``allowed``), up to ``num_targets`` distinct allowed
-    target rows, uniformly at random.
-
-    Args:
-        allowed: (S, K) bool, which centre rows each source may move to (the caller
-            excludes the source's own class).
-        num_targets: targets per source, k.
-        scores: (S, K) independent scores in [0, 1) (:func:`random_scores` or
-            :func:`keyed_scores`); a source takes its k highest-scoring allowed rows,
-            which is a uniformly random k-subset of them.
-
-    Returns:
-        (source_positions (M,), target_rows (M,)): the row of ``allowed`` and the
-        chosen column, source by source; a source with fewer than k allowed rows
-        gets them all.
-    """
-    num_sources, num_rows = allowed.shape
-    k = min(num_targets, num_rows)
-    if num_sources == 0 or k == 0:
-        empty = torch.empty(0, dtype=torch.long, device=allowed.device)
-        return empty, empty
-    scores = scores.masked_fill(~allowed, -1.0)
-    top = scores.topk(k, dim=1)
-    keep = (top.values >= 0).reshape(-1)
-    positions = torch.arange(num_sources, device=allowed.device).repeat_interleave(k)
-    return positions[keep], top.indices.reshape(-1)[keep]
