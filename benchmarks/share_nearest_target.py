@@ -15,9 +15,7 @@ from pathlib import Path
 def shares(folder):
     """variant -> [(mean share while augmenting, first logged, last logged)] per run."""
     rows = defaultdict(list)
-    for path in sorted(
-        Path(folder).glob("*/logs/*SphericalFeatureTransform.csv")
-    ):
+    for path in sorted(Path(folder).glob("*/logs/*SphericalFeatureTransform.csv")):
         variant = path.parts[-3].split("_backbone")[0]
         with open(path) as f:
             active = [

@@ -15,6 +15,8 @@ alike), in several rounds (median and range over rounds).
   batch, as a share of the inner loss step and, as a user feels it, of a **full
   training step** (backbone forward and backward at ``--image-size``, embedder,
   wrapped loss, optimiser step) with ``--backbone`` (all cores).
+* The same share of a **cached-feature step** (``--cached-from-block``, the fast
+  tier: the frozen blocks' output cached, the last block, embedder and loss trained).
 * With ``--compile``: the same full step with the backbone wrapped in
   ``torch.compile`` (the recipe in the README), against the eager step.
 """
@@ -149,6 +151,20 @@ def wrapper_and_full_step(args):
         "wrapped": loss_step(wrapped, emb, labels),
     }
     step_fns = {"full step": full_step(model)}
+    if args.cached_from_block:
+        # the fast tier: the frozen blocks' output is cached, the step trains the
+        # remaining blocks, the embedder and the loss
+        stem, head = trunk.split(args.cached_from_block)
+        with torch.no_grad():
+            cached = stem(images)
+        head_model = torch.nn.Sequential(head, embedder)
+
+        def cached_step():
+            optimizer.zero_grad()
+            wrapped(head_model(cached), labels).backward()
+            optimizer.step()
+
+        step_fns["cached-feature step"] = cached_step
     if args.compile:
         step_fns["full step, compiled backbone"] = full_step(
             torch.nn.Sequential(torch.compile(trunk), embedder)
@@ -173,6 +189,10 @@ def wrapper_and_full_step(args):
         )
         / t["full step"],
     }
+    if args.cached_from_block:
+        ratios["wrapper's own work / cached-feature step"] = lambda t: (
+            own(t) / t["cached-feature step"]
+        )
     if args.compile:
         ratios["full step, compiled backbone / eager"] = (
             lambda t: t["full step, compiled backbone"] / t["full step"]
@@ -203,6 +223,13 @@ def main(argv=None):
     parser.add_argument("--embedding-size", type=int, default=128)
     parser.add_argument("--step-repeats", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--cached-from-block",
+        type=int,
+        default=15,
+        help="also time the fast tier's step (blocks from this one trained, the "
+        "frozen ones cached; efficientnet_lite0 only; 0: skip)",
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     cores = torch.get_num_threads()
@@ -211,6 +238,8 @@ def main(argv=None):
         args.n, args.d, args.repeats, args.rounds, args.naive_rows
     )
     torch.set_num_threads(cores)
+    if args.backbone != "efficientnet_lite0":
+        args.cached_from_block = 0
     step_ratios, step_seconds = wrapper_and_full_step(args)
     print_table(
         f"Transforms, N={args.n}, D={args.d}, {args.threads} thread(s), float32, "

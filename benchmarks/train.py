@@ -22,7 +22,13 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from tqdm import tqdm
 
 import pml_sft
-from pml_sft.contrib import AblationLoss
+from pml_sft.contrib import (
+    AblationFeatureTranslation,
+    AblationLoss,
+    AblationSphericalFeatureTransform,
+    DatasetClassCenters,
+    ProxyClassCenters,
+)
 from pml_sft.datasets import emoji
 
 from .models import (
@@ -300,30 +306,35 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
     elif cfg.centers == "batch":
         centers = pml_sft.BatchClassCenters()
     elif cfg.centers == "dataset":  # fitted by run() every center_every epochs
-        centers = pml_sft.DatasetClassCenters(num_classes, cfg.embedding_size)
+        centers = DatasetClassCenters(num_classes, cfg.embedding_size)
     elif cfg.centers == "proxies":
-        centers = pml_sft.ProxyClassCenters(inner)
+        centers = ProxyClassCenters(inner)
     else:
         raise ValueError(
             "centers must be 'batch', 'ema', 'dataset' or 'proxies', "
             f"got {cfg.centers!r}"
         )
-    transform_class = (
-        pml_sft.SphericalFeatureTransform
-        if cfg.method == "sft"
-        else pml_sft.FeatureTranslation
-    )
-    transform = transform_class(
-        centers=centers,
-        num_targets=cfg.num_targets,
-        target_pool=cfg.target_pool,
+    options = dict(centers=centers, num_targets=cfg.num_targets)
+    options.update(target_pool=cfg.target_pool, generator=generator)
+    ablated = dict(
         nearest_targets=cfg.nearest_targets or None,
         strength=cfg.strength,
         consistent_only=cfg.consistent_only,
         detach_augmented=cfg.detach_augmented,
-        generator=generator,
-        collect_stats=True,
     )
+    defaults = dict(
+        nearest_targets=None,
+        strength=1.0,
+        consistent_only=False,
+        detach_augmented=False,
+    )
+    if ablated == defaults:  # the core classes
+        sft, translation = pml_sft.SphericalFeatureTransform, pml_sft.FeatureTranslation
+    else:
+        sft, translation = AblationSphericalFeatureTransform, AblationFeatureTranslation
+        options.update(ablated)
+    transform_class = sft if cfg.method == "sft" else translation
+    transform = transform_class(**options, collect_stats=True)
     schedule = dict(
         warmup_iterations=int(round(cfg.warmup_epochs * iterations_per_epoch)),
         ramp_iterations=int(round(cfg.ramp_epochs * iterations_per_epoch)),
@@ -560,7 +571,7 @@ def train_and_evaluate(cfg, run_dir):
     for epoch in range(1, cfg.epochs + 1):
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(epoch - 1)
-        if isinstance(centers, pml_sft.DatasetClassCenters) and (
+        if isinstance(centers, DatasetClassCenters) and (
             (epoch - 1) % cfg.center_every == 0
         ):  # a full pass over the training set
             centers.fit(*embed(trunk, embedder, train_set, cfg, device))

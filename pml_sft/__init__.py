@@ -11,9 +11,7 @@ from .centers import (
     BaseClassCenters,
     BatchClassCenters,
     ClassCenters,
-    DatasetClassCenters,
     MovingAverageClassCenters,
-    ProxyClassCenters,
 )
 from .losses import FeatureTransformLoss, FeatureTranslationLoss, SFTLoss
 from .utils import RecallAtK
@@ -28,8 +26,6 @@ __all__ = [
     "BaseClassCenters",
     "BatchClassCenters",
     "MovingAverageClassCenters",
-    "DatasetClassCenters",
-    "ProxyClassCenters",
     "ClassCenters",
     "FeatureTransformLoss",
     "SFTLoss",

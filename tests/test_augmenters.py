@@ -8,6 +8,7 @@ from pml_sft import (
     MovingAverageClassCenters,
     SphericalFeatureTransform,
 )
+from pml_sft.contrib import AblationSphericalFeatureTransform
 
 from .helpers import DEVICE, rotation_matrix, tol, unit
 
@@ -152,14 +153,14 @@ def test_gradients_reach_sources_unless_detached():
     aug, _, _ = SphericalFeatureTransform()(x, y)
     aug.sum().backward()
     assert x.grad.abs().sum() > 0
-    aug, _, _ = SphericalFeatureTransform(detach_augmented=True)(x, y)
+    aug, _, _ = AblationSphericalFeatureTransform(detach_augmented=True)(x, y)
     assert not aug.requires_grad
 
 
 def test_gradients_through_batch_centers_when_not_detached():
     x, y = _batch()
     x.requires_grad_()
-    aug, _, src = SphericalFeatureTransform(detach_centers=False)(x, y)
+    aug, _, src = AblationSphericalFeatureTransform(detach_centers=False)(x, y)
     detached, _, _ = SphericalFeatureTransform(
         generator=torch.Generator().manual_seed(0)
     )(x, y)
@@ -167,7 +168,7 @@ def test_gradients_through_batch_centers_when_not_detached():
     grad_rows = torch.autograd.grad(aug[0].sum(), x)[0].abs().sum(1) > 0
     assert grad_rows.sum() > 1
     with pytest.raises(ValueError, match="BatchClassCenters"):
-        SphericalFeatureTransform(
+        AblationSphericalFeatureTransform(
             centers=MovingAverageClassCenters(3, 4), detach_centers=False
         )
 
@@ -175,7 +176,7 @@ def test_gradients_through_batch_centers_when_not_detached():
 def test_unnormalised_mode_keeps_source_norms():
     x, y = _batch()
     x = x * torch.linspace(0.5, 3, len(x), dtype=x.dtype, device=DEVICE).unsqueeze(1)
-    aug, _, src = SphericalFeatureTransform(normalize_embeddings=False)(x, y)
+    aug, _, src = AblationSphericalFeatureTransform(normalize_embeddings=False)(x, y)
     assert torch.allclose(aug.norm(dim=1), x[src].norm(dim=1))
     aug, _, _ = SphericalFeatureTransform()(x, y)
     assert torch.allclose(
@@ -250,11 +251,11 @@ def test_labels_are_moved_to_the_embeddings_device():
 
 def test_bad_options():
     with pytest.raises(ValueError, match="nearest_targets"):
-        SphericalFeatureTransform(nearest_targets=0)
+        AblationSphericalFeatureTransform(nearest_targets=0)
     with pytest.raises(ValueError, match="strength"):
-        SphericalFeatureTransform(strength=0)
+        AblationSphericalFeatureTransform(strength=0)
     with pytest.raises(ValueError, match="detach_centers=False"):
-        SphericalFeatureTransform(
+        AblationSphericalFeatureTransform(
             centers=MovingAverageClassCenters(4, 8), detach_centers=False
         )
     with pytest.raises(ValueError, match="num_targets"):
@@ -288,20 +289,20 @@ def test_nearest_targets_are_the_nearest_other_classes():
     similarity = centres @ centres.T
     similarity.fill_diagonal_(-2)
     nearest = similarity.topk(2, dim=1).indices
-    sft = SphericalFeatureTransform(nearest_targets=2, num_targets=2)
+    sft = AblationSphericalFeatureTransform(nearest_targets=2, num_targets=2)
     _, aug_labels, source = sft(x, y)
     assert len(aug_labels) == 2 * len(x)
     expected = nearest[y[source]]
     assert ((aug_labels.unsqueeze(1) == expected).any(dim=1)).all()
     # with one nearest class, every sample of a class goes to the same class
-    _, aug_labels, source = SphericalFeatureTransform(nearest_targets=1)(x, y)
+    _, aug_labels, source = AblationSphericalFeatureTransform(nearest_targets=1)(x, y)
     assert torch.equal(aug_labels, nearest[y[source], 0])
 
 
 def test_strength_moves_part_of_the_way():
     x, y = _batch(dtype=torch.float64)
     full = SphericalFeatureTransform(generator=torch.Generator().manual_seed(0))
-    half = SphericalFeatureTransform(
+    half = AblationSphericalFeatureTransform(
         strength=0.5, generator=torch.Generator().manual_seed(0)
     )
     aug_full, labels_full, source = full(x, y)
@@ -327,7 +328,7 @@ def test_consistency_filter_and_its_statistic():
     centres = _centers(x, y)
     nearest = (aug @ centres.T).argmax(dim=1) == aug_labels
     assert logged.share_nearest_target == pytest.approx(nearest.float().mean().item())
-    filtered = SphericalFeatureTransform(
+    filtered = AblationSphericalFeatureTransform(
         consistent_only=True, generator=torch.Generator().manual_seed(0)
     )
     aug_f, labels_f, _ = filtered(x, y)
@@ -339,7 +340,7 @@ def test_consistency_filter_and_its_statistic():
 def test_gradients_through_batch_centers():
     x, y = _batch(dtype=torch.float64)
     x.requires_grad_(True)
-    sft = SphericalFeatureTransform(
+    sft = AblationSphericalFeatureTransform(
         detach_centers=False, generator=torch.Generator().manual_seed(0)
     )
 
@@ -355,7 +356,9 @@ def test_no_centres_with_statistics_and_the_filter(consistent_only):
     # every class has one sample: no batch centre, nothing to move, no error
     x = torch.randn(4, 6, device=DEVICE)
     y = torch.arange(4, device=DEVICE)
-    sft = SphericalFeatureTransform(collect_stats=True, consistent_only=consistent_only)
+    sft = AblationSphericalFeatureTransform(
+        collect_stats=True, consistent_only=consistent_only
+    )
     aug, aug_labels, source = sft(x, y)
     assert aug.shape == (0, 6) and len(aug_labels) == 0 and len(source) == 0
     assert sft.num_augmented == 0 and sft.share_nearest_target == 0.0

@@ -52,3 +52,30 @@ def test_speed_benchmark_smoke(tmp_path, capsys):
     share = result["step_ratios"]["wrapper's own work / full training step"]["median"]
     assert share == pytest.approx(own / seconds["full step"])
     assert seconds["full step"] > seconds["wrapped"]  # the backbone costs something
+
+
+def test_speed_benchmark_times_the_cached_feature_step(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    speed.main(
+        [
+            "--n=64",
+            "--d=8",
+            "--repeats=1",
+            "--naive-rows=4",
+            "--rounds=1",
+            "--backbone=efficientnet_lite0",
+            "--pretrained=false",
+            "--image-size=32",
+            "--batch-size=8",
+            "--m-per-class=2",
+            "--step-repeats=1",
+            "--cached-from-block=15",
+            f"--json={out}",
+        ]
+    )
+    result = json.loads(out.read_text())
+    seconds = result["step_seconds"]
+    assert seconds["full step"] > seconds["cached-feature step"] > 0
+    own = seconds["wrapped"] - seconds["inner (enlarged batch)"]
+    share = result["step_ratios"]["wrapper's own work / cached-feature step"]
+    assert share["median"] == pytest.approx(own / seconds["cached-feature step"])

@@ -3,6 +3,7 @@ import torch
 
 import pml_sft
 from pml_sft import BatchClassCenters, MovingAverageClassCenters
+from pml_sft.contrib import DatasetClassCenters, ProxyClassCenters
 
 from .helpers import DEVICE, tol, unit
 
@@ -136,7 +137,7 @@ def test_dataset_centers_are_the_class_means_of_the_full_pass():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(30, 5, generator=g, dtype=torch.float64)
     y = torch.arange(6).repeat(5)
-    centers = pml_sft.DatasetClassCenters(num_classes=8, embedding_size=5)
+    centers = DatasetClassCenters(num_classes=8, embedding_size=5)
     centers.fit(x, y)
     unit_x = torch.nn.functional.normalize(x, dim=1)
     for c in range(6):
@@ -171,7 +172,7 @@ def test_proxy_centers_follow_the_loss_proxies():
     from pytorch_metric_learning import losses
 
     loss = losses.ProxyAnchorLoss(num_classes=5, embedding_size=4)
-    centers = pml_sft.ProxyClassCenters(loss)
+    centers = ProxyClassCenters(loss)
     x, y = torch.randn(6, 4), torch.tensor([0, 0, 2, 2, 4, 4])
     result = centers(x, y, include_absent=True)
     expected = torch.nn.functional.normalize(loss.proxies.detach(), dim=1)
@@ -191,10 +192,10 @@ def test_proxy_centers_follow_the_loss_proxies():
         "loss.proxies"
     ]  # the proxies stay the loss's parameters, once
     arcface = losses.ArcFaceLoss(num_classes=5, embedding_size=4)
-    result = pml_sft.ProxyClassCenters(arcface)(x, y)
+    result = ProxyClassCenters(arcface)(x, y)
     assert torch.allclose(
         result.centers,
         torch.nn.functional.normalize(arcface.W.detach().T, dim=1),
     )
     with pytest.raises(TypeError, match="no class proxies"):
-        pml_sft.ProxyClassCenters(losses.ContrastiveLoss())
+        ProxyClassCenters(losses.ContrastiveLoss())

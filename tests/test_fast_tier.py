@@ -7,8 +7,8 @@ import pytest
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 
-import pml_sft
 from benchmarks import compare, diagnostics, train
+from pml_sft.contrib import DatasetClassCenters
 
 from .helpers import fake_emoji_data
 
@@ -70,13 +70,13 @@ def test_cached_inputs_equal_the_frozen_blocks(tmp_path, fake_emoji):
 
 def test_fast_tier_run_trains_only_the_head(tmp_path, fake_emoji, monkeypatch):
     fits = []
-    original_fit = pml_sft.DatasetClassCenters.fit
+    original_fit = DatasetClassCenters.fit
 
     def recording_fit(self, embeddings, labels):
         fits.append(len(labels))
         return original_fit(self, embeddings, labels)
 
-    monkeypatch.setattr(pml_sft.DatasetClassCenters, "fit", recording_fit)
+    monkeypatch.setattr(DatasetClassCenters, "fit", recording_fit)
     cfg = _config(
         tmp_path, method="sft", centers="dataset", center_every=2, loss="contrastive"
     )

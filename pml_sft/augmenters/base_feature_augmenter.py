@@ -5,7 +5,6 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 from ..centers import BaseClassCenters, BatchClassCenters
-from ..functional import slerp
 from ..upstream.sft_loss import compute_dtype
 from ..utils import distributed
 from ..utils.checks import check_embeddings, check_finite, check_labels
@@ -25,10 +24,12 @@ class BaseFeatureAugmenter(ModuleWithRecords):
     class j, using class centres.
 
     Called like a PML miner, ``augmenter(embeddings, labels)``, it returns
-    ``(aug_embeddings, aug_labels, source_indices)``: the new samples, their (target)
-    labels, and the row of ``embeddings`` each one was made from. This class does the
-    bookkeeping (validation, centres, target draws, statistics); subclasses define
-    :meth:`move`, how a unit row moves from a source centre to a target centre.
+    ``(aug_embeddings, aug_labels, source_indices)``: the new unit samples, their
+    (target) labels, and the row of ``embeddings`` each one was made from. This class
+    does the bookkeeping (centres, target draws, statistics); subclasses define
+    :meth:`move`, how a unit row moves from a source centre to a target centre. The
+    options the study ablated (nearest targets, strength, a consistency filter,
+    detaching, unnormalised output) are in :mod:`pml_sft.contrib`.
 
     Args:
         centers: a :class:`~pml_sft.centers.BaseClassCenters` (default
@@ -39,24 +40,6 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         target_pool: ``"batch"`` draws targets from the other classes of the batch;
             ``"all"`` from every class with a known centre (needs centres with memory,
             e.g. ``MovingAverageClassCenters``).
-        nearest_targets: if set (an int m), draw targets only among the m classes
-            whose centres are nearest to the source's centre (hard targets, near the
-            class boundary); None (default) draws from all allowed classes.
-        strength: alpha in (0, 1]: move towards a centre that lies alpha of the way
-            from the source centre to the target centre along the great circle;
-            1 (default) is the full transform of the paper.
-        consistent_only: drop new samples whose nearest centre (among the centres of
-            this call) is not their target's (a label-consistency filter). The share
-            of new samples nearest their target is logged as
-            ``share_nearest_target`` whenever statistics are collected.
-        normalize_embeddings: L2-normalise inputs and return unit vectors. With
-            False the transform still acts on directions, and each new sample keeps
-            the norm of its source.
-        detach_centers: estimate centres from detached embeddings (default); with
-            False gradients flow through the batch centres too (BatchClassCenters
-            only).
-        detach_augmented: return new samples without gradient, so they act as fixed
-            extra positives/negatives. Default False: gradients reach the sources.
         generator: a ``torch.Generator`` for reproducible target draws (without one,
             the global RNG). Its state is saved in ``state_dict``, so a resumed run
             draws the same targets.
@@ -69,17 +52,14 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             draws otherwise.
     """
 
+    # centres from detached embeddings (the contrib augmenters can change it)
+    detach_centers = True
+
     def __init__(
         self,
         centers=None,
         num_targets=1,
         target_pool="batch",
-        nearest_targets=None,
-        strength=1.0,
-        consistent_only=False,
-        normalize_embeddings=True,
-        detach_centers=True,
-        detach_augmented=False,
         generator=None,
         keyed_draws=None,
         **kwargs,
@@ -96,44 +76,17 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             raise ValueError(
                 f"target_pool must be one of {TARGET_POOLS}, got {target_pool!r}"
             )
-        if nearest_targets is not None and not (
-            isinstance(nearest_targets, int) and nearest_targets >= 1
-        ):
-            raise ValueError(
-                f"nearest_targets must be None or an int >= 1, got {nearest_targets!r}"
-            )
-        if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
-            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(
                 f"generator must be a torch.Generator, got {type(generator).__name__}"
             )
-        if not detach_centers and not centers.differentiable:
-            raise ValueError(
-                "detach_centers=False needs centres that pass gradients "
-                f"(BatchClassCenters), got {type(centers).__name__}"
-            )
         self.centers = centers
         self.num_targets = num_targets
         self.target_pool = target_pool
-        self.nearest_targets = nearest_targets
-        self.strength = float(strength)
-        self.consistent_only = consistent_only
-        self.normalize_embeddings = normalize_embeddings
-        self.detach_centers = detach_centers
-        self.detach_augmented = detach_augmented
         self.generator = generator
         self.keyed_draws = keyed_draws
         self.add_to_recordable_attributes(
-            list_of_names=[
-                "num_targets",
-                "nearest_targets",
-                "strength",
-                "consistent_only",
-                "normalize_embeddings",
-                "detach_augmented",
-            ],
-            is_stat=False,
+            list_of_names=["num_targets", "target_pool"], is_stat=False
         )
         self.add_to_recordable_attributes(
             list_of_names=[
@@ -196,31 +149,40 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         source_indices = sources[positions]
         src = centers.centers[source_rows[positions]]
         dst = centers.centers[target_rows]
-        moved_dst = slerp(src, dst, self.strength)
-        aug = self.move(unit[source_indices], src, moved_dst)
-        if self.consistent_only or self.collect_stats:
-            nearest = torch.ones_like(target_rows, dtype=torch.bool)
-            if aug.shape[0] > 0:  # (argmax needs a centre; there are none then)
-                similarity = aug.detach() @ centers.centers.T
-                nearest = similarity.argmax(dim=1) == target_rows
-            if self.consistent_only:
-                aug, target_rows = aug[nearest], target_rows[nearest]
-                source_indices, src, dst = (
-                    source_indices[nearest],
-                    src[nearest],
-                    dst[nearest],
-                )
-        if not self.normalize_embeddings:
-            aug = aug * norms[source_indices]
-        aug = aug.to(embeddings.dtype)
-        if self.detach_augmented:
-            aug = aug.detach()
+        aug = self.move(unit[source_indices], src, self.destinations(src, dst))
+        nearest = None
+        if self.collect_stats:
+            nearest = nearest_is_target(aug, centers, target_rows)
+        keep = self.keep(aug, centers, target_rows, nearest)
+        if keep is not None:
+            aug, target_rows, source_indices = (
+                aug[keep],
+                target_rows[keep],
+                source_indices[keep],
+            )
+            src, dst = src[keep], dst[keep]
+            nearest = None if nearest is None else nearest[keep]
+        aug = self.finish(aug, norms[source_indices]).to(embeddings.dtype)
         aug_labels = centers.labels[target_rows].to(labels.dtype)
         if self.collect_stats:
             self.record_stats(
                 embeddings.shape[0], source_indices, allowed, src, dst, nearest
             )
         return aug, aug_labels, source_indices
+
+    def destinations(self, src, dst):
+        """Where sources whose centres are ``src`` move to: the target centres."""
+        return dst
+
+    def keep(self, aug, centers, target_rows, nearest):
+        """Which new samples to keep (a bool mask), or None for all of them;
+        ``nearest`` says which lie nearest their target's centre (None when
+        statistics are off)."""
+        return None
+
+    def finish(self, aug, source_norms):
+        """The new unit samples as returned (given the norms of their sources)."""
+        return aug
 
     @staticmethod
     def directions(embeddings, name):
@@ -279,19 +241,13 @@ class BaseFeatureAugmenter(ModuleWithRecords):
 
     def allowed_targets(self, centers, source_rows):
         """(S, K) which centre rows each source may move to: candidates of the pool,
-        never the source's own class, optionally only its m nearest."""
+        never the source's own class."""
         num_sources, num_rows = source_rows.shape[0], len(centers)
         candidates = centers.in_batch
         if self.target_pool == "all":
             candidates = torch.ones_like(candidates)
         allowed = candidates.unsqueeze(0).expand(num_sources, num_rows).clone()
         allowed[torch.arange(num_sources, device=allowed.device), source_rows] = False
-        if self.nearest_targets is not None and self.nearest_targets < num_rows - 1:
-            table = centers.centers.detach()
-            similarity = table[source_rows] @ table.T
-            similarity = similarity.masked_fill(~allowed, -float("inf"))
-            nearest = similarity.topk(self.nearest_targets, dim=1).indices
-            allowed = torch.zeros_like(allowed).scatter_(1, nearest, True) & allowed
         return allowed
 
     def get_extra_state(self):
@@ -315,5 +271,13 @@ class BaseFeatureAugmenter(ModuleWithRecords):
                 cos = (src.float() * dst.float()).sum(dim=1).clamp(-1, 1)
                 self.mean_center_angle = math.degrees(torch.acos(cos).mean().item())
             self.share_nearest_target = 0.0
-            if nearest.shape[0] > 0:
+            if nearest is not None and nearest.shape[0] > 0:
                 self.share_nearest_target = nearest.float().mean().item()
+
+
+def nearest_is_target(aug, centers, target_rows):
+    """For each new sample, whether its nearest centre is its target's."""
+    if aug.shape[0] == 0:  # (argmax needs a centre; there are none then)
+        return torch.ones_like(target_rows, dtype=torch.bool)
+    similarity = aug.detach() @ centers.centers.T
+    return similarity.argmax(dim=1) == target_rows

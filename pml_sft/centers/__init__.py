@@ -1,6 +1,4 @@
 from .base_class_centers import BaseClassCenters
 from .batch_class_centers import BatchClassCenters
 from .class_centers import ClassCenters
-from .dataset_class_centers import DatasetClassCenters
 from .moving_average_class_centers import MovingAverageClassCenters
-from .proxy_class_centers import ProxyClassCenters

@@ -1,6 +1,6 @@
 import torch
 
-from .base_class_centers import (
+from ..centers.base_class_centers import (
     BaseClassCenters,
     centers_from_table,
     check_labels_in_range,

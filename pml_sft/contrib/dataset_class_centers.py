@@ -1,7 +1,6 @@
 import torch
 
-from ..utils.checks import check_embeddings, check_finite, check_labels
-from .base_class_centers import (
+from ..centers.base_class_centers import (
     BaseClassCenters,
     centers_from_table,
     check_labels_in_range,
@@ -9,6 +8,7 @@ from .base_class_centers import (
     class_sums,
     normalize_rows,
 )
+from ..utils.checks import check_embeddings, check_finite, check_labels
 
 
 class DatasetClassCenters(BaseClassCenters):

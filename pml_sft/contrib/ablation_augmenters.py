@@ -1,0 +1,103 @@
+import torch
+
+from ..augmenters import FeatureTranslation, SphericalFeatureTransform
+from ..augmenters.base_feature_augmenter import nearest_is_target
+from ..functional import slerp
+
+
+class AblationOptions:
+    """The augmenter options the study ablated, added to an augmenter class
+    (:class:`AblationSphericalFeatureTransform`, :class:`AblationFeatureTranslation`).
+
+    Args:
+        nearest_targets: if set (an int m), draw targets only among the m classes
+            whose centres are nearest to the source's centre (hard targets, near the
+            class boundary); None (default) draws from all allowed classes.
+        strength: alpha in (0, 1]: move towards a centre that lies alpha of the way
+            from the source centre to the target centre along the great circle;
+            1 (default) is the full transform of the paper.
+        consistent_only: drop new samples whose nearest centre (among the centres of
+            this call) is not their target's (a label-consistency filter).
+        normalize_embeddings: False gives each new sample the norm of its source
+            (the transform still acts on directions).
+        detach_centers: False lets gradients flow through the batch centres
+            (BatchClassCenters only).
+        detach_augmented: return new samples without gradient, so they act as fixed
+            extra positives/negatives.
+        **kwargs: the options of the augmenter class.
+    """
+
+    def __init__(
+        self,
+        nearest_targets=None,
+        strength=1.0,
+        consistent_only=False,
+        normalize_embeddings=True,
+        detach_centers=True,
+        detach_augmented=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if nearest_targets is not None and not (
+            isinstance(nearest_targets, int) and nearest_targets >= 1
+        ):
+            raise ValueError(
+                f"nearest_targets must be None or an int >= 1, got {nearest_targets!r}"
+            )
+        if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        if not detach_centers and not self.centers.differentiable:
+            raise ValueError(
+                "detach_centers=False needs centres that pass gradients "
+                f"(BatchClassCenters), got {type(self.centers).__name__}"
+            )
+        self.nearest_targets = nearest_targets
+        self.strength = float(strength)
+        self.consistent_only = consistent_only
+        self.normalize_embeddings = normalize_embeddings
+        self.detach_centers = detach_centers
+        self.detach_augmented = detach_augmented
+        self.add_to_recordable_attributes(
+            list_of_names=[
+                "nearest_targets",
+                "strength",
+                "consistent_only",
+                "normalize_embeddings",
+                "detach_augmented",
+            ],
+            is_stat=False,
+        )
+
+    def allowed_targets(self, centers, source_rows):
+        allowed = super().allowed_targets(centers, source_rows)
+        m = self.nearest_targets
+        if m is not None and m < len(centers) - 1:
+            table = centers.centers.detach()
+            similarity = table[source_rows] @ table.T
+            similarity = similarity.masked_fill(~allowed, -float("inf"))
+            nearest = similarity.topk(m, dim=1).indices
+            allowed = torch.zeros_like(allowed).scatter_(1, nearest, True) & allowed
+        return allowed
+
+    def destinations(self, src, dst):
+        return slerp(src, dst, self.strength)
+
+    def keep(self, aug, centers, target_rows, nearest):
+        if not self.consistent_only:
+            return None
+        return (
+            nearest_is_target(aug, centers, target_rows) if nearest is None else nearest
+        )
+
+    def finish(self, aug, source_norms):
+        if not self.normalize_embeddings:
+            aug = aug * source_norms
+        return aug.detach() if self.detach_augmented else aug
+
+
+class AblationSphericalFeatureTransform(AblationOptions, SphericalFeatureTransform):
+    """:class:`~pml_sft.SphericalFeatureTransform` with :class:`AblationOptions`."""
+
+
+class AblationFeatureTranslation(AblationOptions, FeatureTranslation):
+    """:class:`~pml_sft.FeatureTranslation` with :class:`AblationOptions`."""
