@@ -222,7 +222,8 @@ def check_trains(
                 raise AssertionError("nothing was augmented")
         optimizer.step()
     after = evaluate()
-    if require_decrease and not after < before:
+    # (a loss already at zero, e.g. few easy triplets, has nothing left to lower)
+    if require_decrease and not (after < before or after == before == 0):
         raise AssertionError(
             f"training did not lower the loss: {before:.4g} -> {after:.4g}"
         )

@@ -26,15 +26,15 @@ UNSUPPORTED_LOSSES = {
     "target classes do not keep",
     "VICRegLoss": NO_LABELS,
 }
+# losses that take no indices_tuple, so no miner can act on them
+NO_TUPLES = ("InstanceLoss", "P2SGradLoss", "PNPLoss", "RankedListLoss")
 
 
-def compute_dtype(dtype):
-    """float16 and bfloat16 are computed in float32."""
+def compute_dtype(dtype):  # float16 and bfloat16 are computed in float32
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def inner(a, b):
-    """Row-wise inner products of two (N, D) tensors."""
+def inner(a, b):  # row-wise inner products of two (N, D) tensors
     return (a * b).sum(dim=1)
 
 
@@ -43,10 +43,12 @@ def plane_basis(a, b):
     b = cos t a + sin t v. Where b = +-a, v is any unit vector orthogonal to a."""
     c = inner(a, b)
     w = b - c.unsqueeze(1) * a
-    w = w - inner(a, w).unsqueeze(1) * a  # again: b - c a cancels when b ~ -a
+    # again (b - c a cancels when b ~ -a), exactly for a of norm not quite 1
+    w = w - (inner(a, w) / inner(a, a)).unsqueeze(1) * a
     s = w.norm(dim=1)
-    degenerate = s < torch.finfo(a.dtype).eps ** 0.5
-    # there: e_k minus its projection on a, for the coordinate k where a is smallest
+    degenerate = (
+        s < torch.finfo(a.dtype).eps
+    )  # w is rounding noise: use e_k - <a, e_k> a
     k = a.abs().argmin(dim=1, keepdim=True)
     u = torch.zeros_like(a).scatter_(1, k, 1.0) - a.gather(1, k) * a
     u = u / u.norm(dim=1, keepdim=True)
@@ -57,18 +59,15 @@ def plane_basis(a, b):
 
 
 def rotate(x, src, dst):
-    """Rotate each row of ``x`` (N, D) by the minimal rotation R that carries the unit
-    row ``src`` onto the unit row ``dst``: R turns the plane span{src, dst} by the angle
-    between them and is the identity on its orthogonal complement, so R src = dst and
-    norms and inner products are kept. With a = src, b = dst, in O(N D) (no D x D
-    matrix):
+    """Rotate each row of ``x`` (N, D) by the minimal rotation R carrying the unit row
+    ``src`` onto the unit row ``dst`` (it turns span{src, dst} and is the identity on
+    its orthogonal complement), in O(N D). With a = src, b = dst:
 
         R x = x - (<a + b, x> / (1 + <a, b>)) (a + b) + 2 <a, x> b
 
-    Nearly antipodal rows use the equivalent plane form
-    R x = x + (cos t - 1)(<a,x> a + <v,x> v) + sin t (<a,x> v - <v,x> a), with
-    b = cos t a + sin t v; for b = -a it is a half-turn towards a fixed orthogonal
-    direction. Half precision is computed in float32.
+    Nearly antipodal rows use the plane form, with b = cos t a + sin t v:
+    R x = x + (cos t - 1)(<a,x> a + <v,x> v) + sin t (<a,x> v - <v,x> a); for b = -a,
+    a half-turn towards a fixed orthogonal direction. Half precision: in float32.
     """
     dtype = compute_dtype(x.dtype)
     x, a, b = x.to(dtype), src.to(dtype), dst.to(dtype)
@@ -124,22 +123,34 @@ def draw_targets(allowed, num_targets, scores):
     return positions[keep], top.indices.reshape(-1)[keep]
 
 
+def random_triplets(labels, anchors):
+    """One random (anchor, positive, negative) triplet for each row in ``anchors``
+    that has a positive and a negative among ``labels``."""
+    same = labels[anchors].unsqueeze(1) == labels.unsqueeze(0)
+    scores = torch.rand(same.shape, device=labels.device)
+    rows = torch.arange(len(anchors), device=labels.device)
+    positives = scores.masked_fill(~same, -1)
+    positives[rows, anchors] = -1  # an anchor is not its own positive
+    p, neg = positives.max(dim=1), scores.masked_fill(same, -1).max(dim=1)
+    keep = (p.values >= 0) & (neg.values >= 0)
+    return anchors[keep], p.indices[keep], neg.indices[keep]
+
+
 class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
-    """Wraps a loss and adds, to each training batch, rotated copies of its
-    embeddings: a sample of class i is rotated from the centre of i onto the centre
-    of another class j of the batch and labelled j.
+    """Wraps a loss and adds rotated copies to each training batch: a sample of
+    class i is rotated from the centre of i onto that of another class j of the batch
+    and labelled j. Use DistributedLossWrapper with efficient=False.
 
     Args:
         loss: the loss to wrap.
         miner: an optional miner, run on the batch with the synthetic samples.
         num_targets: target classes per sample (k synthetic samples each).
-        total_iterations: the length of training. It sets the validated schedule:
-            no augmentation for the first half, then the weight of the augmented
-            loss ramps from 0 to 1 over the next quarter.
+        total_iterations: the length of training, for the validated schedule: no
+            augmentation for the first half, then the weight of the augmented loss
+            ramps from 0 to 1 over the next quarter.
         warmup_iterations: iterations without augmentation (default: half of
             ``total_iterations``).
-        ramp_iterations: iterations over which the weight rises to 1 after the
-            warm-up (default: a quarter of ``total_iterations``).
+        ramp_iterations: iterations for the ramp (default: a quarter of it).
     """
 
     def __init__(
@@ -171,16 +182,16 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
                 "total_iterations, warmup_iterations and ramp_iterations must be None "
                 f"or ints >= 0, got {schedule}"
             )
+        if miner is not None and type(loss).__name__ in NO_TUPLES:
+            raise ValueError(f"{type(loss).__name__} takes no indices_tuple: no miner")
         total = total_iterations or 0
-        if warmup_iterations is None:
-            warmup_iterations = total // 2
-        if ramp_iterations is None:
-            ramp_iterations = total // 4
-        self.loss = loss
-        self.miner = miner
-        self.num_targets = num_targets
-        self.warmup_iterations = warmup_iterations
-        self.ramp_iterations = ramp_iterations
+        self.warmup_iterations = (
+            total // 2 if warmup_iterations is None else warmup_iterations
+        )
+        self.ramp_iterations = (
+            total // 4 if ramp_iterations is None else ramp_iterations
+        )
+        self.loss, self.miner, self.num_targets = loss, miner, num_targets
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self.add_to_recordable_attributes(
             list_of_names=["num_targets", "warmup_iterations", "ramp_iterations"],
@@ -195,13 +206,9 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         """Every loss PML exports, except UNSUPPORTED_LOSSES."""
         from pytorch_metric_learning import losses
 
-        return sorted(
-            name
-            for name, obj in vars(losses).items()
-            if isinstance(obj, type) and issubclass(obj, torch.nn.Module)
-            if not name.startswith(("Base", "Generic", "SFT"))
-            if name not in UNSUPPORTED_LOSSES
-        )
+        names = [n for n in dir(losses) if n.endswith(("Loss", "Losses"))]
+        names = [n for n in names if not n.startswith(("Base", "Generic", "SFT"))]
+        return [n for n in names if n not in UNSUPPORTED_LOSSES]
 
     @classmethod
     def check_loss_support(cls, loss_name):
@@ -214,10 +221,7 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None
     ):
         if ref_emb is not None or ref_labels is not None:
-            raise ValueError(
-                "synthetic samples join the batch itself, so ref_emb/ref_labels are "
-                "not supported (use DistributedLossWrapper with efficient=False)"
-            )
+            raise ValueError("no ref_emb: synthetic samples join the batch itself")
         c_f.labels_required(labels)
         labels = c_f.to_device(labels, embeddings)
         self.reset_stats()
@@ -242,12 +246,13 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         return self.loss(embeddings, labels, tuples)
 
     def step_weight(self):
-        """The weight of the augmented loss; in training mode it advances the
-        schedule by one iteration (a buffer, so it is saved in ``state_dict``)."""
+        """The weight of the augmented loss at this training step; a call with
+        gradients enabled advances the schedule (a buffer, saved in ``state_dict``),
+        one under no_grad gets the weight of the next step without advancing it."""
         if not self.training:
             return 0.0
-        self.iteration += 1
-        t = int(self.iteration) - self.warmup_iterations
+        t = int(self.iteration) + 1 - self.warmup_iterations
+        self.iteration += int(torch.is_grad_enabled())
         if t <= 0:
             return 0.0
         return min(1.0, t / self.ramp_iterations) if self.ramp_iterations > 0 else 1.0
@@ -270,8 +275,8 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
 
     def create_indices_tuple(self, embeddings, labels, indices_tuple, n):
         """The miner's tuples on the (enlarged) batch, with ``indices_tuple`` (mined
-        on the n real rows) kept; without a miner, every tuple that involves a
-        synthetic row is added to ``indices_tuple``."""
+        on the n real rows) kept; without a miner, ``indices_tuple`` plus every pair
+        that involves a synthetic row, or random triplets anchored at them."""
         if self.miner is not None:
             mined = self.miner(embeddings, labels)
             if indices_tuple is None:
@@ -288,8 +293,8 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
             a1, p, a2, neg = lmu.get_all_pairs_indices(labels)
             pos, negs = (a1 >= n) | (p >= n), (a2 >= n) | (neg >= n)
             extra = a1[pos], p[pos], a2[negs], neg[negs]
-        else:
-            a, p, neg = lmu.get_all_triplets_indices(labels)
-            keep = (a >= n) | (p >= n) | (neg >= n)
-            extra = a[keep], p[keep], neg[keep]
+        else:  # random triplets at synthetic anchors, as many per row as were mined
+            m = len(labels) - n
+            count = max(1, round(len(indices_tuple[0]) * m / max(n, 1)))
+            extra = random_triplets(labels, n + torch.randint(m, (count,)).to(labels))
         return c_f.concatenate_indices_tuples(indices_tuple, extra)
