@@ -93,10 +93,28 @@ def test_moving_average_state_follows_to_and_state_dict():
 
 
 def test_moving_average_frozen():
+    # a frozen table that knows no centre would silently give no augmentation
     centres = MovingAverageClassCenters(3, 5, update=False)
     x, y = _batch(torch.float32, [0, 1, 1])
-    assert len(centres(x, y)) == 0
-    assert centres.num_updates.sum() == 0
+    with pytest.raises(ValueError, match="knows no centre and does not update"):
+        centres(x, y)
+    trained = MovingAverageClassCenters(3, 5)
+    trained(x, y)
+    centres.load_state_dict(trained.state_dict())
+    assert len(centres(x, y)) == 2
+    assert torch.equal(centres.num_updates, trained.num_updates)  # not updated
+
+
+def test_moving_average_follows_eval_mode():
+    centres = MovingAverageClassCenters(3, 5)
+    x, y = _batch(torch.float32, [0, 1, 1])
+    centres(x, y)
+    before = centres.centers.clone()
+    centres.eval()
+    centres(x * -1, y)
+    assert torch.equal(centres.centers, before) and centres.num_updates.sum() == 2
+    with pytest.raises(ValueError, match="training=False"):
+        MovingAverageClassCenters(3, 5).eval()(x, y)
 
 
 @pytest.mark.parametrize("labels", [[0, 3], [-1, 0], [0, 10**12]])

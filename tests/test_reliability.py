@@ -145,7 +145,8 @@ def test_checkpoint_with_other_sizes_is_refused():
         other = pml_sft.FeatureTransformLoss(
             losses.ContrastiveLoss(),
             pml_sft.SphericalFeatureTransform(
-                centers=pml_sft.MovingAverageClassCenters(classes, size)
+                centers=pml_sft.MovingAverageClassCenters(classes, size),
+                generator=torch.Generator(device=DEVICE),  # as the saved one
             ),
             warmup_iterations=0,
         )

@@ -76,6 +76,12 @@ class BaseFeatureAugmenter(ModuleWithRecords):
             raise ValueError(
                 f"target_pool must be one of {TARGET_POOLS}, got {target_pool!r}"
             )
+        if target_pool == "all" and not centers.remembers_classes:
+            raise ValueError(
+                f"target_pool='all' needs centres that remember classes absent from "
+                f"the batch (MovingAverageClassCenters, ...); {type(centers).__name__} "
+                "knows only the batch's classes, so it would act as 'batch'"
+            )
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(
                 f"generator must be a torch.Generator, got {type(generator).__name__}"
@@ -140,9 +146,10 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         source_rows = centers.sample_rows[sources]
         allowed = self.allowed_targets(centers, source_rows)
         if keyed:
-            scores = keyed_scores(
-                keys[sources], centers.labels, draw_seed(self.generator)
-            )
+            seed = draw_seed(self.generator)
+            if distributed.is_distributed():  # every rank uses rank 0's seed
+                seed = distributed.broadcast_from_first(seed, embeddings.device)
+            scores = keyed_scores(keys[sources], centers.labels, seed)
         else:
             scores = random_scores(*allowed.shape, allowed.device, self.generator)
         positions, target_rows = draw_targets(allowed, self.num_targets, scores)
@@ -199,11 +206,16 @@ class BaseFeatureAugmenter(ModuleWithRecords):
                     f"{name} contains a vector too large to normalise in "
                     f"{x.dtype} (its norm overflows)"
                 )
-            if not smallest > torch.finfo(x.dtype).tiny:
-                raise ValueError(
-                    f"{name} contains a zero vector, which has no direction and "
-                    "cannot be L2-normalised"
-                )
+            if not smallest > torch.finfo(x.dtype).tiny ** 0.5:
+                # squares of such small entries underflow: normalise scaled rows
+                scale = x.detach().abs().amax(dim=1, keepdim=True)
+                if not bool((scale > 0).all()):
+                    raise ValueError(
+                        f"{name} contains a zero vector, which has no direction and "
+                        "cannot be L2-normalised"
+                    )
+                scaled_norms = torch.linalg.vector_norm(x / scale, dim=1, keepdim=True)
+                return x / scale / scaled_norms, scaled_norms * scale
         return x / norms, norms
 
     def estimate_centers(self, unit, labels, keys, ref_emb, ref_labels):
@@ -258,7 +270,15 @@ class BaseFeatureAugmenter(ModuleWithRecords):
 
     def set_extra_state(self, state):
         saved = (state or {}).get("generator")
-        if saved is not None and self.generator is not None:
+        if (saved is None) != (self.generator is None):
+            raise ValueError(
+                "cannot load the target draws: the state was saved by an augmenter "
+                f"{'without' if saved is None else 'with'} a generator, and this one "
+                f"has {'one' if saved is None else 'none'}. Build both alike (without "
+                "a generator the draws come from torch's global RNG: save "
+                "torch.get_rng_state() with the checkpoint to resume them)"
+            )
+        if saved is not None:
             self.generator.set_state(saved)
 
     def record_stats(self, n, source_indices, allowed, src, dst, nearest):

@@ -73,6 +73,8 @@ class BaseClassCenters(ModuleWithRecords):
     """
 
     differentiable = False
+    # whether it knows centres of classes absent from the batch (target_pool="all")
+    remembers_classes = False
 
     def __init__(self, min_samples=1, **kwargs):
         super().__init__(**kwargs)

@@ -30,13 +30,16 @@ class MovingAverageClassCenters(BaseClassCenters):
         momentum: weight of the old centre in each update, in [0, 1).
         min_samples: the fewest samples of a class in a batch for it to update its
             centre.
-        update: update the centres on each forward; False freezes them.
+        update: update the centres on each forward in training mode (after
+            ``.eval()`` they are only read); False freezes them.
         sync_distributed: under torch.distributed, all-reduce the per-class sums and
             counts of each batch before updating, so every rank holds identical
             buffers (bit for bit) after each step, whether the loss sees its rank's
             batch or, under PML's ``DistributedLossWrapper``, the gathered batch (then
             the sums and counts are a multiple of one rank's, and the means the same).
     """
+
+    remembers_classes = True
 
     def __init__(
         self,
@@ -99,8 +102,15 @@ class MovingAverageClassCenters(BaseClassCenters):
                 f"{type(self).__name__} was built with embedding_size={self.embedding_size}"
             )
         labels = labels.long()
-        batch_labels, sums, counts = self.batch_statistics(embeddings, labels)
-        if self.update:
+        if not (self.update and self.training):
+            if not bool((self.num_updates > 0).any()):
+                raise ValueError(
+                    f"{type(self).__name__} knows no centre and does not update "
+                    f"(update={self.update}, training={self.training}): load a "
+                    "state_dict with its centres, or let it update in training mode"
+                )
+        else:
+            batch_labels, sums, counts = self.batch_statistics(embeddings, labels)
             means, nonzero = normalize_rows(sums)
             updated = nonzero & (counts >= self.min_samples)
             batch_labels_updated = batch_labels[updated]

@@ -2,7 +2,7 @@ import torch
 
 from ..augmenters import FeatureTranslation, SphericalFeatureTransform
 from ..augmenters.base_feature_augmenter import nearest_is_target
-from ..functional import slerp
+from ..functional.rotation import great_circle_point
 
 
 class AblationOptions:
@@ -80,7 +80,7 @@ class AblationOptions:
         return allowed
 
     def destinations(self, src, dst):
-        return slerp(src, dst, self.strength)
+        return great_circle_point(src, dst, self.strength)
 
     def keep(self, aug, centers, target_rows, nearest):
         if not self.consistent_only:

@@ -3,9 +3,17 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from ..losses import FeatureTransformLoss
+from ..upstream.sft_loss import NO_TUPLES
 
 SYNTHETIC_ROLES = ("any", "partner", "negative")
 OBJECTIVES = ("joint", "separate")
+# PML losses that turn the tuples they are given into triplets
+TRIPLET_LOSSES = (
+    "DynamicSoftMarginLoss",
+    "HistogramLoss",
+    "MarginLoss",
+    "TripletMarginLoss",
+)
 
 
 class AblationLoss(FeatureTransformLoss):
@@ -53,6 +61,24 @@ class AblationLoss(FeatureTransformLoss):
             raise ValueError(
                 f"synthetic_role must be one of {SYNTHETIC_ROLES}, got {synthetic_role!r}"
             )
+        name = type(loss).__name__
+        for option, value, default in (
+            ("synthetic_role", synthetic_role, "any"),
+            ("objective", objective, "joint"),
+        ):
+            if value != default and name in NO_TUPLES:
+                raise ValueError(
+                    f"{option}={value!r} acts through indices_tuple, which {name} "
+                    "does not take"
+                )
+        if objective == "separate" and synthetic_role == "negative":
+            if name not in TRIPLET_LOSSES:
+                raise ValueError(
+                    "objective='separate' with synthetic_role='negative' counts only "
+                    "tuples with an augmented negative; the positive pairs that "
+                    f"{name} needs per anchor are all real, so its augmented term "
+                    f"would be zero (it works with {', '.join(TRIPLET_LOSSES)})"
+                )
         super().__init__(loss, augmenter, miner, **kwargs)
         self.aug_weight = float(aug_weight)
         self.objective = objective
@@ -101,7 +127,14 @@ class AblationLoss(FeatureTransformLoss):
         tuples = self.create_indices_tuple(embeddings, labels, indices_tuple, n)
         has_augmented = embeddings.shape[0] > n
         if has_augmented and (self.synthetic_role != "any" or augmented_only):
-            if tuples is None:
+            if type(self.loss).__name__ in TRIPLET_LOSSES:
+                # restrict the triplets the loss will see, not pairs before they are
+                # combined (a triplet with an augmented negative and a real positive
+                # pair would be lost)
+                if tuples is None:
+                    tuples = lmu.get_all_triplets_indices(labels)
+                tuples = lmu.convert_to_triplets(tuples, labels)
+            elif tuples is None:
                 tuples = lmu.get_all_pairs_indices(labels)
             tuples = restrict_roles(tuples, n, self.synthetic_role, augmented_only)
         return self.loss(embeddings, labels, tuples)

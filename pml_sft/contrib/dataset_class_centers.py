@@ -27,6 +27,8 @@ class DatasetClassCenters(BaseClassCenters):
         min_samples: the fewest samples of a class in the pass for it to get a centre.
     """
 
+    remembers_classes = True
+
     def __init__(self, num_classes, embedding_size, min_samples=1, **kwargs):
         super().__init__(min_samples=min_samples, **kwargs)
         check_sizes(num_classes, embedding_size)
@@ -69,6 +71,11 @@ class DatasetClassCenters(BaseClassCenters):
     def compute(self, embeddings, labels, include_absent=True):
         self.check_size(embeddings)
         check_labels_in_range(labels, self.num_classes, type(self).__name__)
+        if not bool(self.fitted.any()):
+            raise ValueError(
+                f"{type(self).__name__} has no centres yet: call fit(embeddings, "
+                "labels) with a pass over the training set first"
+            )
         return centers_from_table(
             self.centers, self.fitted, labels.long(), include_absent
         )

@@ -19,6 +19,8 @@ class ProxyClassCenters(BaseClassCenters):
         loss: the proxy loss (the same object the wrapper wraps).
     """
 
+    remembers_classes = True
+
     def __init__(self, loss, **kwargs):
         super().__init__(**kwargs)
         if self.proxy_table(loss) is None:

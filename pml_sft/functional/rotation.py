@@ -60,15 +60,33 @@ def rotate(x, src, dst, check=True):
         norms = torch.stack([src, dst]).to(out.dtype).norm(dim=2)
         errors = (norms - 1).abs().amax(dim=1)
         total, src_err, dst_err = torch.cat([out.sum().view(1), errors]).tolist()
-        validate(x, src, dst, total, src_err, dst_err)
+        validate(x, src, dst, src_err, dst_err)
+        if not math.isfinite(total):  # NaN or inf in x, or an overflow
+            check_finite(x, "x")
+            out = rotate_scaled(x, src, dst)
     return out.to(x.dtype)
 
 
-def validate(x, src, dst, total, src_err, dst_err):
-    if not math.isfinite(total):
-        for name, t in (("x", x), ("src", src), ("dst", dst)):
+def rotate_scaled(x, src, dst):
+    """The rotation of finite rows so large that the closed form overflows (its
+    coefficients exceed |x| by up to 1 / (1 + <src, dst>)): R x = s R (x / s) for the
+    largest entry s of each row, as R is linear."""
+    scale = x.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    out = sft_loss.rotate(x / scale, src, dst) * scale.to(
+        sft_loss.compute_dtype(x.dtype)
+    )
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(
+            "rotate: the rotated rows do not fit in "
+            f"{sft_loss.compute_dtype(x.dtype)} (their norms overflow)"
+        )
+    return out
+
+
+def validate(x, src, dst, src_err, dst_err):
+    if not (math.isfinite(src_err) and math.isfinite(dst_err)):
+        for name, t in (("src", src), ("dst", dst)):
             check_finite(t, name)
-        raise ValueError("rotate: x is so large that its rotation overflows")
     tol = unit_tolerance(x.dtype)
     for name, err in (("src", src_err), ("dst", dst_err)):
         if not err <= tol:
@@ -83,6 +101,19 @@ def slerp(a, b, t):
     """The unit vectors a fraction ``t`` of the way from unit ``a`` to unit ``b``
     along the great circle (t = 0: a, t = 1: b). Antipodal rows turn towards a fixed
     direction orthogonal to ``a``, as in :func:`rotate`."""
+    check_embeddings(a, "a")
+    check_same_layout(a, "a", b, "b")
+    if a.shape[1] < 2:
+        raise ValueError(f"slerp needs at least 2 dimensions, got D={a.shape[1]}")
+    if not (isinstance(t, (int, float)) and 0 <= t <= 1):
+        raise ValueError(f"t must be a number in [0, 1], got {t!r}")
+    check_finite(a, "a")
+    check_finite(b, "b")
+    return great_circle_point(a, b, t)
+
+
+def great_circle_point(a, b, t):
+    """:func:`slerp` for inputs already checked."""
     if t == 1:
         return b
     c, s, v = sft_loss.plane_basis(a, b)

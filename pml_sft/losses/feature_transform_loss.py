@@ -74,6 +74,8 @@ class FeatureTransformLoss(sft_loss.SFTLoss):
             **kwargs,
         )
         self.augmenter = augmenter
+        if self.collect_stats:  # the wrapper's statistics come from the augmenter
+            augmenter.collect_stats = True
         self.add_to_recordable_attributes(
             list_of_names=["mean_center_angle", "share_nearest_target"], is_stat=True
         )
@@ -81,18 +83,21 @@ class FeatureTransformLoss(sft_loss.SFTLoss):
     def forward(
         self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None
     ):
-        self.check_inputs(embeddings, labels)
+        self.check_inputs(embeddings, labels, indices_tuple)
         if embeddings.shape[0] == 0:  # no samples, no loss (some PML losses give NaN)
             self.reset_stats()
             return embeddings.sum() * 0.0
         loss = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         return self.checked(loss)
 
-    def check_inputs(self, embeddings, labels):
-        """The one check of a call: shapes, dtypes, labels, NaN/inf."""
+    def check_inputs(self, embeddings, labels, indices_tuple=None):
+        """The one check of a call: shapes, dtypes, labels, NaN/inf, and that the
+        caller's ``indices_tuple`` indexes the batch."""
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0])
         check_finite(embeddings, "embeddings")
+        if indices_tuple is not None:
+            check_indices_tuple(indices_tuple, embeddings.shape[0])
         self.mean_center_angle = self.share_nearest_target = 0.0
 
     def checked(self, loss):
@@ -112,3 +117,21 @@ class FeatureTransformLoss(sft_loss.SFTLoss):
         for name in ("mean_center_angle", "share_nearest_target"):
             setattr(self, name, getattr(self.augmenter, name, 0.0))
         return aug, aug_labels
+
+
+def check_indices_tuple(indices_tuple, n):
+    """An indices_tuple (pairs or triplets) of index tensors into the n rows."""
+    if not (isinstance(indices_tuple, (tuple, list)) and len(indices_tuple) in (3, 4)):
+        raise ValueError(
+            "indices_tuple must be a tuple of 3 (triplets) or 4 (pairs) index tensors"
+        )
+    filled = [(i, t) for i, t in enumerate(indices_tuple) if t.numel() > 0]
+    if not filled:
+        return
+    bounds = torch.stack([torch.stack([t.min(), t.max()]) for _, t in filled])
+    for (i, _), (lo, hi) in zip(filled, bounds.tolist()):
+        if lo < 0 or hi >= n:
+            raise ValueError(
+                f"indices_tuple[{i}] holds indices from {lo} to {hi}, outside the "
+                f"batch of {n} rows"
+            )

@@ -33,3 +33,10 @@ def all_reduce_sum(*tensors):
     for t in tensors:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
     return tensors
+
+
+def broadcast_from_first(value, device):
+    """The int ``value`` of rank 0, on every rank (one small collective)."""
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    torch.distributed.broadcast(t, src=0)
+    return int(t)

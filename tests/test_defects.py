@@ -1,0 +1,285 @@
+"""The defects of the hostile review of 86bfd22 (the reliability issue), one test
+each (NPairsLoss: tests/losses/test_sft_loss.py and the composability check;
+DDP with ranks seeded apart: tests/test_distributed.py)."""
+
+import math
+import tracemalloc
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning import losses, miners
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+import pml_sft
+from pml_sft.contrib import (
+    AblationLoss,
+    AblationSphericalFeatureTransform,
+    DatasetClassCenters,
+)
+from pml_sft.functional import rotate, slerp
+from pml_sft.upstream import sft_loss
+
+from .helpers import DEVICE, random_unit
+
+
+def _batch(n=24, d=8, classes=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g).to(DEVICE)
+    y = torch.arange(classes).repeat_interleave(n // classes).to(DEVICE)
+    return x, y
+
+
+def _recording(inner):
+    """The inner loss, remembering the (embeddings, labels, tuples, loss) of each
+    call."""
+    calls = []
+    forward = inner.forward
+
+    def record(embeddings, labels, indices_tuple=None, *args):
+        out = forward(embeddings, labels, indices_tuple, *args)
+        calls.append((embeddings, labels, indices_tuple, out))
+        return out
+
+    inner.forward = record
+    return calls
+
+
+# 2. the separate objective counts exactly the triplets with an augmented row
+@pytest.mark.parametrize("role", ["any", "partner", "negative"])
+def test_separate_objective_counts_the_triplets_with_augmented_rows(role):
+    x, y = _batch()
+    inner = losses.TripletMarginLoss(margin=0.5)
+    calls = _recording(inner)
+    sft = pml_sft.SphericalFeatureTransform(generator=torch.Generator().manual_seed(1))
+    loss_fn = AblationLoss(
+        inner, sft, objective="separate", synthetic_role=role, warmup_iterations=0
+    )
+    loss_fn(x, y)
+    emb, labels, _, extra = calls[1]
+    n = len(x)
+    a, p, neg = lmu.get_all_triplets_indices(labels)
+    keep = (a >= n) | (p >= n) | (neg >= n)
+    if role != "any":
+        keep &= a < n
+    if role == "negative":
+        keep &= p < n
+    expected = losses.TripletMarginLoss(margin=0.5)(
+        emb, labels, (a[keep], p[keep], neg[keep])
+    )
+    assert torch.allclose(extra, expected) and extra > 0
+
+
+def test_separate_negative_objective_is_refused_for_pair_losses():
+    sft = pml_sft.SphericalFeatureTransform()
+    with pytest.raises(ValueError, match="would be zero"):
+        AblationLoss(
+            losses.NTXentLoss(), sft, objective="separate", synthetic_role="negative"
+        )
+
+
+# 3. options that act through indices_tuple are refused for losses without one
+@pytest.mark.parametrize(
+    "inner",
+    [
+        losses.PNPLoss(),
+        losses.RankedListLoss(margin=0.4, Tn=0),
+        losses.InstanceLoss(),
+        losses.P2SGradLoss(8, 6),
+    ],
+    ids=lambda loss: type(loss).__name__,
+)
+def test_indices_tuple_options_are_refused_at_construction(inner):
+    with pytest.raises(ValueError, match="takes no indices_tuple"):
+        pml_sft.SFTLoss(inner, miner=miners.MultiSimilarityMiner())
+    sft = pml_sft.SphericalFeatureTransform()
+    with pytest.raises(ValueError, match="synthetic_role='negative'"):
+        AblationLoss(inner, sft, synthetic_role="negative")
+    with pytest.raises(ValueError, match="objective='separate'"):
+        AblationLoss(inner, sft, objective="separate")
+
+
+# 4. resuming without a generator: the global RNG carries the draws
+def _readme_setup():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 8).to(DEVICE)
+    loss_fn = pml_sft.SFTLoss(
+        losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner(), total_iterations=8
+    ).to(DEVICE)
+    return model, loss_fn, torch.optim.Adam(model.parameters(), lr=0.01)
+
+
+def _steps(model, loss_fn, optimizer, steps):
+    out = []
+    for step in steps:
+        x, y = _batch(seed=step)
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        out.append(float(loss))
+    return out
+
+
+def test_resume_without_a_generator_with_the_rng_state():
+    model, loss_fn, optimizer = _readme_setup()
+    straight = _steps(model, loss_fn, optimizer, range(8))
+    model, loss_fn, optimizer = _readme_setup()
+    _steps(model, loss_fn, optimizer, range(4))
+    checkpoint = dict(
+        model=model.state_dict(),
+        loss=loss_fn.state_dict(),
+        optimizer=optimizer.state_dict(),
+        rng=torch.get_rng_state(),  # what the docs say to save without a generator
+    )
+    model, loss_fn, optimizer = _readme_setup()
+    model.load_state_dict(checkpoint["model"])
+    loss_fn.load_state_dict(checkpoint["loss"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    torch.set_rng_state(checkpoint["rng"])
+    assert _steps(model, loss_fn, optimizer, range(4, 8)) == straight[4:]
+
+
+def test_mismatched_generator_states_are_refused():
+    with_gen = pml_sft.SphericalFeatureTransform(generator=torch.Generator())
+    without = pml_sft.SphericalFeatureTransform()
+    with pytest.raises(ValueError, match="saved by an augmenter with a generator"):
+        without.load_state_dict(with_gen.state_dict())
+    with pytest.raises(ValueError, match="saved by an augmenter without a generator"):
+        with_gen.load_state_dict(without.state_dict())
+
+
+# 6. an outer triplet miner keeps its scale
+def test_outer_triplet_miner_is_not_swamped():
+    x, y = _batch(n=256, d=32, classes=64)
+    outer = miners.TripletMarginMiner(margin=0.05, type_of_triplets="hard")(x, y)
+    inner = losses.TripletMarginLoss()
+    calls = _recording(inner)
+    loss_fn = pml_sft.SFTLoss(inner, warmup_iterations=0)
+    tracemalloc.start()
+    loss_fn(x, y, outer)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    a, p, neg = calls[0][2]
+    assert len(a) <= 2 * len(outer[0]) + 1  # was 13,125,779 for 281 mined at 86bfd22
+    assert ((a >= 256) | (p >= 256) | (neg >= 256)).any()
+    labels = calls[0][1]
+    assert (labels[a] == labels[p]).all() and (labels[a] != labels[neg]).all()
+    assert (a != p).all()
+    assert peak < 200 * 2**20
+
+
+# 7. huge finite rows are rotated, not turned into NaN
+def test_rotate_of_huge_rows_is_finite_and_exact():
+    a = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    c = -0.88  # 1 + <a, b> = 0.12
+    b = torch.tensor([[c, math.sqrt(1 - c * c), 0.0, 0.0]])
+    # along a + b, where <a + b, x> / (1 + <a, b>) = 4e38 overflows float32
+    x = 1e38 * F.normalize(a + b, dim=1) + torch.tensor([[0.0, 0.0, 3e37, 1e37]])
+    out = rotate(x, a, b)
+    expected = rotate(x.double() / 1e30, a.double(), b.double()) * 1e30
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out.double(), expected, rtol=1e-5)
+
+
+# 8. nearly antipodal centres: R src = dst
+@pytest.mark.parametrize(
+    "dtype,s,tolerance", [(torch.float32, 3e-4, 1e-6), (torch.float64, 1e-8, 1e-14)]
+)
+def test_nearly_antipodal_rotation_maps_src_to_dst(dtype, s, tolerance):
+    a = random_unit(8, 16, torch.Generator().manual_seed(0))
+    v = random_unit(8, 16, torch.Generator().manual_seed(1))
+    v = F.normalize(v - (v * a).sum(1, keepdim=True) * a, dim=1)
+    b = -math.sqrt(1 - s * s) * a + s * v
+    a, b = a.to(DEVICE, dtype), b.to(DEVICE, dtype)
+    assert (rotate(a, a, b) - b).norm(dim=1).max() < tolerance
+
+
+# 9. the wrapper's statistics reach the log whatever the augmenter's setting
+def test_statistics_of_a_wrapper_with_a_built_augmenter():
+    x, y = _batch()
+    built = pml_sft.FeatureTransformLoss(
+        losses.ContrastiveLoss(),
+        pml_sft.SphericalFeatureTransform(),
+        warmup_iterations=0,
+        collect_stats=True,
+    )
+    built(x, y)
+    assert built.mean_center_angle > 0 and built.share_nearest_target > 0
+
+
+# 10. tiny float32 rows
+@pytest.mark.parametrize("scale", [1e-30, 1e-22, 2e-22, 1e-20])
+def test_tiny_rows_give_unit_samples(scale):
+    x, y = _batch()
+    aug, _, _ = pml_sft.SphericalFeatureTransform()(x * scale, y)
+    assert torch.allclose(aug.norm(dim=1), torch.ones(len(aug), device=DEVICE))
+    with pytest.raises(ValueError, match="zero vector"):
+        pml_sft.SphericalFeatureTransform()(torch.zeros_like(x), y)
+
+
+# 11. slerp checks its inputs
+def test_slerp_checks_its_inputs():
+    a = random_unit(3, 4, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        slerp(a, torch.full_like(a, float("nan")), 0.5)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        slerp(torch.ones(2, 1), -torch.ones(2, 1), 0.5)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        slerp(a.numpy(), a, 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        slerp(a, a[:2], 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        slerp(a, a, 1.5)
+
+
+# 12. settings that silently did nothing
+def test_target_pool_all_needs_centres_with_memory():
+    with pytest.raises(ValueError, match="target_pool='all' needs centres"):
+        pml_sft.SphericalFeatureTransform(target_pool="all")
+
+
+def test_never_fitted_dataset_centres_are_refused():
+    x, y = _batch()
+    sft = pml_sft.SphericalFeatureTransform(centers=DatasetClassCenters(6, 8))
+    with pytest.raises(ValueError, match="call fit"):
+        sft(x, y)
+
+
+def test_calls_under_no_grad_do_not_advance_the_schedule():
+    x, y = _batch()
+    loss_fn = pml_sft.SFTLoss(losses.ContrastiveLoss(), total_iterations=8)
+    with torch.no_grad():
+        for _ in range(5):
+            loss_fn(x, y)
+    assert int(loss_fn.iteration) == 0 and loss_fn.current_aug_weight == 0
+    for _ in range(5):
+        loss_fn(x, y)
+    assert int(loss_fn.iteration) == 5 and loss_fn.current_aug_weight == 0.5
+    with torch.no_grad():  # the weight of the next step, without taking it
+        loss_fn(x, y)
+    assert int(loss_fn.iteration) == 5 and loss_fn.current_aug_weight == 1.0
+
+
+# 13. a caller's indices_tuple out of range
+def test_out_of_range_indices_tuple_is_named():
+    x, y = _batch()
+    bad = (torch.tensor([0]), torch.tensor([1]), torch.tensor([len(x)]))
+    loss_fn = pml_sft.SFTLoss(losses.TripletMarginLoss(), warmup_iterations=0)
+    with pytest.raises(ValueError, match=r"indices_tuple\[2\] holds indices"):
+        loss_fn(x, y, bad)
+
+
+def test_ablation_augmenter_consistency_filter_without_statistics():
+    x, y = _batch()
+    sft = AblationSphericalFeatureTransform(consistent_only=True)
+    aug, labels, _ = sft(x, y)
+    assert len(aug) == len(labels) and len(aug) <= len(x)
+
+
+def test_upstream_random_triplets_are_valid():
+    labels = torch.tensor([0, 0, 1, 1, 2, 3])
+    a, p, n = sft_loss.random_triplets(labels, torch.arange(6).repeat(20))
+    assert set(a.tolist()) == {0, 1, 2, 3}  # classes 2 and 3 have no positive
+    assert (labels[a] == labels[p]).all() and (a != p).all()
+    assert (labels[a] != labels[n]).all()
