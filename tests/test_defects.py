@@ -283,3 +283,31 @@ def test_upstream_random_triplets_are_valid():
     assert set(a.tolist()) == {0, 1, 2, 3}  # classes 2 and 3 have no positive
     assert (labels[a] == labels[p]).all() and (a != p).all()
     assert (labels[a] != labels[n]).all()
+
+
+def test_proxy_centres_do_not_log_the_loss_twice():
+    from pml_sft.contrib import ProxyClassCenters
+
+    loss = losses.ProxyAnchorLoss(6, 8)
+    wrapped = pml_sft.FeatureTransformLoss(
+        loss,
+        pml_sft.SphericalFeatureTransform(centers=ProxyClassCenters(loss)),
+        warmup_iterations=0,
+    )
+    # record-keeper walks vars() of each object into attributes that are modules
+    centres = wrapped.augmenter.centers
+    walked = [k for k, v in vars(centres).items() if isinstance(v, torch.nn.Module)]
+    assert walked == []
+    x, y = _batch()
+    assert torch.isfinite(wrapped(x, y))
+
+
+def test_meta_labels_and_one_dimensional_features_are_refused():
+    x, y = _batch()
+    loss_fn = pml_sft.SFTLoss(losses.ContrastiveLoss(), warmup_iterations=0)
+    with pytest.raises(ValueError, match="meta device"):
+        loss_fn(x, y.to("meta"))
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        loss_fn(x[:, :1], y)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        pml_sft.FeatureTranslation()(x[:, :1], y)

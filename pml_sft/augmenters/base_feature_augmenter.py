@@ -7,7 +7,12 @@ from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 from ..centers import BaseClassCenters, BatchClassCenters
 from ..upstream.sft_loss import compute_dtype
 from ..utils import distributed
-from ..utils.checks import check_embeddings, check_finite, check_labels
+from ..utils.checks import (
+    check_embeddings,
+    check_feature_size,
+    check_finite,
+    check_labels,
+)
 from ..utils.target_sampling import (
     draw_seed,
     draw_targets,
@@ -123,6 +128,7 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         """
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0])
+        check_feature_size(embeddings)
         labels = c_f.to_device(labels, embeddings)
         if ref_emb is not None or ref_labels is not None:
             check_embeddings(ref_emb, "ref_emb")

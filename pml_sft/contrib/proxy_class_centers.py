@@ -28,8 +28,9 @@ class ProxyClassCenters(BaseClassCenters):
                 f"{type(loss).__name__} has no class proxies (a 'proxies' parameter "
                 "of shape (num_classes, D) or 'W' of shape (D, num_classes))"
             )
-        # a plain attribute, not a sub-module: the loss belongs to the wrapper
-        self.__dict__["loss"] = loss
+        # held by reference, not as a sub-module (nor an attribute that
+        # record-keeper walks into): the loss belongs to the wrapper, which logs it
+        self.__dict__["source"] = LossReference(loss)
 
     @staticmethod
     def proxy_table(loss):
@@ -42,7 +43,7 @@ class ProxyClassCenters(BaseClassCenters):
         return None
 
     def compute(self, embeddings, labels, include_absent=True):
-        table = self.proxy_table(self.loss).detach()
+        table = self.proxy_table(self.source.loss).detach()
         if table.shape[1] != embeddings.shape[1]:
             raise ValueError(
                 f"the proxies have size {table.shape[1]} but the embeddings "
@@ -52,3 +53,11 @@ class ProxyClassCenters(BaseClassCenters):
         table = table.to(embeddings.device, embeddings.dtype)
         known = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
         return centers_from_table(table, known, labels.long(), include_absent)
+
+
+class LossReference:
+    """A plain holder of the proxy loss (neither a module nor one of record-keeper's
+    recursive types)."""
+
+    def __init__(self, loss):
+        self.loss = loss

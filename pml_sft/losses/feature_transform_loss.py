@@ -2,7 +2,12 @@ import torch
 
 from ..augmenters import BaseFeatureAugmenter
 from ..upstream import sft_loss
-from ..utils.checks import check_embeddings, check_finite, check_labels
+from ..utils.checks import (
+    check_embeddings,
+    check_feature_size,
+    check_finite,
+    check_labels,
+)
 
 # Every PML loss the upstream SFTLoss refuses, and why; every other one is supported.
 UNSUPPORTED_LOSSES = sft_loss.UNSUPPORTED_LOSSES
@@ -95,6 +100,7 @@ class FeatureTransformLoss(sft_loss.SFTLoss):
         caller's ``indices_tuple`` indexes the batch."""
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0])
+        check_feature_size(embeddings)
         check_finite(embeddings, "embeddings")
         if indices_tuple is not None:
             check_indices_tuple(indices_tuple, embeddings.shape[0])

@@ -33,6 +33,8 @@ def check_labels(labels, num_rows, name="labels"):
             f"{name} are required: feature transforms move samples between classes"
         )
     check_tensor(labels, name)
+    if labels.device.type == "meta":
+        raise ValueError(f"{name} are on the meta device, so they hold no values")
     if (
         labels.dtype.is_floating_point
         or labels.dtype.is_complex
@@ -46,6 +48,16 @@ def check_labels(labels, num_rows, name="labels"):
     if labels.shape[0] != num_rows:
         raise ValueError(
             f"{name} has {labels.shape[0]} entries but there are {num_rows} embeddings"
+        )
+
+
+def check_feature_size(x, name="embeddings"):
+    """At least 2 dimensions: moving a feature between class centres on the sphere
+    needs a plane (for D = 1 the only directions are +1 and -1)."""
+    if x.shape[1] < 2:
+        raise ValueError(
+            f"{name} must have at least 2 dimensions for feature transforms, got "
+            f"D={x.shape[1]}"
         )
 
 
