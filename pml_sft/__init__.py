@@ -14,7 +14,7 @@ from .centers import (
     MovingAverageClassCenters,
 )
 from .losses import FeatureTransformLoss, FeatureTranslationLoss, SFTLoss
-from .utils import RecallAtK
+from .utils import RecallAtK, training_iterations
 
 __version__ = "0.2.0"
 
@@ -31,4 +31,5 @@ __all__ = [
     "SFTLoss",
     "FeatureTranslationLoss",
     "RecallAtK",
+    "training_iterations",
 ]

@@ -185,3 +185,31 @@ def test_records_are_visible_to_record_keeper_style_logging():
     }
     assert recorded["num_augmented"] == 16 and recorded["mean_center_angle"] > 0
     assert "warmup_iterations" in getattr(loss, "_record_these")
+
+
+@pytest.mark.parametrize(
+    "trainer_class,classifier",
+    [(trainers.MetricLossOnly, False), (trainers.TrainWithClassifier, True)],
+    ids=["MetricLossOnly", "TrainWithClassifier"],
+)
+def test_training_iterations_connects_a_trainer_to_the_schedule(
+    trainer_class, classifier
+):
+    dataset, epochs = ToyDataset(0), 10
+    sampler = samplers.MPerClassSampler(
+        dataset.labels, m=4, length_before_new_iter=len(dataset)
+    )  # as _train builds it
+    total = pml_sft.training_iterations(dataset, 16, epochs, sampler)
+    assert total == epochs * (len(dataset) // 16)
+    inner = losses.ArcFaceLoss(NUM_CLASSES, EMB) if classifier else None
+    loss = pml_sft.SFTLoss(
+        inner or losses.MultiSimilarityLoss(), total_iterations=total
+    )
+    weights, step_weight = [], loss.step_weight
+    loss.step_weight = lambda: weights.append(step_weight()) or weights[-1]
+    _train(trainer_class, loss, classifier=classifier, epochs=epochs)
+    assert int(loss.iteration) == len(weights) == total
+    assert weights[: total // 2] == [0.0] * (total // 2)  # the late start
+    assert 0 < weights[total // 2] < 1 and weights[-1] == 1.0
+    with pytest.raises(ValueError, match="num_epochs"):
+        pml_sft.training_iterations(dataset, 16, 0, sampler)

@@ -50,6 +50,7 @@ def test_fixes_are_idempotent_and_named():
         "save_figures",
         "parent_name",
         "splits_to_eval",
+        "total_iterations",
     }
     for fix in pb_sft.COMPATIBILITY_FIXES.values():
         assert fix.__doc__
@@ -109,6 +110,17 @@ def test_loss_factory_nests_inner_loss_with_num_classes():
         kwargs={"num_classes": 7},
     )
     assert type(translation.augmenter).__name__ == "FeatureTranslation"
+    # the experiment's length sets the schedule unless the config sets one
+    timed = factory.create(
+        {"SFTLoss": {"loss": {"ContrastiveLoss": {}}}},
+        kwargs={"num_classes": 7, "total_iterations": 100},
+    )
+    assert (timed.warmup_iterations, timed.ramp_iterations) == (50, 25)
+    explicit = factory.create(
+        {"SFTLoss": {"loss": {"ContrastiveLoss": {}}, "warmup_iterations": 3}},
+        kwargs={"num_classes": 7, "total_iterations": 100},
+    )
+    assert (explicit.warmup_iterations, explicit.ramp_iterations) == (3, 0)
     plain = factory.create(
         {"ProxyAnchorLoss": {"embedding_size": 16}}, kwargs={"num_classes": 5}
     )
@@ -188,11 +200,15 @@ def test_short_experiment_end_to_end(tmp_path, monkeypatch):
         rows[-1]["recall_at_1_level0"]
     )
     # ... and logged the SFT statistics with record-keeper
+    # the schedule came from the experiment, not the config: 1 epoch of 3 iterations
+    # (cpu_tiny), so warm-up 3 // 2 = 1 and ramp 3 // 4 = 0; pb logs iteration 0,
+    # which is in the warm-up
     sft_rows = list(csv.DictReader(open(csvs / "metric_loss_SFTLoss.csv")))
-    assert (
-        int(sft_rows[-1]["num_augmented"]) == 32
-        and float(sft_rows[-1]["mean_center_angle"]) > 0
-    )
+    assert sft_rows[0]["~iteration~"] == "0"
+    assert sft_rows[0]["warmup_iterations"] == "1"
+    assert sft_rows[0]["ramp_iterations"] == "0"
+    assert float(sft_rows[0]["current_aug_weight"]) == 0.0
+    assert int(sft_rows[0]["num_augmented"]) == 0
     transform_log = next(csvs.glob("*SphericalFeatureTransform.csv"))
     assert "mean_center_angle" in transform_log.read_text().splitlines()[0]
     assert list(
@@ -200,3 +216,28 @@ def test_short_experiment_end_to_end(tmp_path, monkeypatch):
             "MeanAggregator_*.csv"
         )
     )
+
+
+def test_no_config_sets_the_schedule_by_hand():
+    # the factory fills total_iterations from the experiment (epochs x iterations)
+    for path in (CONFIGS / "config_loss_and_miners").glob("*.yaml"):
+        text = path.read_text()
+        assert "warmup_iterations" not in text and "ramp_iterations" not in text, path
+
+
+def test_experiment_iterations():
+    from types import SimpleNamespace
+
+    def parser(epochs, trainer):
+        split_manager = SimpleNamespace(
+            curr_split_scheme_name="s1", get_dataset=lambda *a: list(range(1000))
+        )
+        args = SimpleNamespace(num_epochs_train=epochs, trainer=trainer)
+        return SimpleNamespace(args=args, split_manager=split_manager)
+
+    trainer = {"MetricLossOnly": {"iterations_per_epoch": 100, "batch_size": 32}}
+    assert pb_sft.experiment_iterations(parser(10, trainer)) == 1000
+    assert pb_sft.experiment_iterations(parser({"s1": 3, "s2": 5}, trainer)) == 300
+    by_batches = {"MetricLossOnly": {"batch_size": 100}}
+    assert pb_sft.experiment_iterations(parser(2, by_batches)) == 20
+    assert pb_sft.experiment_iterations(parser(2, {"MetricLossOnly": {}})) is None

@@ -180,11 +180,49 @@ def _fix_splits_to_eval():
     HookContainer.record_group_name = record_group_name
 
 
+def experiment_iterations(parser):
+    """The number of training iterations of the current split scheme of a
+    powerful-benchmarker experiment: ``num_epochs_train`` (an int, or per split
+    scheme) times the trainer's ``iterations_per_epoch`` (or the batches of the
+    training set when that is not set); None when unknown."""
+    epochs = parser.args.num_epochs_train
+    if isinstance(epochs, dict):
+        epochs = epochs.get(parser.split_manager.curr_split_scheme_name)
+    trainer = next(iter((parser.args.trainer or {}).values()), {}) or {}
+    per_epoch = trainer.get("iterations_per_epoch")
+    if not per_epoch and trainer.get("batch_size"):
+        dataset = parser.split_manager.get_dataset("train", "train")
+        per_epoch = len(dataset) // trainer["batch_size"]
+    if not (isinstance(epochs, int) and isinstance(per_epoch, int)):
+        return None
+    return epochs * per_epoch or None
+
+
+def _pass_training_length_to_losses():
+    """powerful-benchmarker gives the loss factory only ``num_classes``; the wrappers'
+    schedule needs the length of training too (``total_iterations``, from
+    :func:`experiment_iterations`), which :class:`SFTLossFactory` passes on."""
+    from powerful_benchmarker.api_parsers.getter_and_setter import GetterAndSetter
+
+    if getattr(GetterAndSetter, "_pml_sft_total_iterations", False):
+        return
+    original = GetterAndSetter.default_kwargs_loss_funcs
+
+    def default_kwargs_loss_funcs(self):
+        kwargs = original(self)
+        kwargs["total_iterations"] = lambda: experiment_iterations(self)
+        return kwargs
+
+    GetterAndSetter.default_kwargs_loss_funcs = default_kwargs_loss_funcs
+    GetterAndSetter._pml_sft_total_iterations = True
+
+
 COMPATIBILITY_FIXES = {
     "Identity": _fix_identity,
     "save_figures": _fix_record_keeper_save_figures,
     "parent_name": _fix_record_keeper_parent_name,
     "splits_to_eval": _fix_splits_to_eval,
+    "total_iterations": _pass_training_length_to_losses,
 }
 """Name -> fix. Two more live outside the code: gdown is pinned to 4.7.3 (gdown 5
 dropped ``cached_download.assert_md5sum``, imported by powerful-benchmarker's data
@@ -215,12 +253,14 @@ class SFTLossFactory(LossFactory):
     ``FeatureTranslationLoss``) the nested ``loss`` is built by this factory with
     ``num_classes`` passed on (ArcFace, ProxyAnchor, ... need it), ``miner`` by the
     MinerFactory, ``augmenter`` (with its ``centers``) from the registered pml-sft
-    classes (``num_classes`` filled in for MovingAverageClassCenters). Statistics are
-    collected (``collect_stats: True``) unless the config says otherwise, so the
-    record-keeper logs show them. Every other loss is built as before.
+    classes (``num_classes`` filled in for MovingAverageClassCenters), and the
+    schedule from the experiment's length (``total_iterations``: epochs times
+    iterations per epoch) unless the config sets one. Statistics are collected
+    (``collect_stats: True``) unless the config says otherwise, so the record-keeper
+    logs show them. Every other loss is built as before.
     """
 
-    def _create_general(self, loss_type, num_classes=None):
+    def _create_general(self, loss_type, num_classes=None, total_iterations=None):
         loss, params = self.getter.get(
             "loss", yaml_dict=loss_type, return_uninitialized=True
         )
@@ -248,6 +288,9 @@ class SFTLossFactory(LossFactory):
             t_params.setdefault("collect_stats", params.get("collect_stats", True))
             params["augmenter"] = transform(**t_params)
         params.setdefault("collect_stats", True)
+        schedule = ("total_iterations", "warmup_iterations", "ramp_iterations")
+        if total_iterations and not any(k in params for k in schedule):
+            params["total_iterations"] = total_iterations
         return loss(**params)
 
     def _centers(self, spec, num_classes):

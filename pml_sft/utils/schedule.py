@@ -1,0 +1,28 @@
+"""The length of training, for the wrappers' schedule (``total_iterations``)."""
+
+from pytorch_metric_learning.utils import common_functions as c_f
+
+
+def training_iterations(
+    dataset, batch_size, num_epochs, sampler=None, iterations_per_epoch=None
+):
+    """The number of iterations a PML trainer (``MetricLossOnly``,
+    ``TrainWithClassifier``, ...) runs for ``trainer.train(num_epochs=num_epochs)``
+    with these arguments: ``iterations_per_epoch`` if given, else the length of the
+    dataloader PML builds from the dataset, batch size and sampler. One line connects
+    a trainer to the schedule::
+
+        loss = pml_sft.SFTLoss(inner, total_iterations=pml_sft.training_iterations(
+            dataset, batch_size, num_epochs, sampler))
+    """
+    if not (isinstance(num_epochs, int) and num_epochs >= 1):
+        raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
+    if iterations_per_epoch is None:
+        loader = c_f.get_train_dataloader(dataset, batch_size, sampler, 0, None)
+        iterations_per_epoch = len(loader)
+    if not (isinstance(iterations_per_epoch, int) and iterations_per_epoch >= 1):
+        raise ValueError(
+            "an epoch must have at least one iteration, got "
+            f"iterations_per_epoch={iterations_per_epoch!r}"
+        )
+    return num_epochs * iterations_per_epoch
