@@ -203,7 +203,9 @@ def plot_recall(rows, path, losses, methods):
                 xs.append(i + (j - (len(methods) - 1) / 2) * width)
                 means.append(100 * r["recall_at_1_mean"])
                 stds.append(100 * r["recall_at_1_std"])
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=method)
+        one_seed = all(r["seeds"] == 1 for r in rows)
+        yerr = None if one_seed else stds
+        ax.bar(xs, means, width, yerr=yerr, capsize=3, label=method)
     ax.set_xticks(range(len(losses)))
     ax.set_xticklabels(losses)
     ax.set_ylabel("Recall@1 (%) on unseen classes")
@@ -211,7 +213,10 @@ def plot_recall(rows, path, losses, methods):
     if lows:
         ax.set_ylim(max(0, min(lows) - 10), min(100, max(lows) + 5))
     ax.legend(title="augmentation")
-    ax.set_title("mean ± std over seeds")
+    if all(r["seeds"] == 1 for r in rows):
+        ax.set_title("one seed: no error bars (about 1 point is within seed noise)")
+    else:
+        ax.set_title("mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
