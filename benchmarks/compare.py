@@ -179,7 +179,11 @@ def markdown_table(rows, label_keys):
     for row in rows:
         cells = [str(row[k]) for k in label_keys] + [str(row["seeds"])]
         cells += [
-            f"{100 * row[f'{m}_mean']:.1f} ± {100 * row[f'{m}_std']:.1f}"
+            (
+                f"{100 * row[f'{m}_mean']:.1f}"  # one seed: no spread to show
+                if row["seeds"] == 1
+                else f"{100 * row[f'{m}_mean']:.1f} ± {100 * row[f'{m}_std']:.1f}"
+            )
             for m in METRICS
         ]
         lines.append("| " + " | ".join(cells) + " |")

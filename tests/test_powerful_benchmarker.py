@@ -241,3 +241,28 @@ def test_experiment_iterations():
     by_batches = {"MetricLossOnly": {"batch_size": 100}}
     assert pb_sft.experiment_iterations(parser(2, by_batches)) == 20
     assert pb_sft.experiment_iterations(parser(2, {"MetricLossOnly": {}})) is None
+
+
+def test_config_merges_that_would_collide_are_named():
+    with pytest.raises(ValueError, match=r"'dataset' gets 2 classes, CUB200 \(default"):
+        pb_run.check_config_merges(["--config_dataset", "[default,with_emoji]"])
+    with pytest.raises(ValueError, match=r"'models.trunk' gets 2 classes"):
+        pb_run.check_config_merges(["--config_models", "[default,resnet18_scratch]"])
+    # what the README runs merges cleanly, and an override replaces the entry
+    pb_run.check_config_merges(
+        [
+            "--config_general",
+            "[default,cpu_tiny]",
+            "--config_dataset",
+            "[with_emoji]",
+            "--config_models",
+            "[resnet18_scratch]",
+            "--config_eval",
+            "[default,cpu]",
+            "--config_loss_and_miners",
+            "[multisimilarity_sft]",
+        ]
+    )
+    pb_run.check_config_merges(
+        ["--config_dataset", "[default,with_emoji]", "--dataset~OVERRIDE~", "{}"]
+    )

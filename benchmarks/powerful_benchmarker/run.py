@@ -11,10 +11,64 @@ loads both files in order, and ``--trainer~OVERRIDE~ {...}`` replaces a whole en
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
 CONFIG_FOLDER = str(Path(__file__).resolve().parent / "configs")
+
+# Config entries that hold one object ({ClassName: params}); the entries of the
+# second group hold named objects, one each (models: {trunk: {ClassName: ...}}).
+SINGLE_OBJECTS = ("dataset", "trainer", "tester", "split_manager", "sampler")
+NAMED_OBJECTS = ("models", "optimizers", "loss_funcs", "mining_funcs")
+OVERRIDE = "~OVERRIDE~"
+
+
+def check_config_merges(argv, root_config_folder=CONFIG_FOLDER):
+    """Refuse a ``--config_<folder> [a,b,...]`` list whose files put two different
+    classes under one entry (powerful-benchmarker merges them into one dict and
+    then fails with "too many values to unpack"), naming the entry and the files.
+    An entry overridden (``~OVERRIDE~``) in a later file or on the command line is
+    replaced, not merged."""
+    import yaml
+
+    overridden = {a[2:].split(OVERRIDE)[0] for a in argv if OVERRIDE in a}
+    for flag, value in zip(argv, argv[1:]):
+        if not flag.startswith("--config_") or flag == "--config_foldernames":
+            continue
+        names = [n.strip() for n in re.sub(r"[\[\]]", "", value).split(",") if n]
+        classes = {}  # entry -> {class name: file}
+        for name in names:
+            path = Path(root_config_folder) / flag[2:] / f"{name}.yaml"
+            if not path.exists():
+                continue  # powerful-benchmarker reports it
+            for entry, spec in object_specs(yaml.safe_load(path.read_text()) or {}):
+                base = entry.replace(OVERRIDE, "")
+                if OVERRIDE in entry:
+                    classes[base] = {}
+                for class_name in spec:
+                    classes.setdefault(base, {}).setdefault(class_name, path.name)
+        for entry, found in classes.items():
+            if len(found) > 1 and entry.split(".")[0] not in overridden:
+                listed = ", ".join(f"{c} ({f})" for c, f in found.items())
+                raise ValueError(
+                    f"{flag} [{','.join(names)}]: the entry '{entry}' gets "
+                    f"{len(found)} classes, {listed}, which powerful-benchmarker "
+                    "would merge into one; list only one of these files, or replace "
+                    f"the entry with --{entry.split('.')[0]}{OVERRIDE}"
+                )
+
+
+def object_specs(config):
+    """(entry, {ClassName: params}) for the object entries of one config file."""
+    for key, value in config.items():
+        base = key.replace(OVERRIDE, "")
+        if base in SINGLE_OBJECTS and isinstance(value, dict):
+            yield key, value
+        elif base in NAMED_OBJECTS and isinstance(value, dict):
+            for name, spec in value.items():
+                if isinstance(spec, dict):
+                    yield f"{key}.{name}", spec
 
 
 def make_runner(
@@ -54,6 +108,7 @@ def main(argv=None):
     parser.add_argument("--merge_argparse_when_resuming", action="store_true")
     parser.add_argument("--root_config_folder", default=CONFIG_FOLDER)
     args, rest = parser.parse_known_args(argv)
+    check_config_merges(rest, args.root_config_folder)
     # powerful-benchmarker's YamlReader reads --experiment_name and --config_* from sys.argv
     sys.argv = [sys.argv[0]] + rest
     runner = make_runner(**vars(args))
