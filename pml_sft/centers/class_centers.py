@@ -25,18 +25,3 @@ class ClassCenters:
 
     def __len__(self):
         return self.labels.shape[0]
-
-    def keep(self, valid):
-        """Only the rows where ``valid`` (K,) is True; samples of the others get -1."""
-        if bool(valid.all()):
-            return self
-        rows = valid.nonzero().squeeze(1)
-        new_row = torch.full_like(valid, -1, dtype=torch.long)
-        new_row[rows] = torch.arange(rows.shape[0], device=rows.device)
-        sample_rows = self.sample_rows.clamp_min(0)
-        return ClassCenters(
-            labels=self.labels[rows],
-            centers=self.centers[rows],
-            in_batch=self.in_batch[rows],
-            sample_rows=torch.where(self.sample_rows >= 0, new_row[sample_rows], -1),
-        )

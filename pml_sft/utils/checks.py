@@ -104,20 +104,3 @@ def check_finite(x, name):
 def unit_tolerance(dtype):
     """How far from 1 the norm of a 'unit' vector of this dtype may be."""
     return max(torch.finfo(dtype).eps ** 0.5, 1e-6)
-
-
-def check_unit_rows(x, name, norms=None):
-    """Every row of ``x`` has L2 norm 1 (within :func:`unit_tolerance`)."""
-    if x.numel() == 0:
-        return
-    if norms is None:
-        norms = torch.linalg.vector_norm(
-            x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1
-        )
-    err = (norms - 1).abs().max().item()
-    if not err <= unit_tolerance(x.dtype):
-        raise ValueError(
-            f"{name} must hold unit vectors (L2 norm 1); the largest deviation of a "
-            f"row norm from 1 is {err:.3g}. Normalise it first, e.g. with "
-            "torch.nn.functional.normalize(x, dim=1); zero vectors cannot be normalised"
-        )
