@@ -148,6 +148,8 @@ def summarize(results, group_keys):
     rows = []
     for key, members in groups.items():
         row = dict(zip(group_keys, key))
+        # the classes evaluated on: "val" (held-out training classes) or "test"
+        row["split"] = ",".join(sorted({m["config"]["split"] for m in members}))
         row["seeds"] = len(members)
         for m in METRICS:
             values = np.array([r["metrics"][m] for r in members], dtype=float)
