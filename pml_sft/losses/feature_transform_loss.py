@@ -37,8 +37,9 @@ class FeatureTransformLoss(sft_loss.SFTLoss):
             ``SphericalFeatureTransform(centers=MovingAverageClassCenters(...))``.
         miner: optional miner, run on the enlarged batch. An ``indices_tuple`` passed
             to ``forward`` (mined on the original rows) is kept: with a miner the two
-            are concatenated; without one, all tuples that involve augmented rows are
-            added to it.
+            are concatenated; without one, every pair that involves an augmented row
+            is added to pairs, and random triplets anchored at augmented rows (as
+            many per row as were mined) to triplets.
         total_iterations, warmup_iterations, ramp_iterations: the schedule of
             :class:`~pml_sft.upstream.sft_loss.SFTLoss`: given the length of
             training, no augmentation for the first half, then the weight of the
