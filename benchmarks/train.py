@@ -96,6 +96,9 @@ class RunConfig:
     objective: str = "joint"  # "joint" or "separate"
     warmup_epochs: float = 0.0
     ramp_epochs: float = 0.0
+    # "epochs": warmup_epochs/ramp_epochs; "plateau": the wrappers' default start,
+    # once the plain loss has stopped falling (no schedule argument)
+    start: str = "epochs"
     synthetic_role: str = "any"  # "any", "partner" or "negative"
     detach_augmented: bool = False
     eval_every: int = 2
@@ -121,6 +124,7 @@ class RunConfig:
                 "objective",
                 "warmup_epochs",
                 "ramp_epochs",
+                "start",
                 "synthetic_role",
                 "detach_augmented",
             ):
@@ -340,6 +344,12 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
         ramp_iterations=int(round(cfg.ramp_epochs * iterations_per_epoch)),
         collect_stats=True,
     )
+    if cfg.start == "plateau":
+        if cfg.warmup_epochs or cfg.ramp_epochs:
+            raise ValueError("start='plateau' takes no warmup_epochs or ramp_epochs")
+        schedule = dict(collect_stats=True)  # the wrappers' own default
+    elif cfg.start != "epochs":
+        raise ValueError(f"start must be 'epochs' or 'plateau', got {cfg.start!r}")
     ablated = dict(
         aug_weight=cfg.aug_weight,
         objective=cfg.objective,

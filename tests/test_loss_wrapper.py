@@ -279,11 +279,70 @@ def test_wrappers_take_built_augmenters():
         FeatureTransformLoss(losses.ContrastiveLoss(), torch.nn.Identity())
 
 
-def test_without_a_schedule_the_constructor_warns():
-    with pytest.warns(UserWarning, match="total_iterations"):
-        SFTLoss(losses.ContrastiveLoss())
-    with pytest.warns(UserWarning, match="total_iterations"):
-        FeatureTransformLoss(losses.ContrastiveLoss(), FeatureTranslation())
+class FallingThenFlat(torch.nn.Module):
+    """A stand-in loss: 1/step for ``falling`` steps, then flat (plus noise of 1 %)."""
+
+    def __init__(self, falling):
+        super().__init__()
+        self.falling, self.step = falling, 0
+
+    def forward(self, embeddings, labels, indices_tuple=None):
+        self.step += int(torch.is_grad_enabled())
+        value = (
+            1.0 / min(max(self.step, 1), self.falling) * (1 + 0.01 * (-1) ** self.step)
+        )
+        return embeddings.sum() * 0 + value
+
+
+@pytest.mark.parametrize("wrapper", ["sft", "translation", "transform", "ablation"])
+def test_without_a_schedule_augmentation_starts_once_the_loss_stops_falling(wrapper):
+    from pml_sft.upstream.sft_loss import PLATEAU_WINDOW
+
+    inner = losses.ContrastiveLoss()
+    make = {
+        "sft": lambda: SFTLoss(inner),
+        "translation": lambda: FeatureTranslationLoss(inner),
+        "transform": lambda: FeatureTransformLoss(inner, FeatureTranslation()),
+        "ablation": lambda: AblationLoss(
+            inner, FeatureTranslation(), objective="separate"
+        ),
+    }[wrapper]
+    built = make()
+    stand_in = FallingThenFlat(falling=450)  # 1/step: falls > 5 % per window
+    built.loss = stand_in
+    emb = torch.randn(16, 8, requires_grad=True)
+    labels = torch.arange(4).repeat_interleave(4)
+    weights = []
+    for step in range(1, 1001):
+        with torch.no_grad():  # evaluation-style calls neither count nor observe
+            built(emb, labels)
+        built(emb, labels)
+        weights.append(built.current_aug_weight)
+    # the windows ending at 500 (mean over 401..500) still fell by > 5 %; the one
+    # ending at 600 is flat: start after step 600, ramp over 300 steps
+    assert built.warmup_iterations == 6 * PLATEAU_WINDOW
+    assert built.ramp_iterations == 300
+    assert max(weights[:600]) == 0 and weights[600] == pytest.approx(1 / 300)
+    assert weights[899] == 1.0
+    # the schedule found is in the state_dict: a resumed run keeps it
+    resumed = make()
+    resumed.load_state_dict(built.state_dict())
+    resumed(emb, labels)
+    assert resumed.warmup_iterations == 600 and resumed.current_aug_weight == 1.0
+
+
+def test_plateau_start_keeps_a_given_ramp_and_a_given_warmup_wins():
+    wrapped = SFTLoss(losses.ContrastiveLoss(), ramp_iterations=0)
+    wrapped.loss = FallingThenFlat(falling=1)
+    emb, labels = torch.randn(8, 4, requires_grad=True), torch.arange(8) % 2
+    for _ in range(201):
+        wrapped(emb, labels)
+    assert (wrapped.warmup_iterations, wrapped.ramp_iterations) == (200, 0)
+    assert wrapped.current_aug_weight == 1.0
+    fixed = SFTLoss(losses.ContrastiveLoss(), warmup_iterations=3)
+    assert (fixed.warmup_iterations, fixed.ramp_iterations) == (3, 0)
+    by_length = SFTLoss(losses.ContrastiveLoss(), total_iterations=100)
+    assert (by_length.warmup_iterations, by_length.ramp_iterations) == (50, 25)
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,9 @@ def _train(trainer_class, loss, mining_funcs=None, classifier=False, epochs=10):
 
 
 def test_metric_loss_only_with_outer_miner():
-    loss = pml_sft.SFTLoss(losses.MultiSimilarityLoss(), collect_stats=True)
+    loss = pml_sft.SFTLoss(
+        losses.MultiSimilarityLoss(), collect_stats=True, warmup_iterations=0
+    )
     models, history = _train(
         trainers.MetricLossOnly, loss, {"tuple_miner": miners.MultiSimilarityMiner()}
     )
@@ -173,7 +175,9 @@ def test_recall_at_k_bad_ks():
 
 
 def test_records_are_visible_to_record_keeper_style_logging():
-    loss = pml_sft.SFTLoss(losses.ContrastiveLoss(), collect_stats=True)
+    loss = pml_sft.SFTLoss(
+        losses.ContrastiveLoss(), collect_stats=True, warmup_iterations=0
+    )
     x = torch.randn(16, 8)
     y = torch.arange(4).repeat_interleave(4)
     loss(x, y)

@@ -346,3 +346,15 @@ def test_wrapped_loss_is_finite_property(
         else 0
     )
     assert loss_fn.num_augmented == expected
+
+
+@pytest.mark.parametrize("bad", ["zero", "overflow"])
+def test_rows_without_a_direction_fail_at_the_first_step_not_when_augmenting(bad):
+    x, y = _data(0)
+    x = x.double()
+    x[2] = 0.0 if bad == "zero" else 1e200  # its squared norm overflows float64
+    loss_fn = pml_sft.SFTLoss(losses.MultiSimilarityLoss(), total_iterations=1000)
+    with pytest.raises(
+        ValueError, match="zero vector" if bad == "zero" else "too large"
+    ):
+        loss_fn(x, y)  # step 1 of 1000: no augmentation is due before step 501

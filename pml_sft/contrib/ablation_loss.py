@@ -108,6 +108,8 @@ class AblationLoss(FeatureTransformLoss):
         if n == 0:
             return embeddings.sum() * 0.0
         loss = self.compute_loss(embeddings, labels, indices_tuple, n)
+        if self.training and torch.is_grad_enabled() and self.warmup_iterations < 0:
+            self.observe_plateau(loss)  # the default start: once the loss stops falling
         if weight > 0:
             aug, aug_labels = self.augment(embeddings, labels)
             self.num_augmented = aug.shape[0]

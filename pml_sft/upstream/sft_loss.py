@@ -1,7 +1,5 @@
 """Spherical Feature Transform, https://arxiv.org/abs/2008.01469 (ECCV 2020)."""
 
-import warnings
-
 import torch
 from pytorch_metric_learning.losses.base_loss_wrapper import BaseLossWrapper
 from pytorch_metric_learning.losses.base_metric_loss_function import (
@@ -13,6 +11,9 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 # Rows with 1 + <src, dst> below this are rotated with the plane form, which stays
 # accurate for (nearly) antipodal centres; the closed form divides by 1 + <src, dst>.
 ANTIPODAL_MARGIN = 0.1
+# Without a schedule, augmentation starts once the mean plain loss over a window of
+# PLATEAU_WINDOW steps fell by less than PLATEAU_TOLERANCE (relative) from the last.
+PLATEAU_WINDOW, PLATEAU_TOLERANCE = 100, 0.05
 
 NO_LABELS = "it takes no labels, and synthetic samples exist only through labels"
 UNSUPPORTED_LOSSES = {
@@ -45,17 +46,13 @@ def plane_basis(a, b):
     w = b - c.unsqueeze(1) * a
     # again (b - c a cancels when b ~ -a), exactly for a of norm not quite 1
     w = w - (inner(a, w) / inner(a, a)).unsqueeze(1) * a
-    s = w.norm(dim=1)
-    degenerate = (
-        s < torch.finfo(a.dtype).eps
-    )  # w is rounding noise: use e_k - <a, e_k> a
+    s = w.norm(dim=1)  # where w is rounding noise: use e_k - <a, e_k> a
+    degenerate = s < torch.finfo(a.dtype).eps
     k = a.abs().argmin(dim=1, keepdim=True)
     u = torch.zeros_like(a).scatter_(1, k, 1.0) - a.gather(1, k) * a
     u = u / u.norm(dim=1, keepdim=True)
-    v = torch.where(
-        degenerate[:, None], u, w / torch.where(degenerate, 1 + s, s)[:, None]
-    )
-    return c, s, v
+    w = w / torch.where(degenerate, 1 + s, s)[:, None]
+    return c, s, torch.where(degenerate[:, None], u, w)
 
 
 def rotate(x, src, dst):
@@ -69,8 +66,7 @@ def rotate(x, src, dst):
     R x = x + (cos t - 1)(<a,x> a + <v,x> v) + sin t (<a,x> v - <v,x> a); for b = -a,
     a half-turn towards a fixed orthogonal direction. Half precision: in float32.
     """
-    dtype = compute_dtype(x.dtype)
-    x, a, b = x.to(dtype), src.to(dtype), dst.to(dtype)
+    x, a, b = (t.to(compute_dtype(x.dtype)) for t in (x, src, dst))
     p, q, denom = inner(a, x), inner(b, x), 1 + inner(a, b)
     near = denom < ANTIPODAL_MARGIN
     k = (p + q) / torch.where(near, torch.ones_like(denom), denom)
@@ -88,9 +84,7 @@ def rotate(x, src, dst):
 def class_sums(embeddings, labels):
     """(labels (K,), inverse (N,), per-class sums (K, D), counts (K,)) for the classes
     present; half precision is summed in float32. Differentiable."""
-    unique, inverse, counts = torch.unique(
-        labels, return_inverse=True, return_counts=True
-    )
+    unique, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
     x = embeddings.to(compute_dtype(embeddings.dtype))
     sums = x.new_zeros(len(unique), x.shape[1]).index_add(0, inverse, x)
     return unique, inverse, sums, counts
@@ -103,8 +97,7 @@ def batch_class_centers(embeddings, labels, min_samples=2):
     unique, inverse, sums, counts = class_sums(embeddings, labels)
     norms = sums.norm(dim=1)
     valid = (counts >= min_samples) & (norms > torch.finfo(sums.dtype).eps)
-    row = torch.full_like(counts, -1)
-    row[valid] = torch.arange(int(valid.sum()), device=row.device)
+    row = torch.where(valid, valid.cumsum(0) - 1, torch.full_like(counts, -1))
     return unique[valid], sums[valid] / norms[valid].unsqueeze(1), row[inverse]
 
 
@@ -113,9 +106,6 @@ def draw_targets(allowed, num_targets, scores):
     distinct allowed columns, uniformly at random: the highest of the (S, K) scores
     in [0, 1). Returns (source positions (M,), target columns (M,))."""
     k = min(num_targets, allowed.shape[1])
-    if allowed.shape[0] == 0 or k == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=allowed.device)
-        return empty, empty
     top = scores.masked_fill(~allowed, -1.0).topk(k, dim=1)
     keep = (top.values >= 0).reshape(-1)
     positions = torch.arange(allowed.shape[0], device=allowed.device)
@@ -128,9 +118,8 @@ def random_triplets(labels, anchors):
     that has a positive and a negative among ``labels``."""
     same = labels[anchors].unsqueeze(1) == labels.unsqueeze(0)
     scores = torch.rand(same.shape, device=labels.device)
-    rows = torch.arange(len(anchors), device=labels.device)
-    positives = scores.masked_fill(~same, -1)
-    positives[rows, anchors] = -1  # an anchor is not its own positive
+    positives = scores.masked_fill(~same, -1)  # an anchor is not its own positive:
+    positives[torch.arange(len(anchors), device=labels.device), anchors] = -1
     p, neg = positives.max(dim=1), scores.masked_fill(same, -1).max(dim=1)
     keep = (p.values >= 0) & (neg.values >= 0)
     return anchors[keep], p.indices[keep], neg.indices[keep]
@@ -147,10 +136,10 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         num_targets: target classes per sample (k synthetic samples each).
         total_iterations: the length of training, for the validated schedule: no
             augmentation for the first half, then the weight of the augmented loss
-            ramps from 0 to 1 over the next quarter.
-        warmup_iterations: iterations without augmentation (default: half of
-            ``total_iterations``).
-        ramp_iterations: iterations for the ramp (default: a quarter of it).
+            ramps from 0 to 1 over the next quarter. Without it, augmentation
+            starts once the loss stops falling (PLATEAU_*), then ramps likewise.
+        warmup_iterations, ramp_iterations: the iterations without augmentation
+            and of the ramp (default: a half and a quarter of ``total_iterations``).
     """
 
     def __init__(
@@ -168,38 +157,32 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
             raise TypeError(f"set {sorted(inner_options)} on the wrapped loss")
         super().__init__(loss=loss, **kwargs)
         del self.distance, self.reducer  # the wrapped loss's apply
-        if total_iterations is None and warmup_iterations is None:
-            warnings.warn(
-                f"{type(self).__name__} augments from the first step: pass "
-                "total_iterations (the validated schedule starts half-way) or "
-                "warmup_iterations=0 to confirm"
-            )
         if not (isinstance(num_targets, int) and num_targets >= 1):
             raise ValueError(f"num_targets must be an int >= 1, got {num_targets!r}")
         schedule = (total_iterations, warmup_iterations, ramp_iterations)
-        if not all(v is None or (isinstance(v, int) and v >= 0) for v in schedule):
-            raise ValueError(
-                "total_iterations, warmup_iterations and ramp_iterations must be None "
-                f"or ints >= 0, got {schedule}"
-            )
+        for name, v in zip(("total", "warmup", "ramp"), schedule):
+            if not (v is None or (isinstance(v, int) and v >= 0)):
+                raise ValueError(f"{name}_iterations takes None or an int >= 0: {v!r}")
         if miner is not None and type(loss).__name__ in NO_TUPLES:
             raise ValueError(f"{type(loss).__name__} takes no indices_tuple: no miner")
-        total = total_iterations or 0
-        self.warmup_iterations = (
-            total // 2 if warmup_iterations is None else warmup_iterations
-        )
-        self.ramp_iterations = (
-            total // 4 if ramp_iterations is None else ramp_iterations
-        )
+        if total_iterations is not None:
+            warmup, ramp = total_iterations // 2, total_iterations // 4
+        else:  # the plateau start (warmup -2 until it is reached), ramp: half of it
+            warmup, ramp = (-2, -1) if warmup_iterations is None else (0, 0)
+        warmup = warmup if warmup_iterations is None else warmup_iterations
+        ramp = ramp if ramp_iterations is None else ramp_iterations
+        unreduced = type(getattr(loss, "reducer", None)).__name__ == "DoNothingReducer"
+        if unreduced and warmup < 0:  # the plateau start watches the reduced loss
+            raise ValueError("with DoNothingReducer pass total_iterations: no plateau")
         self.loss, self.miner, self.num_targets = loss, miner, num_targets
+        self.warmup_iterations, self.ramp_iterations = warmup, ramp
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
-        self.add_to_recordable_attributes(
-            list_of_names=["num_targets", "warmup_iterations", "ramp_iterations"],
-            is_stat=False,
-        )
-        self.add_to_recordable_attributes(
-            list_of_names=["num_augmented", "current_aug_weight"], is_stat=True
-        )
+        self.register_buffer("schedule", torch.tensor([warmup, ramp]))
+        self.register_buffer("window_loss", torch.zeros(2, dtype=torch.float64))
+        names = ["num_targets", "warmup_iterations", "ramp_iterations"]
+        self.add_to_recordable_attributes(list_of_names=names, is_stat=False)
+        stats = ["num_augmented", "current_aug_weight"]
+        self.add_to_recordable_attributes(list_of_names=stats, is_stat=True)
 
     @staticmethod
     def supported_losses():
@@ -231,7 +214,10 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
             aug, aug_labels = self.augment(embeddings, labels)
             self.num_augmented = len(aug)
         if self.num_augmented == 0:
-            return self.compute_loss(embeddings, labels, indices_tuple, n)
+            loss = self.compute_loss(embeddings, labels, indices_tuple, n)
+            if self.training and torch.is_grad_enabled() and self.warmup_iterations < 0:
+                self.observe_plateau(loss)
+            return loss
         all_embeddings = torch.cat([embeddings, aug])
         all_labels = torch.cat([labels, aug_labels.to(labels.dtype)])
         loss = self.compute_loss(all_embeddings, all_labels, indices_tuple, n)
@@ -249,13 +235,27 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         """The weight of the augmented loss at this training step; a call with
         gradients enabled advances the schedule (a buffer, saved in ``state_dict``),
         one under no_grad gets the weight of the next step without advancing it."""
-        if not self.training:
-            return 0.0
+        self.warmup_iterations, self.ramp_iterations = self.schedule.tolist()
         t = int(self.iteration) + 1 - self.warmup_iterations
-        self.iteration += int(torch.is_grad_enabled())
-        if t <= 0:
+        self.iteration += int(self.training and torch.is_grad_enabled())
+        if not self.training or self.warmup_iterations < 0 or t <= 0:
             return 0.0
         return min(1.0, t / self.ramp_iterations) if self.ramp_iterations > 0 else 1.0
+
+    def observe_plateau(self, loss):
+        """Adds a training step's plain loss to the window; at the end of a window
+        that fell too little, augmentation starts, ramping over half the steps so far.
+        """
+        self.window_loss[0] += loss.detach().double().sum()
+        step = int(self.iteration)
+        if step % PLATEAU_WINDOW:
+            return
+        mean = float(self.window_loss[0]) / PLATEAU_WINDOW
+        drop = float(self.window_loss[1]) - mean
+        if step > PLATEAU_WINDOW and drop < PLATEAU_TOLERANCE * abs(mean + drop):
+            ramp = step // 2 if self.ramp_iterations < 0 else self.ramp_iterations
+            self.schedule.copy_(torch.tensor([step, ramp]))
+        self.window_loss.copy_(torch.tensor([0.0, mean]))
 
     def augment(self, embeddings, labels):
         """Up to ``num_targets`` rotated copies of each sample whose class has a
@@ -282,9 +282,8 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
             if indices_tuple is None:
                 return mined
             if len(indices_tuple) != len(mined):
-                convert = (
-                    lmu.convert_to_pairs if len(mined) == 4 else lmu.convert_to_triplets
-                )
+                pairs = len(mined) == 4
+                convert = lmu.convert_to_pairs if pairs else lmu.convert_to_triplets
                 indices_tuple = convert(indices_tuple, labels)
             return c_f.concatenate_indices_tuples(mined, indices_tuple)
         if indices_tuple is None or len(embeddings) == n:

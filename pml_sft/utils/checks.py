@@ -101,6 +101,29 @@ def check_finite(x, name):
         raise ValueError(f"{name} contains NaN or inf values ({bad} of them)")
 
 
+def check_directions(x, name):
+    """Refuses rows without a direction to rotate or translate: zero rows, and rows
+    whose norm overflows in the compute dtype (float32 for half precision). Checked
+    at every call (one host sync), so that a run fails at its first step, not when
+    augmentation starts."""
+    if x.shape[0] == 0:
+        return
+    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    norms = torch.linalg.vector_norm(x.detach().to(compute), dim=1)
+    zero = ~(x.detach() != 0).any(dim=1)
+    any_zero, overflow = torch.stack([zero.any(), torch.isinf(norms).any()]).tolist()
+    if any_zero:
+        raise ValueError(
+            f"{name} contains a zero vector, which has no direction and cannot be "
+            "L2-normalised"
+        )
+    if overflow:
+        raise ValueError(
+            f"{name} contains a vector too large to normalise in {compute} (its "
+            "norm overflows)"
+        )
+
+
 def unit_tolerance(dtype):
     """How far from 1 the norm of a 'unit' vector of this dtype may be."""
     return max(torch.finfo(dtype).eps ** 0.5, 1e-6)

@@ -141,5 +141,17 @@ class TestSFTLoss(unittest.TestCase):
             SFTLoss(NPairsLoss(), warmup_iterations=0)
         with self.assertRaises(ValueError):
             SFTLoss(ContrastiveLoss(), num_targets=0, warmup_iterations=0)
-        with self.assertWarns(UserWarning):
-            SFTLoss(ContrastiveLoss())  # no schedule: augments from the first step
+
+    def test_plateau_start(self):
+        # no schedule: no augmentation until the loss stops falling (here at once:
+        # the embeddings do not change), then a ramp over half the steps so far
+        emb = torch.randn(16, 8, device=TEST_DEVICE, requires_grad=True)
+        labels = torch.arange(4).repeat_interleave(4)
+        loss_func = SFTLoss(ContrastiveLoss())
+        weights = []
+        for _ in range(260):
+            loss_func(emb, labels)
+            weights.append(loss_func.current_aug_weight)
+        self.assertEqual(max(weights[:200]), 0)
+        self.assertEqual(loss_func.warmup_iterations, 200)
+        self.assertEqual(weights[200:202], [0.01, 0.02])
