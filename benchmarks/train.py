@@ -29,7 +29,7 @@ from pml_sft.contrib import (
     DatasetClassCenters,
     ProxyClassCenters,
 )
-from pml_sft.datasets import emoji
+from pml_sft.datasets import emoji, icon_themes
 
 from .models import (
     BACKBONES,
@@ -39,8 +39,18 @@ from .models import (
     input_normalization,
 )
 
-LOSSES = ("contrastive", "multisimilarity", "triplet", "proxyanchor", "arcface")
-METHODS = ("none", "translation", "sft")
+LOSSES = (
+    "contrastive",
+    "multisimilarity",
+    "triplet",
+    "proxyanchor",
+    "normsoftmax",
+    "arcface",
+)
+# none; translation and sft (any loss); ee and ss: Embedding Expansion and
+# Symmetrical Synthesis (any loss); ps: Proxy Synthesis (proxy losses)
+METHODS = ("none", "translation", "sft", "ee", "ss", "ps")
+PROXY_SYNTHESIS_LOSSES = ("proxyanchor", "normsoftmax")
 METRICS = (
     "recall_at_1",
     "recall_at_2",
@@ -197,12 +207,18 @@ def image_normalization(cfg):
     )
 
 
-def emoji_splits(cfg):
-    data = emoji.prepare(
+BUILT_IN_DATASETS = {"emoji": emoji, "icons": icon_themes}
+
+
+def built_in_splits(cfg):
+    """The emoji or icon-theme data: (train, evaluation) with the fixed seeded
+    class-disjoint split of the data set's module."""
+    source = BUILT_IN_DATASETS[cfg.dataset]
+    data = source.prepare(
         cfg.cache_dir, cfg.image_size, cfg.max_classes or None, progress=cfg.progress
     )
-    num_classes = len(data["class_codes"])
-    train_c, val_c, test_c = emoji.class_split(
+    num_classes = len(data["class_names"])
+    train_c, val_c, test_c = source.class_split(
         num_classes,
         seed=0,
         val_fraction=cfg.val_fraction if cfg.split == "val" else 0.0,
@@ -268,8 +284,8 @@ class IndexedDataset(torch.utils.data.Dataset):
 
 
 def build_datasets(cfg):
-    if cfg.dataset == "emoji":
-        return emoji_splits(cfg)
+    if cfg.dataset in BUILT_IN_DATASETS:
+        return built_in_splits(cfg)
     return standard_splits(cfg)
 
 
@@ -290,6 +306,8 @@ def build_loss(cfg, num_classes):
         )
     if cfg.loss == "proxyanchor":
         return losses.ProxyAnchorLoss(num_classes, size, margin=0.1, alpha=32), None
+    if cfg.loss == "normsoftmax":
+        return losses.NormalizedSoftmaxLoss(num_classes, size, temperature=0.05), None
     if cfg.loss == "arcface":
         return losses.ArcFaceLoss(num_classes, size, margin=28.6, scale=64), None
     raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
@@ -303,6 +321,19 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
         return inner, miner
     if cfg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
+    schedule = dict(
+        warmup_iterations=int(round(cfg.warmup_epochs * iterations_per_epoch)),
+        ramp_iterations=int(round(cfg.ramp_epochs * iterations_per_epoch)),
+        collect_stats=True,
+    )
+    if cfg.start == "plateau":
+        if cfg.warmup_epochs or cfg.ramp_epochs:
+            raise ValueError("start='plateau' takes no warmup_epochs or ramp_epochs")
+        schedule = dict(collect_stats=True)  # the wrappers' own default
+    elif cfg.start != "epochs":
+        raise ValueError(f"start must be 'epochs' or 'plateau', got {cfg.start!r}")
+    if cfg.method in ("ee", "ss", "ps"):
+        return family_objective(cfg, inner, miner, schedule), None
     if cfg.centers == "ema":
         centers = pml_sft.MovingAverageClassCenters(
             num_classes, cfg.embedding_size, momentum=cfg.ema_momentum
@@ -339,17 +370,6 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
         options.update(ablated)
     transform_class = sft if cfg.method == "sft" else translation
     transform = transform_class(**options, collect_stats=True)
-    schedule = dict(
-        warmup_iterations=int(round(cfg.warmup_epochs * iterations_per_epoch)),
-        ramp_iterations=int(round(cfg.ramp_epochs * iterations_per_epoch)),
-        collect_stats=True,
-    )
-    if cfg.start == "plateau":
-        if cfg.warmup_epochs or cfg.ramp_epochs:
-            raise ValueError("start='plateau' takes no warmup_epochs or ramp_epochs")
-        schedule = dict(collect_stats=True)  # the wrappers' own default
-    elif cfg.start != "epochs":
-        raise ValueError(f"start must be 'epochs' or 'plateau', got {cfg.start!r}")
     ablated = dict(
         aug_weight=cfg.aug_weight,
         objective=cfg.objective,
@@ -360,6 +380,24 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
     else:
         wrapped = AblationLoss(inner, transform, miner, **ablated, **schedule)
     return wrapped, None
+
+
+def family_objective(cfg, inner, miner, schedule):
+    """Embedding Expansion, Symmetrical Synthesis or Proxy Synthesis around the
+    loss, with the paper's defaults and the run's schedule."""
+    if cfg.method == "ps":
+        if cfg.loss not in PROXY_SYNTHESIS_LOSSES:
+            raise ValueError(
+                f"method 'ps' (Proxy Synthesis) takes the proxy losses "
+                f"{PROXY_SYNTHESIS_LOSSES}, got {cfg.loss!r}"
+            )
+        return pml_sft.ProxySynthesisLoss(inner, **schedule)
+    augmenter = (
+        pml_sft.EmbeddingExpansion(collect_stats=True)
+        if cfg.method == "ee"
+        else pml_sft.SymmetricalSynthesis(collect_stats=True)
+    )
+    return pml_sft.FeatureTransformLoss(inner, augmenter, miner, **schedule)
 
 
 class CachedFeatures(torch.utils.data.Dataset):
@@ -494,6 +532,12 @@ def make_record_keeper(folder):
 def trainable_parameters(module):
     """The parameters that require grad (frozen BatchNorm ones do not)."""
     return [p for p in module.parameters() if p.requires_grad]
+
+
+def run_dir_result(cfg, out_dir):
+    """The saved result of a finished run of ``cfg`` in ``out_dir``, or None."""
+    path = Path(out_dir) / cfg.name() / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def run(cfg, out_dir):

@@ -3,9 +3,13 @@ pytorch-metric-learning."""
 
 from . import functional
 from .augmenters import (
+    BaseAugmenter,
     BaseFeatureAugmenter,
+    EmbeddingExpansion,
     FeatureTranslation,
+    ProxySynthesis,
     SphericalFeatureTransform,
+    SymmetricalSynthesis,
 )
 from .centers import (
     BaseClassCenters,
@@ -13,14 +17,26 @@ from .centers import (
     ClassCenters,
     MovingAverageClassCenters,
 )
-from .losses import FeatureTransformLoss, FeatureTranslationLoss, SFTLoss
+from .datasets import EmojiDataset, IconThemesDataset
+from .losses import (
+    EmbeddingExpansionLoss,
+    FeatureTransformLoss,
+    FeatureTranslationLoss,
+    ProxySynthesisLoss,
+    SFTLoss,
+    SymmetricalSynthesisLoss,
+)
 from .utils import RecallAtK, training_iterations
 
 __version__ = "0.2.0"
 
 __all__ = [
     "functional",
+    "BaseAugmenter",
     "BaseFeatureAugmenter",
+    "EmbeddingExpansion",
+    "SymmetricalSynthesis",
+    "ProxySynthesis",
     "SphericalFeatureTransform",
     "FeatureTranslation",
     "BaseClassCenters",
@@ -30,6 +46,11 @@ __all__ = [
     "FeatureTransformLoss",
     "SFTLoss",
     "FeatureTranslationLoss",
+    "EmbeddingExpansionLoss",
+    "SymmetricalSynthesisLoss",
+    "ProxySynthesisLoss",
+    "EmojiDataset",
+    "IconThemesDataset",
     "RecallAtK",
     "training_iterations",
 ]

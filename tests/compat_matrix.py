@@ -248,12 +248,21 @@ def check_augmentation_matters(wrapped, emb, labels, indices):
         raise AssertionError("augmentation changed neither the loss nor its gradients")
 
 
-def loss_outcome(name):
+# the wrappers whose augmenters apply to every supported loss (Proxy Synthesis
+# applies to proxy losses only: tests/test_family.py)
+WRAPPERS = {
+    "SFTLoss": pml_sft.SFTLoss,
+    "EmbeddingExpansionLoss": pml_sft.EmbeddingExpansionLoss,
+    "SymmetricalSynthesisLoss": pml_sft.SymmetricalSynthesisLoss,
+}
+
+
+def loss_outcome(name, wrapper="SFTLoss"):
     """'works' or 'refused: <message>' for the loss named ``name``."""
     cls = exported_losses()[name]
     inner = build(cls, LOSS_KWARGS)
     try:
-        wrapped = pml_sft.SFTLoss(inner, warmup_iterations=0)
+        wrapped = WRAPPERS[wrapper](inner, warmup_iterations=0)
     except ValueError as e:
         return f"refused: {e}"
     if name in KNOWN_PML_BUGS:

@@ -65,4 +65,5 @@ def fake_emoji_data(num_classes, per_class, size, seed=0):
         "images": rng.randint(0, 256, shape).astype(np.uint8),
         "labels": np.repeat(np.arange(num_classes), per_class),
         "class_codes": np.array([f"c{i}" for i in range(num_classes)]),
+        "class_names": np.array([f"name {i}" for i in range(num_classes)]),
     }

@@ -231,7 +231,7 @@ def test_imagenet_normalisation_for_pretrained_inputs(monkeypatch):
     monkeypatch.setattr(train.emoji, "prepare", lambda *args, **kwargs: fake)
 
     def first_eval_image(cfg):
-        _, evaluation = train.emoji_splits(cfg)
+        _, evaluation = train.built_in_splits(cfg)
         x, _ = evaluation[0]
         index = np.flatnonzero(np.isin(fake["labels"], np.unique(evaluation.labels)))
         raw = torch.from_numpy(fake["images"][index[0]]).permute(2, 0, 1).float()

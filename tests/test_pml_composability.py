@@ -11,9 +11,10 @@ import pml_sft
 from . import compat_matrix as cm
 
 
+@pytest.mark.parametrize("wrapper", list(cm.WRAPPERS))
 @pytest.mark.parametrize("name", list(cm.exported_losses()))
-def test_loss(name):
-    outcome = cm.loss_outcome(name)
+def test_loss(name, wrapper):
+    outcome = cm.loss_outcome(name, wrapper)
     if name in cm.REFUSED_LOSSES:
         assert outcome.startswith("refused") and cm.REFUSED_LOSSES[name] in outcome
         assert "because" in outcome or ": it" in outcome  # the reason is given

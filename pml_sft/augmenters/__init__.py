@@ -1,3 +1,7 @@
+from .base_augmenter import BaseAugmenter
 from .base_feature_augmenter import BaseFeatureAugmenter
+from .embedding_expansion import EmbeddingExpansion
 from .feature_translation import FeatureTranslation
+from .proxy_synthesis import ProxySynthesis
 from .spherical_feature_transform import SphericalFeatureTransform
+from .symmetrical_synthesis import SymmetricalSynthesis

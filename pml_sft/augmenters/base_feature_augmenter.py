@@ -2,15 +2,12 @@ import math
 
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
-from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 from ..centers import BaseClassCenters, BatchClassCenters
-from ..upstream.sft_loss import compute_dtype
 from ..utils import distributed
 from ..utils.checks import (
     check_embeddings,
     check_feature_size,
-    check_finite,
     check_labels,
 )
 from ..utils.target_sampling import (
@@ -20,11 +17,12 @@ from ..utils.target_sampling import (
     random_scores,
     row_keys,
 )
+from .base_augmenter import BaseAugmenter
 
 TARGET_POOLS = ("batch", "all")
 
 
-class BaseFeatureAugmenter(ModuleWithRecords):
+class BaseFeatureAugmenter(BaseAugmenter):
     """Creates new samples in feature space by moving embeddings of class i to another
     class j, using class centres.
 
@@ -101,7 +99,6 @@ class BaseFeatureAugmenter(ModuleWithRecords):
         )
         self.add_to_recordable_attributes(
             list_of_names=[
-                "num_augmented",
                 "num_unmoved_samples",
                 "num_target_classes",
                 "mean_center_angle",
@@ -196,33 +193,6 @@ class BaseFeatureAugmenter(ModuleWithRecords):
     def finish(self, aug, source_norms):
         """The new unit samples as returned (given the norms of their sources)."""
         return aug
-
-    @staticmethod
-    def directions(embeddings, name):
-        """Unit directions and norms of the rows, in the compute dtype (float32 for
-        half precision), differentiable. Rows with NaN/inf, zero rows and rows whose
-        norm overflows are refused (one host sync)."""
-        x = embeddings.to(compute_dtype(embeddings.dtype))
-        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-        if x.shape[0] > 0:
-            smallest, largest = torch.stack(torch.aminmax(norms.detach())).tolist()
-            if not math.isfinite(smallest + largest):
-                check_finite(embeddings, name)
-                raise ValueError(
-                    f"{name} contains a vector too large to normalise in "
-                    f"{x.dtype} (its norm overflows)"
-                )
-            if not smallest > torch.finfo(x.dtype).tiny ** 0.5:
-                # squares of such small entries underflow: normalise scaled rows
-                scale = x.detach().abs().amax(dim=1, keepdim=True)
-                if not bool((scale > 0).all()):
-                    raise ValueError(
-                        f"{name} contains a zero vector, which has no direction and "
-                        "cannot be L2-normalised"
-                    )
-                scaled_norms = torch.linalg.vector_norm(x / scale, dim=1, keepdim=True)
-                return x / scale / scaled_norms, scaled_norms * scale
-        return x / norms, norms
 
     def estimate_centers(self, unit, labels, keys, ref_emb, ref_labels):
         """Centres from the batch's unit rows (plus the reference set). With ``keys``

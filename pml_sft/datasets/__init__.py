@@ -1,4 +1,6 @@
-"""The built-in multi-vendor emoji data set (downloaded from the npm registry)."""
+"""The built-in data sets: multi-vendor emoji (npm registry) and freedesktop icon
+themes (Debian's packages)."""
 
-from . import emoji
+from . import emoji, icon_themes
 from .emoji_dataset import EmojiDataset
+from .icon_themes_dataset import IconThemesDataset

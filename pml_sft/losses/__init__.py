@@ -1,7 +1,10 @@
+from .embedding_expansion_loss import EmbeddingExpansionLoss
 from .feature_transform_loss import (
     UNSUPPORTED_LOSSES,
     UNSUPPORTED_MINERS,
     FeatureTransformLoss,
 )
 from .feature_translation_loss import FeatureTranslationLoss
+from .proxy_synthesis_loss import PROXY_PARAMETERS, ProxySynthesisLoss
 from .sft_loss import SFTLoss
+from .symmetrical_synthesis_loss import SymmetricalSynthesisLoss

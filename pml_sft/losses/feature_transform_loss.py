@@ -1,6 +1,6 @@
 import torch
 
-from ..augmenters import BaseFeatureAugmenter
+from ..augmenters import BaseAugmenter
 from ..upstream import sft_loss
 from ..utils.checks import (
     check_directions,
@@ -62,7 +62,7 @@ class FeatureTransformLoss(sft_loss.SFTLoss):
         ramp_iterations=None,
         **kwargs,
     ):
-        if not isinstance(augmenter, BaseFeatureAugmenter):
+        if not isinstance(augmenter, BaseAugmenter):
             raise TypeError(
                 f"augmenter must be a pml_sft augmenter, got {type(augmenter).__name__}"
             )

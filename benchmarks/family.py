@@ -1,0 +1,307 @@
+"""The feature-augmentation family, compared with paired seeds and intervals.
+
+    python -m benchmarks.family --dataset icons --seeds 0 1 2 3 4 5 6 7
+
+For each seed every method trains from the same initialisation on the same batch
+stream (the sampler's numpy stream; the augmenters draw from torch's), so the
+difference to the baseline of the same seed is a paired difference. Methods:
+SFT and translation on every loss; Embedding Expansion (ee) and Symmetrical
+Synthesis (ss) on MultiSimilarity, Triplet (semi-hard) and Contrastive; Proxy
+Synthesis (ps) on ProxyAnchor and NormalizedSoftmax. Every augmenter uses the
+validated schedule (no augmentation for the first half, a ramp over the next
+quarter). Test classes, final epoch (the rule fixed in advance). Finished runs are
+reused, so the comparison resumes; ``--max-runs`` trains at most that many new
+runs, so a session can do a part of it and commit what is finished.
+
+Results in ``--out``: runs.csv (one row per run), summary.csv (per data set, loss
+and method: means and stds over seeds, and the paired difference to the baseline
+with a 95 % t interval over seeds), summary.md and paired_differences.png.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .compare import machine_description, run_all, write_csv
+from .train import RunConfig, add_config_arguments, git_commit, run_dir_result
+
+# loss -> the methods compared on it (besides the baseline, "none")
+FAMILY = {
+    "multisimilarity": ("translation", "sft", "ee", "ss"),
+    "triplet": ("translation", "sft", "ee", "ss"),
+    "contrastive": ("translation", "sft", "ee", "ss"),
+    "proxyanchor": ("translation", "sft", "ps"),
+    "normsoftmax": ("translation", "sft", "ps"),
+}
+METHOD_NAMES = {
+    "none": "baseline",
+    "translation": "translation",
+    "sft": "SFT",
+    "ee": "Embedding Expansion",
+    "ss": "Symmetrical Synthesis",
+    "ps": "Proxy Synthesis",
+}
+PAIRED_METRICS = ("recall_at_1", "mean_average_precision_at_r")
+# the learning rates chosen on validation classes for the fast tier (2026-11,
+# benchmarks/results/pretrained_lr_tuning); normsoftmax takes MultiSimilarity's
+LOSS_LR = {
+    "contrastive": 1e-2,
+    "multisimilarity": 3e-3,
+    "triplet": 3e-3,
+    "proxyanchor": 3e-3,
+    "normsoftmax": 3e-3,
+}
+
+
+def family_configs(base, losses, seeds):
+    configs = []
+    for seed in seeds:  # seed-major: a partial run holds whole pairs first
+        for loss in losses:
+            options = {**base, "lr": LOSS_LR.get(loss, RunConfig().lr)}
+            for method in ("none", *FAMILY[loss]):
+                configs.append(
+                    RunConfig(**options, loss=loss, method=method, seed=seed)
+                )
+    return configs
+
+
+def t_interval(values, level=0.95):
+    """Mean and the two-sided t interval of the mean (NaN bounds for one value)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * stats.sem(values)
+    return mean, mean - half, mean + half
+
+
+def paired_summary(results):
+    """Rows per (dataset, loss, method): means and stds over seeds, and for the
+    methods the paired differences to the baseline of the same seeds, with 95 %
+    t intervals. Only seeds with both runs count for a difference."""
+    by_key = defaultdict(dict)
+    for r in results:
+        c = r["config"]
+        by_key[(c["dataset"], c["loss"], c["method"])][c["seed"]] = r
+    rows = []
+    for (dataset, loss, method), by_seed in sorted(by_key.items()):
+        row = dict(dataset=dataset, loss=loss, method=method, seeds=len(by_seed))
+        row["split"] = ",".join(
+            sorted({r["config"]["split"] for r in by_seed.values()})
+        )
+        for m in PAIRED_METRICS:
+            values = np.array([r["metrics"][m] for r in by_seed.values()])
+            row[f"{m}_mean"] = float(values.mean())
+            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        baseline = by_key.get((dataset, loss, "none"), {})
+        paired = sorted(set(by_seed) & set(baseline))
+        row["paired_seeds"] = len(paired) if method != "none" else 0
+        for m in PAIRED_METRICS:
+            if method == "none" or not paired:
+                mean = low = high = float("nan")
+            else:
+                deltas = [
+                    by_seed[s]["metrics"][m] - baseline[s]["metrics"][m] for s in paired
+                ]
+                mean, low, high = t_interval(deltas)
+            row[f"delta_{m}_mean"] = mean
+            row[f"delta_{m}_ci_low"] = low
+            row[f"delta_{m}_ci_high"] = high
+        rows.append(row)
+    order = list(FAMILY)
+    methods = list(METHOD_NAMES)
+    rows.sort(
+        key=lambda r: (
+            r["dataset"],
+            order.index(r["loss"]) if r["loss"] in order else 99,
+            methods.index(r["method"]),
+        )
+    )
+    return rows
+
+
+def verdict(row):
+    """'above', 'below' or 'no difference' from the paired interval."""
+    low, high = row["delta_recall_at_1_ci_low"], row["delta_recall_at_1_ci_high"]
+    if not np.isfinite(low):
+        return "-"
+    return "above" if low > 0 else "below" if high < 0 else "no difference"
+
+
+def markdown(rows):
+    header = (
+        "| data set | loss | method | seeds | R@1 | MAP@R | ΔR@1 [95 % CI] | "
+        "ΔMAP@R [95 % CI] | R@1 vs baseline |\n| --- | --- | --- | --- | --- | --- | "
+        "--- | --- | --- |"
+    )
+    lines = [header]
+    for r in rows:
+
+        def cell(m):
+            return f"{100 * r[f'{m}_mean']:.1f} ± {100 * r[f'{m}_std']:.1f}"
+
+        def delta(m):
+            if r["method"] == "none" or not np.isfinite(r[f"delta_{m}_mean"]):
+                return "-"
+            return (
+                f"{100 * r[f'delta_{m}_mean']:+.2f} [{100 * r[f'delta_{m}_ci_low']:+.2f}, "
+                f"{100 * r[f'delta_{m}_ci_high']:+.2f}]"
+            )
+
+        lines.append(
+            f"| {r['dataset']} | {r['loss']} | {METHOD_NAMES[r['method']]} | "
+            f"{r['seeds']} | {cell('recall_at_1')} | "
+            f"{cell('mean_average_precision_at_r')} | {delta('recall_at_1')} | "
+            f"{delta('mean_average_precision_at_r')} | "
+            f"{verdict(r) if r['method'] != 'none' else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_differences(rows, path):
+    """The paired R@1 differences with their intervals, one panel per data set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["method"] != "none" and r["paired_seeds"] >= 2]
+    datasets = sorted({r["dataset"] for r in rows})
+    if not rows:
+        return
+    fig, axes = plt.subplots(
+        1,
+        len(datasets),
+        figsize=(5.5 * len(datasets), 0.35 * len(rows) + 1.5),
+        squeeze=False,
+    )
+    for ax, dataset in zip(axes[0], datasets):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        labels = [f"{r['loss']}: {METHOD_NAMES[r['method']]}" for r in mine]
+        means = [100 * r["delta_recall_at_1_mean"] for r in mine]
+        lows = [
+            100 * (r["delta_recall_at_1_mean"] - r["delta_recall_at_1_ci_low"])
+            for r in mine
+        ]
+        highs = [
+            100 * (r["delta_recall_at_1_ci_high"] - r["delta_recall_at_1_mean"])
+            for r in mine
+        ]
+        ys = np.arange(len(mine))[::-1]
+        ax.errorbar(means, ys, xerr=[lows, highs], fmt="o", capsize=3)
+        ax.axvline(0, color="grey", linewidth=1)
+        ax.set_yticks(ys)
+        ax.set_yticklabels(labels, fontsize="small")
+        ax.set_xlabel("R@1 minus the baseline's, same seed (points; 95 % t interval)")
+        seeds = sorted({r["paired_seeds"] for r in mine})
+        ax.set_title(f"{dataset}, test classes ({'/'.join(map(str, seeds))} seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--losses", nargs="+", default=list(FAMILY), choices=FAMILY)
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(8)))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--max-runs", type=int, default=None, help="train at most this many new runs"
+    )
+    parser.add_argument("--out", default="runs/augmenter_comparison")
+    add_config_arguments(
+        parser, exclude=("loss", "method", "seed", "threads", "progress", "lr")
+    )
+    parser.set_defaults(
+        backbone="efficientnet_lite0",
+        pretrained=True,
+        image_size=64,
+        train_from_block=15,
+        epochs=20,
+        eval_every=5,
+        proxy_lr=0.1,
+        split="test",
+    )
+    args = parser.parse_args(argv)
+    base = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(RunConfig)
+        if hasattr(args, f.name)
+    }
+    if not base.get("warmup_epochs"):  # the validated schedule, for every augmenter
+        base["warmup_epochs"] = base["epochs"] / 2
+        base["ramp_epochs"] = base["epochs"] / 4
+    base["threads"] = 1 if args.workers > 1 else 0
+    base["progress"] = args.workers <= 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = family_configs(base, args.losses, args.seeds)
+    done = [c for c in configs if run_dir_result(c, out) is not None]
+    todo = [c for c in configs if run_dir_result(c, out) is None]
+    if args.max_runs is not None:
+        todo = todo[: args.max_runs]
+    started = time.time()
+    results = run_all(done + todo, out, args.workers)
+    command = "python -m benchmarks.family " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    per_run = [
+        {
+            "name": r["name"],
+            **{
+                k: r["config"][k]
+                for k in ("dataset", "loss", "method", "seed", "split")
+            },
+            **{m: r["metrics"][m] for m in PAIRED_METRICS},
+            "train_seconds": r["train_seconds"],
+            "commit": r.get("commit"),
+        }
+        for r in sorted(results, key=lambda r: r["name"])
+    ]
+    write_csv(out / "runs.csv", per_run)
+    rows = paired_summary(results)
+    write_csv(out / "summary.csv", rows)
+    plot_differences(rows, out / "paired_differences.png")
+    remaining = len(configs) - len(results)
+    header = [
+        f"Command: `{command.strip()}`",
+        f"Machine: {machine_description()}",
+        f"Code: commit {git_commit()}",
+        f"Wall time: {(time.time() - started) / 60:.1f} min for {len(todo)} new runs; "
+        f"{len(results)} of {len(configs)} runs finished"
+        + (f" ({remaining} still to run)" if remaining else ""),
+        "Test classes, final epoch; backbone "
+        f"{base['backbone']} (pretrained {base['pretrained']}, trained from block "
+        f"{base['train_from_block']}), {base['epochs']} epochs, schedule: no "
+        f"augmentation for {base['warmup_epochs']} epochs, then a ramp over "
+        f"{base['ramp_epochs']}.",
+        "R@1 and MAP@R in %, mean ± std over seeds; Δ: the paired difference to the "
+        "baseline of the same seeds, with a 95 % t interval over seeds.",
+        "",
+    ]
+    (out / "summary.md").write_text(
+        "# Feature augmentation family (paired seeds)\n\n"
+        + "\n".join(header)
+        + "\n"
+        + markdown(rows)
+        + "\n"
+    )
+    (out / "command.json").write_text(
+        json.dumps({"command": command, "machine": machine_description()})
+    )
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

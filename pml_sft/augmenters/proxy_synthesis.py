@@ -1,0 +1,79 @@
+import torch
+
+from ..centers.base_class_centers import check_labels_in_range
+from ..utils.checks import check_embeddings, check_labels
+from .base_augmenter import BaseAugmenter
+
+
+class ProxySynthesis(BaseAugmenter):
+    """Proxy Synthesis (Gu, Ko & Kim, AAAI 2021): synthetic classes for proxy and
+    softmax losses. With one ``lam ~ Beta(alpha, alpha)`` per call, a sample x_i of
+    class y_i and a partner x_j of another class give the synthetic sample
+    ``normalize(lam x_i + (1 - lam) x_j)`` and its synthetic proxy
+    ``normalize(lam p_yi + (1 - lam) p_yj)`` (unit directions and unit proxies);
+    each synthetic sample is a class of its own. Gradients flow to the embeddings
+    and to the proxies. Use it through :class:`~pml_sft.ProxySynthesisLoss`.
+
+    The official code mixes each row with the next one of the batch, for batches
+    whose adjacent labels differ (one sample per class); PML's ``MPerClassSampler``
+    puts same-class rows next to each other, and the mix of a class with itself
+    would be a synthetic class with a real class's proxy, so here the partner is a
+    random row of another class.
+
+    Args:
+        alpha: the Beta distribution's parameter (the paper's default: 0.4).
+        mu: synthetic samples per real sample, in (0, 1] (default 1.0): a random
+            ``round(mu * N)`` of the rows that have a partner are mixed.
+
+    ``augmenter(embeddings, labels, proxies)`` (proxies: one row per class) returns
+    ``(aug_embeddings, aug_proxies, source_indices)``.
+    """
+
+    def __init__(self, alpha=0.4, mu=1.0, **kwargs):
+        super().__init__(**kwargs)
+        if not (isinstance(alpha, (int, float)) and alpha > 0):
+            raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+        if not (isinstance(mu, (int, float)) and 0 < mu <= 1):
+            raise ValueError(f"mu must be in (0, 1], got {mu!r}")
+        self.alpha, self.mu = float(alpha), float(mu)
+        self.add_to_recordable_attributes(list_of_names=["alpha", "mu"], is_stat=False)
+        self.add_to_recordable_attributes(name="mix_weight", is_stat=True)
+
+    def forward(self, embeddings, labels, proxies):
+        check_embeddings(embeddings)
+        check_labels(labels, embeddings.shape[0])
+        check_embeddings(proxies, "proxies")
+        if proxies.shape[1] != embeddings.shape[1]:
+            raise ValueError("proxies must have one row per class, of embedding size")
+        check_labels_in_range(labels, proxies.shape[0], type(self).__name__)
+        return self.augment(embeddings, labels.to(embeddings.device), proxies)
+
+    def augment(self, embeddings, labels, proxies):
+        unit, _ = self.directions(embeddings, "embeddings")
+        unit_proxies = torch.nn.functional.normalize(proxies.to(unit.dtype), dim=1)
+        n = unit.shape[0]
+        other = labels.unsqueeze(0) != labels.unsqueeze(1)
+        scores = torch.rand(n, n, device=unit.device).masked_fill(~other, -1.0)
+        best = scores.max(dim=1)
+        sources = (best.values >= 0).nonzero(as_tuple=True)[0]
+        count = min(len(sources), int(round(self.mu * n)))
+        order = torch.randperm(len(sources), device=unit.device)[:count]
+        sources = sources[order.sort().values]
+        partners = best.indices[sources]
+        lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample())
+        self.mix_weight = lam
+        mixed = lam * unit[sources] + (1 - lam) * unit[partners]
+        mixed_proxies = (
+            lam * unit_proxies[labels[sources]]
+            + (1 - lam) * unit_proxies[labels[partners]]
+        )
+        tiny = torch.finfo(unit.dtype).eps ** 0.5
+        norms = torch.linalg.vector_norm(mixed, dim=1, keepdim=True)
+        proxy_norms = torch.linalg.vector_norm(mixed_proxies, dim=1, keepdim=True)
+        keep = ((norms > tiny) & (proxy_norms > tiny)).squeeze(1)
+        if not bool(keep.all()):  # opposite directions: no direction to keep
+            mixed, norms, sources = mixed[keep], norms[keep], sources[keep]
+            mixed_proxies, proxy_norms = mixed_proxies[keep], proxy_norms[keep]
+        self.num_augmented = len(sources)
+        aug = (mixed / norms).to(embeddings.dtype)
+        return aug, (mixed_proxies / proxy_norms).to(proxies.dtype), sources

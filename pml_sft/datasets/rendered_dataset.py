@@ -1,0 +1,57 @@
+import numpy as np
+import torch
+from PIL import Image
+
+
+class RenderedDataset(torch.utils.data.Dataset):
+    """A built-in data set (rendered once and cached as ``.npz``) as a torch
+    ``Dataset`` of PIL images, with the fixed class-disjoint split of its module.
+    Subclasses name the module (``source``: ``prepare``, ``cache_path``,
+    ``class_split``), the cache folder and how it is fetched."""
+
+    source = None  # the data set's module
+    folder = None  # the cache lives in root/folder
+    fetched_with = None  # e.g. "npm", for the error message
+
+    def __init__(
+        self,
+        root,
+        split="train+test",
+        transform=None,
+        image_size=32,
+        max_classes=None,
+        download=False,
+        return_dict=False,
+    ):
+        cache_dir = f"{root}/{self.folder}"
+        path = self.source.cache_path(cache_dir, image_size, max_classes)
+        if not path.exists() and not download:
+            raise ValueError(
+                f"{path} does not exist; pass download=True to fetch it "
+                f"({self.fetched_with}) and render it"
+            )
+        data = self.source.prepare(cache_dir, image_size, max_classes, progress=False)
+        train, _, test = self.source.class_split(len(data["class_names"]))
+        classes = {"train": train, "test": test, "train+test": None}
+        if split not in classes:
+            raise ValueError(f"split must be one of {sorted(classes)}, got {split!r}")
+        keep = (
+            np.ones(len(data["labels"]), dtype=bool)
+            if classes[split] is None
+            else np.isin(data["labels"], classes[split])
+        )
+        self.images = data["images"][keep]
+        self.labels = data["labels"][keep]
+        self.class_names = data["class_names"]
+        self.transform = transform
+        self.return_dict = return_dict
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        image = Image.fromarray(self.images[i])
+        if self.transform is not None:
+            image = self.transform(image)
+        label = int(self.labels[i])
+        return {"data": image, "label": label} if self.return_dict else (image, label)

@@ -1,0 +1,101 @@
+import torch
+from torch.func import functional_call
+
+from ..augmenters import ProxySynthesis
+from ..centers.base_class_centers import check_labels_in_range
+from .feature_transform_loss import FeatureTransformLoss
+
+# the PML losses whose class proxies Proxy Synthesis extends: (parameter, class axis)
+PROXY_PARAMETERS = {
+    "NormalizedSoftmaxLoss": ("W", 1),
+    "ProxyAnchorLoss": ("proxies", 0),
+    "ProxyNCALoss": ("proxies", 0),
+}
+
+
+class ProxySynthesisLoss(FeatureTransformLoss):
+    """Proxy Synthesis (Gu, Ko & Kim, AAAI 2021) around a PML proxy loss: each
+    training batch gains synthetic classes, mixes of pairs of samples of different
+    classes with the same mix of their proxies (:class:`~pml_sft.ProxySynthesis`),
+    and the loss is computed over the real and synthetic proxies together, the
+    synthetic samples labelled with their own synthetic classes. The loss's
+    proxies are not changed; the synthetic ones exist for one call.
+
+    The schedule, input checks and statistics are those of
+    :class:`~pml_sft.FeatureTransformLoss` (without a schedule argument,
+    augmentation starts once the loss stops falling).
+
+    Args:
+        loss: a built ``ProxyAnchorLoss``, ``NormalizedSoftmaxLoss`` or
+            ``ProxyNCALoss``.
+        alpha, mu: as in :class:`~pml_sft.ProxySynthesis` (paper defaults 0.4, 1.0).
+        total_iterations, warmup_iterations, ramp_iterations, collect_stats: as in
+            :class:`~pml_sft.FeatureTransformLoss`.
+    """
+
+    def __init__(
+        self,
+        loss,
+        alpha=0.4,
+        mu=1.0,
+        total_iterations=None,
+        warmup_iterations=None,
+        ramp_iterations=None,
+        collect_stats=None,
+    ):
+        name = type(loss).__name__
+        if name not in PROXY_PARAMETERS:
+            raise ValueError(
+                f"{type(self).__name__} extends the class proxies of "
+                f"{', '.join(PROXY_PARAMETERS)}; {name} has none it knows"
+            )
+        augmenter = ProxySynthesis(alpha, mu, collect_stats=collect_stats)
+        super().__init__(
+            loss,
+            augmenter,
+            total_iterations=total_iterations,
+            warmup_iterations=warmup_iterations,
+            ramp_iterations=ramp_iterations,
+            collect_stats=collect_stats,
+        )
+        self.synthetic_proxies = None
+
+    def class_proxies(self):
+        """The loss's proxies, one row per class."""
+        attribute, axis = PROXY_PARAMETERS[type(self.loss).__name__]
+        proxies = getattr(self.loss, attribute)
+        return proxies if axis == 0 else proxies.t()
+
+    def check_inputs(self, embeddings, labels, indices_tuple=None):
+        super().check_inputs(embeddings, labels, indices_tuple)
+        num_classes = self.class_proxies().shape[0]
+        check_labels_in_range(labels, num_classes, type(self.loss).__name__)
+
+    def augment(self, embeddings, labels):
+        aug, self.synthetic_proxies, _ = self.augmenter.augment(
+            embeddings, labels, self.class_proxies()
+        )
+        first = self.class_proxies().shape[0]
+        return aug, torch.arange(first, first + len(aug), device=labels.device)
+
+    def compute_loss(self, embeddings, labels, indices_tuple, n):
+        if embeddings.shape[0] == n:
+            return super().compute_loss(embeddings, labels, indices_tuple, n)
+        tuples = self.create_indices_tuple(embeddings, labels, indices_tuple, n)
+        attribute, axis = PROXY_PARAMETERS[type(self.loss).__name__]
+        real = getattr(self.loss, attribute)
+        extra = self.synthetic_proxies.to(real.dtype)
+        extended = torch.cat([real, extra if axis == 0 else extra.t()], dim=axis)
+        loss, recorded = self.loss, self.loss.num_classes
+        real_classes, total = real.shape[axis], extended.shape[axis]
+        had_labels = hasattr(loss, "proxy_labels")  # ProxyNCALoss
+        try:  # the loss sees the real and synthetic classes for this call only
+            loss.num_classes = total  # (ProxyAnchorLoss's one-hot masks)
+            if had_labels:
+                loss.proxy_labels = torch.arange(total)
+            args = (embeddings, labels, tuples)
+            return functional_call(loss, {attribute: extended}, args)
+        finally:
+            loss.num_classes = recorded
+            if had_labels:
+                loss.proxy_labels = torch.arange(real_classes)

@@ -1,0 +1,126 @@
+"""The paired family comparison: its summary statistics, and one tiny end-to-end
+run on fake icon data (both cheap)."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import family, train
+
+from .helpers import fake_emoji_data
+
+
+def fake_result(loss, method, seed, r1, mapr, dataset="icons"):
+    return {
+        "name": f"{dataset}-{loss}-{method}-{seed}",
+        "config": dict(
+            dataset=dataset, loss=loss, method=method, seed=seed, split="test"
+        ),
+        "metrics": {"recall_at_1": r1, "mean_average_precision_at_r": mapr},
+    }
+
+
+def test_paired_differences_and_t_intervals():
+    base = [0.60, 0.62, 0.58, 0.61]
+    gain = [0.01, 0.03, 0.02, 0.00]
+    results = [
+        fake_result("contrastive", "none", s, b, b / 2) for s, b in enumerate(base)
+    ]
+    results += [
+        fake_result("contrastive", "ee", s, b + g, b / 2 - g)
+        for s, (b, g) in enumerate(zip(base, gain))
+    ]
+    results.append(fake_result("contrastive", "ss", 9, 0.7, 0.3))  # no baseline seed 9
+    rows = {r["method"]: r for r in family.paired_summary(results)}
+    ee = rows["ee"]
+    d = np.array(gain)
+    half = 3.182446305284263 * d.std(ddof=1) / math.sqrt(4)  # t(0.975, 3)
+    assert ee["paired_seeds"] == 4 and ee["seeds"] == 4
+    assert ee["delta_recall_at_1_mean"] == pytest.approx(d.mean())
+    assert ee["delta_recall_at_1_ci_low"] == pytest.approx(d.mean() - half)
+    assert ee["delta_recall_at_1_ci_high"] == pytest.approx(d.mean() + half)
+    assert ee["delta_mean_average_precision_at_r_mean"] == pytest.approx(-d.mean())
+    assert family.verdict(ee) == "no difference"  # the interval contains 0 here
+    assert rows["ss"]["paired_seeds"] == 0 and math.isnan(
+        rows["ss"]["delta_recall_at_1_mean"]
+    )
+    assert math.isnan(rows["none"]["delta_recall_at_1_mean"])
+    assert ee["recall_at_1_std"] == pytest.approx(np.std(np.add(base, gain), ddof=1))
+
+
+def test_family_comparison_end_to_end_on_fake_icons(tmp_path, monkeypatch):
+    fake = fake_emoji_data(16, 6, 16)
+    monkeypatch.setattr(train.icon_themes, "prepare", lambda *a, **k: fake)
+    monkeypatch.setitem(
+        family.FAMILY, "multisimilarity", ("sft", "ee", "ss")
+    )  # fewer runs
+    out = tmp_path / "cmp"
+    argv = [
+        "--dataset",
+        "icons",
+        "--losses",
+        "multisimilarity",
+        "normsoftmax",
+        "--seeds",
+        "0",
+        "1",
+        "--workers",
+        "1",
+        "--backbone",
+        "small_cnn",
+        "--pretrained",
+        "false",
+        "--train-from-block",
+        "0",
+        "--image-size",
+        "16",
+        "--epochs",
+        "2",
+        "--eval-every",
+        "2",
+        "--batch-size",
+        "16",
+        "--width",
+        "8",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+        "--max-runs",
+        "5",
+    ]
+    family.main(argv)  # a part: 5 of the 14 runs
+    with open(out / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 5
+    assert "still to run" in (out / "summary.md").read_text()
+    family.main(argv[:-2])  # the rest; the first 5 are reused
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["loss"], r["method"]) for r in rows} == {
+        ("multisimilarity", m) for m in ("none", "sft", "ee", "ss")
+    } | {("normsoftmax", m) for m in ("none", "translation", "sft", "ps")}
+    for r in rows:
+        assert r["dataset"] == "icons" and r["split"] == "test" and r["seeds"] == "2"
+        if r["method"] != "none":
+            assert (
+                float(r["delta_recall_at_1_ci_low"])
+                <= float(r["delta_recall_at_1_mean"])
+                <= float(r["delta_recall_at_1_ci_high"])
+            )
+    assert (out / "paired_differences.png").exists()
+    # the paired runs share their initialisation and batches until augmentation:
+    # with the schedule at half of 2 epochs, epoch 1's training loss is the same
+    results = {r.name: r for r in (out).iterdir() if r.is_dir()}
+    none = [n for n in results if "_normsoftmax_none_" in n and n.endswith("seed=0")]
+    ps = [n for n in results if "_normsoftmax_ps_" in n and n.endswith("seed=0")]
+    import json
+
+    first = [
+        json.loads((results[n[0]] / "result.json").read_text())["curves"]["train_loss"][
+            0
+        ]
+        for n in (none, ps)
+    ]
+    assert first[0] == pytest.approx(first[1], rel=1e-6)
