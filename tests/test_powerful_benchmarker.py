@@ -75,7 +75,14 @@ def test_shipped_config_folder_is_complete():
     losses = {p.stem for p in (CONFIGS / "config_loss_and_miners").glob("*.yaml")}
     for loss in ("contrastive", "multisimilarity", "triplet", "arcface", "proxyanchor"):
         assert {f"{loss}_baseline", f"{loss}_translation", f"{loss}_sft"} <= losses
-    for dataset in ("default", "with_cars196", "with_sop", "with_emoji"):
+    for loss in ("contrastive", "multisimilarity", "triplet"):
+        assert {
+            f"{loss}_embedding_expansion",
+            f"{loss}_symmetrical_synthesis",
+        } <= losses
+    for loss in ("proxyanchor", "normsoftmax"):
+        assert {f"{loss}_baseline", f"{loss}_proxy_synthesis"} <= losses
+    for dataset in ("default", "with_cars196", "with_sop", "with_emoji", "with_icons"):
         assert (CONFIGS / "config_dataset" / f"{dataset}.yaml").exists()
 
 
@@ -125,6 +132,40 @@ def test_loss_factory_nests_inner_loss_with_num_classes():
         {"ProxyAnchorLoss": {"embedding_size": 16}}, kwargs={"num_classes": 5}
     )
     assert plain.proxies.shape == (5, 16)
+
+
+@pytest.mark.parametrize(
+    "config",
+    sorted(
+        p.stem
+        for p in (CONFIGS / "config_loss_and_miners").glob("*.yaml")
+        if not p.stem.endswith("_baseline")
+    ),
+)
+def test_every_augmenting_config_builds_trains_and_follows_the_schedule(config):
+    # each shipped config, as the factory builds it for an experiment of 8
+    # iterations: no augmentation for 4 steps, then the loss changes
+    import yaml
+
+    runner = pb_run.make_runner()
+    pb_sft.register(runner)
+    factory = pb_sft.SFTLossFactory(getter=runner.pytorch_getter)
+    spec = yaml.safe_load(
+        (CONFIGS / "config_loss_and_miners" / f"{config}.yaml").read_text()
+    )
+    loss = factory.create(
+        spec["loss_funcs"]["metric_loss"],
+        kwargs={"num_classes": 4, "total_iterations": 8},
+    )
+    assert (loss.warmup_iterations, loss.ramp_iterations) == (4, 2)
+    torch.manual_seed(0)
+    embedder = torch.nn.Linear(16, 128)
+    x, y = torch.randn(16, 16), torch.arange(16) % 4
+    augmented = []
+    for _ in range(8):
+        loss(embedder(x), y).backward()
+        augmented.append(loss.num_augmented)
+    assert augmented[:4] == [0] * 4 and augmented[-1] > 0, augmented
 
 
 def test_short_experiment_end_to_end(tmp_path, monkeypatch):

@@ -303,8 +303,8 @@ class SFTLossFactory(LossFactory):
         return cls(**params)
 
 
-class EmojiDataset(datasets.EmojiDataset):
-    """The emoji data set in powerful-benchmarker's dataset format (dict items,
+class PowerfulBenchmarkerFormat:
+    """A built-in data set in powerful-benchmarker's dataset format (dict items,
     ``root``/``transform``/``download`` arguments, all classes: the split manager
     splits them)."""
 
@@ -322,24 +322,41 @@ class EmojiDataset(datasets.EmojiDataset):
         )
 
 
+class EmojiDataset(PowerfulBenchmarkerFormat, datasets.EmojiDataset):
+    """The emoji data set for powerful-benchmarker."""
+
+
+class IconThemesDataset(PowerfulBenchmarkerFormat, datasets.IconThemesDataset):
+    """The icon-theme data set for powerful-benchmarker."""
+
+
 def register(runner):
     """Apply the compatibility fixes and register pml-sft's classes with a
     powerful-benchmarker runner: the loss wrappers (type "loss"), augmenters
     ("feature_augmenter"), class-centre estimators ("class_centers"),
     :class:`SFTLossFactory` ("factory"), :class:`~pml_sft.RecallAtK`
-    ("accuracy_calculator") and the emoji data set ("dataset")."""
+    ("accuracy_calculator") and the emoji and icon-theme data sets ("dataset")."""
     apply_compatibility_fixes()
     for cls in (
         losses.FeatureTransformLoss,
         losses.SFTLoss,
         losses.FeatureTranslationLoss,
+        losses.EmbeddingExpansionLoss,
+        losses.SymmetricalSynthesisLoss,
+        losses.ProxySynthesisLoss,
     ):
         runner.register("loss", cls)
-    for cls in (augmenters.SphericalFeatureTransform, augmenters.FeatureTranslation):
+    for cls in (
+        augmenters.SphericalFeatureTransform,
+        augmenters.FeatureTranslation,
+        augmenters.EmbeddingExpansion,
+        augmenters.SymmetricalSynthesis,
+    ):
         runner.register("feature_augmenter", cls)
     for cls in (centers.BatchClassCenters, centers.MovingAverageClassCenters):
         runner.register("class_centers", cls)
     runner.register("factory", SFTLossFactory)
     runner.register("accuracy_calculator", utils.RecallAtK)
     runner.register("dataset", EmojiDataset)
+    runner.register("dataset", IconThemesDataset)
     return runner
