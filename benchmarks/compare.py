@@ -287,7 +287,13 @@ def main(argv=None):
     parser.add_argument(
         "--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=LOSSES
     )
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["none", "translation", "sft"],
+        choices=METHODS,
+        help="the family: python -m benchmarks.family",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument(
         "--preset", choices=("comparison", "ablation", "study"), default="comparison"

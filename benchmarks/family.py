@@ -1,6 +1,6 @@
 """The feature-augmentation family, compared with paired seeds and intervals.
 
-    python -m benchmarks.family --dataset icons --seeds 0 1 2 3 4 5 6 7
+    python -m benchmarks.family --datasets emoji icons --seeds 0 1 2 3 4 5 6 7
 
 For each seed every method trains from the same initialisation on the same batch
 stream (the sampler's numpy stream; the augmenters draw from torch's), so the
@@ -29,7 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from .compare import machine_description, run_all, write_csv
-from .train import RunConfig, add_config_arguments, git_commit, run_dir_result
+from .train import (
+    RunConfig,
+    add_config_arguments,
+    git_commit,
+    prepare_data,
+    run_dir_result,
+)
 
 # loss -> the methods compared on it (besides the baseline, "none")
 FAMILY = {
@@ -59,15 +65,17 @@ LOSS_LR = {
 }
 
 
-def family_configs(base, losses, seeds):
+def family_configs(base, datasets, losses, seeds):
     configs = []
     for seed in seeds:  # seed-major: a partial run holds whole pairs first
-        for loss in losses:
-            options = {**base, "lr": LOSS_LR.get(loss, RunConfig().lr)}
-            for method in ("none", *FAMILY[loss]):
-                configs.append(
-                    RunConfig(**options, loss=loss, method=method, seed=seed)
-                )
+        for dataset in datasets:
+            for loss in losses:
+                options = {**base, "dataset": dataset}
+                options["lr"] = LOSS_LR.get(loss, RunConfig().lr)
+                for method in ("none", *FAMILY[loss]):
+                    configs.append(
+                        RunConfig(**options, loss=loss, method=method, seed=seed)
+                    )
     return configs
 
 
@@ -213,6 +221,9 @@ def main(argv=None):
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--datasets", nargs="+", default=["emoji", "icons"], choices=("emoji", "icons")
+    )
     parser.add_argument("--losses", nargs="+", default=list(FAMILY), choices=FAMILY)
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(8)))
     parser.add_argument("--workers", type=int, default=2)
@@ -221,7 +232,8 @@ def main(argv=None):
     )
     parser.add_argument("--out", default="runs/augmenter_comparison")
     add_config_arguments(
-        parser, exclude=("loss", "method", "seed", "threads", "progress", "lr")
+        parser,
+        exclude=("dataset", "loss", "method", "seed", "threads", "progress", "lr"),
     )
     parser.set_defaults(
         backbone="efficientnet_lite0",
@@ -246,12 +258,16 @@ def main(argv=None):
     base["progress"] = args.workers <= 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    configs = family_configs(base, args.losses, args.seeds)
+    configs = family_configs(base, args.datasets, args.losses, args.seeds)
     done = [c for c in configs if run_dir_result(c, out) is not None]
     todo = [c for c in configs if run_dir_result(c, out) is None]
     if args.max_runs is not None:
         todo = todo[: args.max_runs]
     started = time.time()
+    for dataset in args.datasets:  # data and feature caches, once, before the workers
+        first = next((c for c in todo if c.dataset == dataset), None)
+        if first is not None:
+            prepare_data(first)
     results = run_all(done + todo, out, args.workers)
     command = "python -m benchmarks.family " + " ".join(
         sys.argv[1:] if argv is None else argv

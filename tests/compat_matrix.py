@@ -273,6 +273,17 @@ def loss_outcome(name, wrapper="SFTLoss"):
     return "works"
 
 
+def proxy_synthesis_outcome(name):
+    """Proxy Synthesis takes the proxy losses whose proxies it knows."""
+    inner = build(exported_losses()[name], LOSS_KWARGS)
+    try:
+        wrapped = pml_sft.ProxySynthesisLoss(inner, warmup_iterations=0)
+    except ValueError as e:
+        return f"refused: {e}"
+    check_trains(wrapped)
+    return "works"
+
+
 def miner_outcome(name, role):
     """Miner ``name`` as the wrapper's miner ("inner") or the trainer's ("outer")."""
     miner = build(exported_miners()[name], {})
@@ -332,8 +343,12 @@ def markdown():
             outcome = f"FAILS: {type(e).__name__}: {e}"
         rows.append(f"| {kind} | `{name}` | {outcome} |")
 
+    for wrapper in WRAPPERS:
+        kind = "loss" if wrapper == "SFTLoss" else f"loss ({wrapper})"
+        for name in exported_losses():
+            add(kind, name, lambda: loss_outcome(name, wrapper))
     for name in exported_losses():
-        add("loss", name, lambda: loss_outcome(name))
+        add("loss (ProxySynthesisLoss)", name, lambda: proxy_synthesis_outcome(name))
     for name in exported_miners():
         add("miner (wrapper's)", name, lambda: miner_outcome(name, "inner"))
         add("miner (trainer's)", name, lambda: miner_outcome(name, "outer"))

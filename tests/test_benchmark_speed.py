@@ -79,3 +79,16 @@ def test_speed_benchmark_times_the_cached_feature_step(tmp_path, capsys):
     own = seconds["wrapped"] - seconds["inner (enlarged batch)"]
     share = result["step_ratios"]["wrapper's own work / cached-feature step"]
     assert share["median"] == pytest.approx(own / seconds["cached-feature step"])
+
+
+def test_family_speed_smoke(tmp_path, capsys):
+    from benchmarks import family_speed
+
+    out = tmp_path / "family_speed.json"
+    family_speed.main(
+        ["--rounds", "1", "--repeats", "1", "--batch-size", "16", "--json", str(out)]
+    )
+    report = json.loads(out.read_text())
+    assert len(report["ratios"]) == 6
+    assert all(r["median"] > 0 for r in report["ratios"].values())
+    assert "Proxy Synthesis" in capsys.readouterr().out

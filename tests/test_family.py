@@ -270,3 +270,14 @@ def test_family_is_exported_and_follows_the_schedule():
         wrapped(x.clone().requires_grad_(), y)
         seen.append(wrapped.num_augmented)
     assert seen[:4] == [0] * 4 and min(seen[5:]) > 0
+
+
+def test_proxy_synthesis_composes_with_the_proxy_losses_and_refuses_the_rest():
+    from . import compat_matrix as cm
+
+    for name in cm.exported_losses():
+        outcome = cm.proxy_synthesis_outcome(name)
+        if name in pml_sft.losses.PROXY_PARAMETERS:
+            assert outcome == "works", (name, outcome)
+        else:
+            assert outcome.startswith("refused") and "proxies" in outcome, name

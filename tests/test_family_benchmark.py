@@ -58,7 +58,7 @@ def test_family_comparison_end_to_end_on_fake_icons(tmp_path, monkeypatch):
     )  # fewer runs
     out = tmp_path / "cmp"
     argv = [
-        "--dataset",
+        "--datasets",
         "icons",
         "--losses",
         "multisimilarity",
