@@ -58,7 +58,8 @@ def study_variants(epochs, loss):
     """The training methods of the feature-augmentation literature (issue 11), one
     at a time around the defaults; ``epochs`` sets the late start."""
     variants = {
-        "default (joint loss, any role)": {},
+        # augmenting from the first step (warmup_iterations=0), joint loss, any role
+        "first step (joint loss, any role)": {},
         "detached synthetic samples": {"detach_augmented": True},
         "synthetic only as partners": {"synthetic_role": "partner"},
         "synthetic only as negatives": {"synthetic_role": "negative"},
@@ -71,7 +72,8 @@ def study_variants(epochs, loss):
             "warmup_epochs": epochs / 2,
             "ramp_epochs": epochs / 4,
         },
-        "plateau start (once the loss stops falling)": {"start": "plateau"},
+        # the constructor default: no schedule argument
+        "default: plateau start (once the loss stops falling)": {"start": "plateau"},
         "targets: 5 nearest classes": {"nearest_targets": 5},
         "label-consistency filter": {"consistent_only": True},
         "centres: full pass every 2 epochs": {"centers": "dataset", "center_every": 2},

@@ -17,14 +17,14 @@ common=(--preset study --methods sft --workers 2
     --seeds 0 1 2 --out runs/study_multisimilarity "$@"
 # MultiSimilarity: the default and the winner, 3 seeds, SFT and translation
 .venv/bin/python -m benchmarks.compare "${common[@]}" --study-losses multisimilarity \
-    --methods translation sft --seeds 0 1 2 --variants default late \
+    --methods translation sft --seeds 0 1 2 --variants first late \
     --out runs/study_multisimilarity_3seeds "$@"
 # ProxyAnchor: the winner of MultiSimilarity, 3 seeds, SFT and translation; more
 # options on seed 0
 .venv/bin/python -m benchmarks.compare "${common[@]}" --study-losses proxyanchor \
     --methods translation sft --seeds 0 1 2 --variants late --out runs/study_proxyanchor "$@"
 .venv/bin/python -m benchmarks.compare "${common[@]}" --study-losses proxyanchor \
-    --seeds 0 --variants default "synthetic only as negatives" "centres: the loss" \
+    --seeds 0 --variants first "synthetic only as negatives" "centres: the loss" \
     --out runs/study_proxyanchor_seed0 "$@"
 # Confirmation tier (MultiSimilarity): blocks 11-15 + head conv fine-tuned (their input
 # cached) instead of block 15 alone; the fast tier's winner against the baseline and

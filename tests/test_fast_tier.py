@@ -131,7 +131,7 @@ def test_study_preset_selects_the_best_validation_epoch(
     monkeypatch.setattr(compare, "plot_curves", recording_plot_curves)
     argv = [
         "--preset", "study", "--study-losses", "contrastive", "--seeds", "0",
-        "--variants", "default", "synthetic only as negatives", "--workers", "1",
+        "--variants", "first", "synthetic only as negatives", "--workers", "1",
         "--backbone", "efficientnet_lite0", "--pretrained", "true",
         "--image-size", "32", "--train-from-block", "15", "--cached-copies", "1",
         "--epochs", "2", "--eval-every", "1", "--batch-size", "16",
@@ -141,7 +141,7 @@ def test_study_preset_selects_the_best_validation_epoch(
     compare.main(argv)
     summary = (out / "summary.md").read_text()
     assert "best validation epoch" in summary
-    for label in ("baseline", "default (joint loss", "synthetic only as negatives"):
+    for label in ("baseline", "first step (joint loss", "synthetic only as negatives"):
         assert label in summary
     runs = (out / "runs.csv").read_text().splitlines()
     assert len(runs) == 1 + 1 + 2 * 2  # header, none, 2 variants x (translation, sft)
@@ -153,8 +153,8 @@ def test_study_preset_selects_the_best_validation_epoch(
     assert plotted == [
         [
             "baseline (no augmentation)",
-            "default (joint loss, any role) (sft)",
-            "default (joint loss, any role) (translation)",
+            "first step (joint loss, any role) (sft)",
+            "first step (joint loss, any role) (translation)",
             "synthetic only as negatives (sft)",
             "synthetic only as negatives (translation)",
         ]
