@@ -44,7 +44,9 @@ class FeatureTransformLoss(sft_loss.SFTLoss):
         total_iterations, warmup_iterations, ramp_iterations: the schedule of
             :class:`~pml_sft.upstream.sft_loss.SFTLoss`: given the length of
             training, no augmentation for the first half, then the weight of the
-            augmented loss ramps to 1 over the next quarter.
+            augmented loss ramps to 1 over the next quarter; without any of them,
+            augmentation starts once the plain loss has stopped falling (100-step
+            windows, < 5 % down), then ramps over half the steps so far.
 
     Under PML's ``DistributedLossWrapper`` (efficient=False) every rank sees the
     gathered batch and, with the augmenter's keyed draws (the default under
