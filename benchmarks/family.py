@@ -159,6 +159,8 @@ def markdown(rows):
         def delta(m):
             if r["method"] == "none" or not np.isfinite(r[f"delta_{m}_mean"]):
                 return "-"
+            if not np.isfinite(r[f"delta_{m}_ci_low"]):  # one paired seed
+                return f"{100 * r[f'delta_{m}_mean']:+.2f} (1 seed)"
             return (
                 f"{100 * r[f'delta_{m}_mean']:+.2f} [{100 * r[f'delta_{m}_ci_low']:+.2f}, "
                 f"{100 * r[f'delta_{m}_ci_high']:+.2f}]"
