@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .npz_cache import cached_arrays
+
 PACKAGES = {
     "google": "emoji-datasource-google@16.0.0",
     "twitter": "emoji-datasource-twitter@16.0.0",
@@ -237,20 +239,12 @@ def prepare(cache_dir=".cache/pml_sft", image_size=32, max_classes=None, progres
 
     Returns the dict of arrays described in :func:`render_all`.
     """
-    path = cache_path(cache_dir, image_size, max_classes)
-    if not path.exists():
+
+    def build():
         packages = fetch_packages(Path(cache_dir) / "downloads")
-        data = render_all(packages, image_size, progress, max_classes)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # a temporary file of this call's own, then an atomic rename: callers
-        # preparing at the same time each write a whole file, and the last one wins
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=path.stem, suffix=".tmp.npz", delete=False
-        ) as tmp:
-            np.savez_compressed(tmp, **data)
-        Path(tmp.name).replace(path)
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+        return render_all(packages, image_size, progress, max_classes)
+
+    return cached_arrays(cache_path(cache_dir, image_size, max_classes), build)
 
 
 def class_split(num_classes, seed=0, val_fraction=0.0):

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .emoji import class_split, svg_to_png, to_rgb_array  # noqa: F401 (re-exported)
+from .npz_cache import cached_arrays
 
 # Debian package -> the theme folder used (usr/share/icons/<theme>)
 THEMES = {
@@ -278,15 +279,9 @@ def cache_path(cache_dir, image_size, max_classes=None):
 def prepare(cache_dir=".cache/pml_sft", image_size=32, max_classes=None, progress=True):
     """Download (apt-get download), read (dpkg-deb), clean, render and cache the
     data set; load it if cached. Returns the dict of :func:`render_all`."""
-    path = cache_path(cache_dir, image_size, max_classes)
-    if not path.exists():
+
+    def build():
         debs = fetch_packages(Path(cache_dir) / "downloads" / "debian")
-        data = render_all(debs, image_size, progress, max_classes)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=path.stem, suffix=".tmp.npz", delete=False
-        ) as tmp:
-            np.savez_compressed(tmp, **data)
-        Path(tmp.name).replace(path)
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+        return render_all(debs, image_size, progress, max_classes)
+
+    return cached_arrays(cache_path(cache_dir, image_size, max_classes), build)
