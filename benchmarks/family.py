@@ -270,7 +270,10 @@ def main(argv=None):
         first = next((c for c in todo if c.dataset == dataset), None)
         if first is not None:
             prepare_data(first)
-    results = run_all(done + todo, out, args.workers)
+    # finished runs are read here; only new ones go to the workers (a worker
+    # process per run costs seconds of start-up)
+    results = [run_dir_result(c, out) for c in done]
+    results += run_all(todo, out, args.workers) if todo else []
     command = "python -m benchmarks.family " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
