@@ -11,7 +11,10 @@ Synthesis (ps) on ProxyAnchor and NormalizedSoftmax. Every augmenter uses the
 validated schedule (no augmentation for the first half, a ramp over the next
 quarter). Test classes, final epoch (the rule fixed in advance). Finished runs are
 reused, so the comparison resumes; ``--max-runs`` trains at most that many new
-runs, so a session can do a part of it and commit what is finished.
+runs, so a session can do a part of it and commit what is finished. ``--reuse``
+takes the runs.csv of a committed part: its rows count as finished runs (the run
+directories under ``--out`` are not kept between machines; the rows name the
+commit that trained them).
 
 Results in ``--out``: runs.csv (one row per run), summary.csv (per data set, loss
 and method: means and stds over seeds, and the paired difference to the baseline
@@ -19,6 +22,7 @@ with a 95 % t interval over seeds), summary.md and paired_differences.png.
 """
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
@@ -77,6 +81,28 @@ def family_configs(base, datasets, losses, seeds):
                         RunConfig(**options, loss=loss, method=method, seed=seed)
                     )
     return configs
+
+
+def committed_results(configs, paths):
+    """Results of finished runs read back from committed runs.csv files: the rows
+    whose run name is one of ``configs``' (a row carries the metrics the summary
+    needs, the training time and the commit that trained it)."""
+    by_name = {c.name(): c for c in configs}
+    results = {}
+    for path in paths:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                config = by_name.get(row["name"])
+                if config is None:
+                    continue
+                results[row["name"]] = {
+                    "name": row["name"],
+                    "config": dataclasses.asdict(config),
+                    "metrics": {m: float(row[m]) for m in PAIRED_METRICS},
+                    "train_seconds": float(row["train_seconds"]),
+                    "commit": row.get("commit") or None,
+                }
+    return results
 
 
 def t_interval(values, level=0.95):
@@ -233,6 +259,13 @@ def main(argv=None):
         "--max-runs", type=int, default=None, help="train at most this many new runs"
     )
     parser.add_argument("--out", default="runs/augmenter_comparison")
+    parser.add_argument(
+        "--reuse",
+        nargs="*",
+        default=[],
+        metavar="RUNS_CSV",
+        help="runs.csv files of committed parts; their runs count as finished",
+    )
     add_config_arguments(
         parser,
         exclude=("dataset", "loss", "method", "seed", "threads", "progress", "lr"),
@@ -261,8 +294,12 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     configs = family_configs(base, args.datasets, args.losses, args.seeds)
-    done = [c for c in configs if run_dir_result(c, out) is not None]
-    todo = [c for c in configs if run_dir_result(c, out) is None]
+    finished = committed_results(configs, args.reuse)
+    for c in configs:  # a run directory under --out wins over a committed row
+        result = run_dir_result(c, out)
+        if result is not None:
+            finished[c.name()] = result
+    todo = [c for c in configs if c.name() not in finished]
     if args.max_runs is not None:
         todo = todo[: args.max_runs]
     started = time.time()
@@ -272,7 +309,7 @@ def main(argv=None):
             prepare_data(first)
     # finished runs are read here; only new ones go to the workers (a worker
     # process per run costs seconds of start-up)
-    results = [run_dir_result(c, out) for c in done]
+    results = [finished[c.name()] for c in configs if c.name() in finished]
     results += run_all(todo, out, args.workers) if todo else []
     command = "python -m benchmarks.family " + " ".join(
         sys.argv[1:] if argv is None else argv

@@ -124,3 +124,19 @@ def test_family_comparison_end_to_end_on_fake_icons(tmp_path, monkeypatch):
         for n in (none, ps)
     ]
     assert first[0] == pytest.approx(first[1], rel=1e-6)
+
+    # a new machine: the run directories are gone, the committed runs.csv is read
+    # back; nothing is trained again and the summary is the same
+    committed = tmp_path / "committed_runs.csv"
+    committed.write_text((out / "runs.csv").read_text())
+    summary = (out / "summary.csv").read_text()
+    fresh = tmp_path / "fresh"
+    reuse = [a if a != str(out) else str(fresh) for a in argv[:-2]]
+    family.main(reuse + ["--reuse", str(committed), "--max-runs", "0"])
+    assert (fresh / "summary.csv").read_text() == summary
+    assert "still to run" not in (fresh / "summary.md").read_text()
+    assert not [d for d in fresh.iterdir() if d.is_dir()]  # nothing trained
+    with open(fresh / "runs.csv") as f:
+        assert {r["commit"] for r in csv.DictReader(f)} == {
+            r["commit"] for r in csv.DictReader(committed.open())
+        }
