@@ -34,6 +34,7 @@ import numpy as np
 
 from .compare import machine_description, run_all, write_csv
 from .train import (
+    METHOD_OPTIONS,
     RunConfig,
     add_config_arguments,
     git_commit,
@@ -69,16 +70,34 @@ LOSS_LR = {
 }
 
 
-def family_configs(base, datasets, losses, seeds):
+def family_configs(base, datasets, losses, seeds, chosen=None):
+    """Every run of the comparison, seed-major (a partial run holds whole pairs
+    first). ``chosen`` (benchmarks.family_tuning's chosen.json) gives, per data set,
+    loss and method, the learning rate and options chosen on validation classes;
+    without it each loss takes LOSS_LR and each method its paper's defaults."""
     configs = []
-    for seed in seeds:  # seed-major: a partial run holds whole pairs first
+    for seed in seeds:
         for dataset in datasets:
             for loss in losses:
-                options = {**base, "dataset": dataset}
-                options["lr"] = LOSS_LR.get(loss, RunConfig().lr)
                 for method in ("none", *FAMILY[loss]):
+                    if chosen is None:
+                        options = {"lr": LOSS_LR.get(loss, RunConfig().lr)}
+                    else:
+                        try:
+                            options = chosen[dataset][loss][method]
+                        except KeyError:
+                            raise ValueError(
+                                f"the chosen settings have no entry for {dataset}, "
+                                f"{loss}, {method}: finish its tuning first"
+                            ) from None
                     configs.append(
-                        RunConfig(**options, loss=loss, method=method, seed=seed)
+                        RunConfig(
+                            **{**base, **options},
+                            dataset=dataset,
+                            loss=loss,
+                            method=method,
+                            seed=seed,
+                        )
                     )
     return configs
 
@@ -244,21 +263,21 @@ def plot_differences(rows, path):
     plt.close(fig)
 
 
-def main(argv=None):
+def build_parser(description, split):
+    """The comparison's command line: data sets, losses, seeds, workers, resuming,
+    and every RunConfig field but those the comparison sets itself."""
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
+        description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--datasets", nargs="+", default=["emoji", "icons"], choices=("emoji", "icons")
     )
     parser.add_argument("--losses", nargs="+", default=list(FAMILY), choices=FAMILY)
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(8)))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
         "--max-runs", type=int, default=None, help="train at most this many new runs"
     )
-    parser.add_argument("--out", default="runs/augmenter_comparison")
     parser.add_argument(
         "--reuse",
         nargs="*",
@@ -268,7 +287,8 @@ def main(argv=None):
     )
     add_config_arguments(
         parser,
-        exclude=("dataset", "loss", "method", "seed", "threads", "progress", "lr"),
+        exclude=("dataset", "loss", "method", "seed", "threads", "progress", "lr")
+        + tuple(METHOD_OPTIONS),
     )
     parser.set_defaults(
         backbone="efficientnet_lite0",
@@ -278,9 +298,13 @@ def main(argv=None):
         epochs=20,
         eval_every=5,
         proxy_lr=0.1,
-        split="test",
+        split=split,
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def base_options(args):
+    """The RunConfig options every run of the comparison shares."""
     base = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(RunConfig)
@@ -291,30 +315,36 @@ def main(argv=None):
         base["ramp_epochs"] = base["epochs"] / 4
     base["threads"] = 1 if args.workers > 1 else 0
     base["progress"] = args.workers <= 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    configs = family_configs(base, args.datasets, args.losses, args.seeds)
-    finished = committed_results(configs, args.reuse)
-    for c in configs:  # a run directory under --out wins over a committed row
+    return base
+
+
+def finished_results(configs, out, reuse):
+    """name -> result of the runs of ``configs`` already finished: committed rows
+    (``reuse``), overridden by run directories under ``out``."""
+    finished = committed_results(configs, reuse)
+    for c in configs:
         result = run_dir_result(c, out)
         if result is not None:
             finished[c.name()] = result
+    return finished
+
+
+def train_missing(configs, finished, out, workers, limit=None):
+    """Train the runs of ``configs`` not in ``finished`` (at most ``limit``) and add
+    them to it; returns how many were trained."""
     todo = [c for c in configs if c.name() not in finished]
-    if args.max_runs is not None:
-        todo = todo[: args.max_runs]
-    started = time.time()
-    for dataset in args.datasets:  # data and feature caches, once, before the workers
-        first = next((c for c in todo if c.dataset == dataset), None)
-        if first is not None:
-            prepare_data(first)
-    # finished runs are read here; only new ones go to the workers (a worker
-    # process per run costs seconds of start-up)
-    results = [finished[c.name()] for c in configs if c.name() in finished]
-    results += run_all(todo, out, args.workers) if todo else []
-    command = "python -m benchmarks.family " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    per_run = [
+    if limit is not None:
+        todo = todo[: max(limit, 0)]
+    for dataset in sorted({c.dataset for c in todo}):  # data and feature caches,
+        prepare_data(next(c for c in todo if c.dataset == dataset))  # once
+    # only new runs go to the workers (a worker process per run costs seconds)
+    for result in run_all(todo, out, workers) if todo else []:
+        finished[result["name"]] = result
+    return len(todo)
+
+
+def per_run_rows(results):
+    return [
         {
             "name": r["name"],
             **{
@@ -327,6 +357,33 @@ def main(argv=None):
         }
         for r in sorted(results, key=lambda r: r["name"])
     ]
+
+
+def main(argv=None):
+    parser = build_parser(__doc__.splitlines()[0], split="test")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(8)))
+    parser.add_argument("--out", default="runs/augmenter_comparison")
+    parser.add_argument(
+        "--chosen",
+        default=None,
+        metavar="CHOSEN_JSON",
+        help="chosen.json of benchmarks.family_tuning: each loss's learning rate "
+        "and each method's options, chosen on validation classes",
+    )
+    args = parser.parse_args(argv)
+    base = base_options(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = json.loads(Path(args.chosen).read_text()) if args.chosen else None
+    configs = family_configs(base, args.datasets, args.losses, args.seeds, chosen)
+    finished = finished_results(configs, out, args.reuse)
+    started = time.time()
+    trained = train_missing(configs, finished, out, args.workers, args.max_runs)
+    results = [finished[c.name()] for c in configs if c.name() in finished]
+    command = "python -m benchmarks.family " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    per_run = per_run_rows(results)
     write_csv(out / "runs.csv", per_run)
     rows = paired_summary(results)
     write_csv(out / "summary.csv", rows)
@@ -336,7 +393,7 @@ def main(argv=None):
         f"Command: `{command.strip()}`",
         f"Machine: {machine_description()}",
         f"Code: commit {git_commit()}",
-        f"Wall time: {(time.time() - started) / 60:.1f} min for {len(todo)} new runs; "
+        f"Wall time: {(time.time() - started) / 60:.1f} min for {trained} new runs; "
         f"{len(results)} of {len(configs)} runs finished"
         + (f" ({remaining} still to run)" if remaining else ""),
         "Test classes, final epoch; backbone "
@@ -344,6 +401,11 @@ def main(argv=None):
         f"{base['train_from_block']}), {base['epochs']} epochs, schedule: no "
         f"augmentation for {base['warmup_epochs']} epochs, then a ramp over "
         f"{base['ramp_epochs']}.",
+        (
+            f"Learning rates and options: chosen on validation classes ({args.chosen})"
+            if chosen
+            else "Learning rates: LOSS_LR; options: each paper's defaults"
+        ),
         "R@1 and MAP@R in %, mean ± std over seeds; Δ: the paired difference to the "
         "baseline of the same seeds, with a 95 % t interval over seeds.",
         "",

@@ -109,6 +109,12 @@ class RunConfig:
     # "epochs": warmup_epochs/ramp_epochs; "plateau": the wrappers' default start,
     # once the plain loss has stopped falling (no schedule argument)
     start: str = "epochs"
+    # the family's own options (their papers' defaults): Embedding Expansion's
+    # points per pair; Proxy Synthesis's Beta(alpha, alpha) and mu (synthetic
+    # classes per real embedding)
+    num_points: int = 2
+    ps_alpha: float = 0.4
+    ps_mu: float = 1.0
     synthetic_role: str = "any"  # "any", "partner" or "negative"
     detach_augmented: bool = False
     eval_every: int = 2
@@ -137,6 +143,9 @@ class RunConfig:
                 "start",
                 "synthetic_role",
                 "detach_augmented",
+                "num_points",
+                "ps_alpha",
+                "ps_mu",
             ):
                 value = getattr(self, key)
                 if value != getattr(defaults, key):
@@ -313,14 +322,30 @@ def build_loss(cfg, num_classes):
     raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
 
 
+# the family's options and the one method that takes each
+METHOD_OPTIONS = {"num_points": "ee", "ps_alpha": "ps", "ps_mu": "ps"}
+
+
+def check_method_options(cfg):
+    """Refuse a family option set away from its default on a method that ignores it."""
+    defaults = RunConfig()
+    for option, method in METHOD_OPTIONS.items():
+        if getattr(cfg, option) != getattr(defaults, option) and cfg.method != method:
+            raise ValueError(
+                f"{option} is an option of method {method!r}; "
+                f"method {cfg.method!r} does not take it"
+            )
+
+
 def build_objective(cfg, num_classes, iterations_per_epoch, generator):
     """The metric loss: the plain loss with its miner, or the feature-transform
     wrapper around it (the miner then mines the enlarged batch)."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
+    check_method_options(cfg)
     inner, miner = build_loss(cfg, num_classes)
     if cfg.method == "none":
         return inner, miner
-    if cfg.method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
     schedule = dict(
         warmup_iterations=int(round(cfg.warmup_epochs * iterations_per_epoch)),
         ramp_iterations=int(round(cfg.ramp_epochs * iterations_per_epoch)),
@@ -384,16 +409,18 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
 
 def family_objective(cfg, inner, miner, schedule):
     """Embedding Expansion, Symmetrical Synthesis or Proxy Synthesis around the
-    loss, with the paper's defaults and the run's schedule."""
+    loss, with the run's options (default: the papers') and schedule."""
     if cfg.method == "ps":
         if cfg.loss not in PROXY_SYNTHESIS_LOSSES:
             raise ValueError(
                 f"method 'ps' (Proxy Synthesis) takes the proxy losses "
                 f"{PROXY_SYNTHESIS_LOSSES}, got {cfg.loss!r}"
             )
-        return pml_sft.ProxySynthesisLoss(inner, **schedule)
+        return pml_sft.ProxySynthesisLoss(
+            inner, alpha=cfg.ps_alpha, mu=cfg.ps_mu, **schedule
+        )
     augmenter = (
-        pml_sft.EmbeddingExpansion(collect_stats=True)
+        pml_sft.EmbeddingExpansion(cfg.num_points, collect_stats=True)
         if cfg.method == "ee"
         else pml_sft.SymmetricalSynthesis(collect_stats=True)
     )

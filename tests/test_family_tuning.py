@@ -1,0 +1,132 @@
+"""Choosing each arm's setting on validation classes: the rule, the budget, and a
+tiny end-to-end tuning on fake icons whose choices drive the test comparison."""
+
+import csv
+import json
+
+import pytest
+
+from benchmarks import family, family_tuning, train
+
+from .helpers import fake_emoji_data
+
+
+def test_the_rule_takes_the_highest_mean_and_the_first_of_ties():
+    assert family_tuning.choose([0.50, 0.61, 0.61]) == 1
+    assert family_tuning.choose([0.61, 0.50, 0.61]) == 0
+
+
+def test_every_arm_gets_three_settings_and_the_default_first():
+    for method, settings in family_tuning.METHOD_SETTINGS.items():
+        assert len(settings) == 3
+    assert family_tuning.baseline_settings("triplet")[0] == {
+        "lr": family.LOSS_LR["triplet"]
+    }
+    defaults = train.RunConfig()
+    assert family_tuning.method_settings("ee", 0.01)[0] == {
+        "lr": 0.01,
+        "num_points": defaults.num_points,
+    }
+    assert family_tuning.method_settings("ps", 0.01)[0] == {
+        "lr": 0.01,
+        "ps_alpha": defaults.ps_alpha,
+        "ps_mu": defaults.ps_mu,
+    }
+    # the method without options of its own spends its budget on the learning rate
+    assert [s["lr"] for s in family_tuning.method_settings("ss", 0.01)] == [
+        0.01,
+        0.005,
+        0.02,
+    ]
+
+
+def test_an_option_of_another_method_is_refused():
+    cfg = train.RunConfig(method="sft", num_points=4)
+    with pytest.raises(ValueError, match="num_points is an option of method 'ee'"):
+        train.build_objective(cfg, 4, 10, None)
+    cfg = train.RunConfig(method="none", loss="proxyanchor", ps_mu=0.5)
+    with pytest.raises(ValueError, match="ps_mu"):
+        train.build_objective(cfg, 4, 10, None)
+
+
+TINY = [
+    "--datasets",
+    "icons",
+    "--losses",
+    "multisimilarity",
+    "normsoftmax",
+    "--workers",
+    "1",
+    "--backbone",
+    "small_cnn",
+    "--pretrained",
+    "false",
+    "--train-from-block",
+    "0",
+    "--image-size",
+    "16",
+    "--epochs",
+    "2",
+    "--eval-every",
+    "2",
+    "--batch-size",
+    "16",
+    "--width",
+    "8",
+]
+
+
+def test_tuning_end_to_end_then_the_comparison_takes_its_choices(tmp_path, monkeypatch):
+    fake = fake_emoji_data(20, 6, 16)
+    monkeypatch.setattr(train.icon_themes, "prepare", lambda *a, **k: fake)
+    monkeypatch.setitem(family.FAMILY, "multisimilarity", ("sft", "ss"))
+    monkeypatch.setitem(family.FAMILY, "normsoftmax", ("ps",))
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    out = tmp_path / "tuning"
+    argv = TINY + cache + ["--seeds", "100", "--out", str(out)]
+    # a part: 2 of the first baseline's 3 runs, so nothing is chosen yet
+    family_tuning.main(argv + ["--max-runs", "2"])
+    assert json.loads((out / "chosen.json").read_text()) == {}
+    with open(out / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+    with pytest.raises(ValueError, match="no entry for icons, multisimilarity"):
+        family.main(
+            TINY
+            + cache
+            + ["--seeds", "0", "--out", str(tmp_path / "cmp")]
+            + ["--chosen", str(out / "chosen.json")]
+        )
+    family_tuning.main(argv)  # the rest: 6 baseline runs, then 3 methods x 3
+    with open(out / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert len(runs) == 6 + 9 and {r["split"] for r in runs} == {"val"}
+    with open(out / "tuning.csv") as f:
+        rows = list(csv.DictReader(f))
+    chosen = json.loads((out / "chosen.json").read_text())
+    for loss, methods in (("multisimilarity", ("none", "sft", "ss")),):
+        for method in methods:
+            mine = [r for r in rows if r["loss"] == loss and r["method"] == method]
+            assert len(mine) == 3 and sum(r["chosen"] == "True" for r in mine) == 1
+            best = max(mine, key=lambda r: float(r["recall_at_1_mean"]))
+            assert best["chosen"] == "True"
+            assert json.loads(best["setting"]) == chosen["icons"][loss][method]
+    for loss in ("multisimilarity", "normsoftmax"):
+        lr = chosen["icons"][loss]["none"]["lr"]
+        assert lr in [s["lr"] for s in family_tuning.baseline_settings(loss)]
+        for method in family.FAMILY[loss]:
+            if method != "ss":  # the methods run at their loss's chosen rate
+                assert chosen["icons"][loss][method]["lr"] == lr
+    # the test comparison takes the chosen settings, on test classes
+    cmp_out = tmp_path / "cmp"
+    family.main(
+        TINY
+        + cache
+        + ["--seeds", "0", "--out", str(cmp_out)]
+        + ["--chosen", str(out / "chosen.json")]
+    )
+    for run_dir in (d for d in cmp_out.iterdir() if d.is_dir()):
+        config = json.loads((run_dir / "result.json").read_text())["config"]
+        assert config["split"] == "test"
+        setting = chosen["icons"][config["loss"]][config["method"]]
+        assert {k: config[k] for k in setting} == setting
+    assert "chosen on validation classes" in (cmp_out / "summary.md").read_text()
