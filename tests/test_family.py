@@ -160,6 +160,8 @@ def test_proxy_synthesis_edge_cases_and_bad_options():
         ProxySynthesis(alpha=0)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         ProxySynthesis()(torch.randn(2, 4), torch.tensor([0, 3]), proxies)
+    with pytest.raises(ValueError, match="at least 2 dimensions"):  # as every augmenter
+        ProxySynthesis()(torch.randn(2, 1), torch.tensor([0, 1]), torch.randn(3, 1))
 
 
 @pytest.mark.parametrize(

@@ -29,10 +29,16 @@ class BaseAugmenter(ModuleWithRecords):
         self.add_to_recordable_attributes(name="num_augmented", is_stat=True)
 
     def forward(self, embeddings, labels):
+        self.check_inputs(embeddings, labels)
+        return self.augment(embeddings, c_f.to_device(labels, embeddings))
+
+    @staticmethod
+    def check_inputs(embeddings, labels):
+        """Shapes, dtypes and labels of a call (the rows' values are checked when
+        :meth:`directions` reads them)."""
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0])
         check_feature_size(embeddings)
-        return self.augment(embeddings, c_f.to_device(labels, embeddings))
 
     def augment(self, embeddings, labels):
         raise NotImplementedError

@@ -102,16 +102,20 @@ def check_finite(x, name):
 
 
 def check_directions(x, name):
-    """Refuses rows without a direction to rotate or translate: zero rows, and rows
-    whose norm overflows in the compute dtype (float32 for half precision). Checked
-    at every call (one host sync), so that a run fails at its first step, not when
-    augmentation starts."""
+    """Refuses rows with NaN/inf, and rows without a direction to rotate or
+    translate: zero rows, and rows whose norm overflows in the compute dtype
+    (float32 for half precision). Checked at every call (one host sync for the
+    three), so that a run fails at its first step, not when augmentation starts."""
     if x.shape[0] == 0:
         return
+    x = x.detach()
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    norms = torch.linalg.vector_norm(x.detach().to(compute), dim=1)
-    zero = ~(x.detach() != 0).any(dim=1)
-    any_zero, overflow = torch.stack([zero.any(), torch.isinf(norms).any()]).tolist()
+    norms = torch.linalg.vector_norm(x.to(compute), dim=1)
+    zero = ~(x != 0).any(dim=1)
+    flags = [~torch.isfinite(x).all(), zero.any(), torch.isinf(norms).any()]
+    not_finite, any_zero, overflow = torch.stack(flags).tolist()
+    if not_finite:
+        check_finite(x, name)
     if any_zero:
         raise ValueError(
             f"{name} contains a zero vector, which has no direction and cannot be "
