@@ -33,6 +33,7 @@ from .train import (
     git_commit,
     prepare_data,
     run,
+    run_dir_result,
 )
 
 DEFAULT_LOSSES = ("contrastive", "multisimilarity", "triplet", "proxyanchor")
@@ -106,8 +107,17 @@ def _run_job(job):
 
 
 def run_all(configs, out, workers):
-    jobs = [(dataclasses.asdict(c), str(out)) for c in configs]
-    results = []
+    """The result of every config: finished runs are read here, the others are
+    trained (in ``workers`` spawned processes, one per run, when workers > 1)."""
+    results, jobs = [], []
+    for c in configs:
+        finished = run_dir_result(c, out)
+        if finished is not None:
+            results.append(finished)
+        else:
+            jobs.append((dataclasses.asdict(c), str(out)))
+    if not jobs:
+        return results
     if workers <= 1:
         for i, job in enumerate(jobs, 1):
             result, seconds = _run_job(job)

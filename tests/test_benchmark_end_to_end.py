@@ -91,3 +91,19 @@ def test_full_quick_comparison(tmp_path):
     compare.main(["--quick", "--cache-dir", CACHE, "--out", str(tmp_path)])
     rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
     assert len(rows) == 12
+
+
+def test_finished_runs_are_read_without_starting_workers(tmp_path, monkeypatch):
+    configs = [compare.RunConfig(seed=s) for s in (0, 1)]
+    for c in configs:
+        run_dir = tmp_path / c.name()
+        run_dir.mkdir()
+        (run_dir / "result.json").write_text(json.dumps({"name": c.name()}))
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker pool was started for finished runs")
+
+    monkeypatch.setattr(compare.multiprocessing, "get_context", no_pool)
+    monkeypatch.setattr(compare, "prepare_data", no_pool)
+    results = compare.run_all(configs, tmp_path, workers=2)
+    assert [r["name"] for r in results] == [c.name() for c in configs]
