@@ -67,3 +67,32 @@ def fake_emoji_data(num_classes, per_class, size, seed=0):
         "class_codes": np.array([f"c{i}" for i in range(num_classes)]),
         "class_names": np.array([f"name {i}" for i in range(num_classes)]),
     }
+
+
+# benchmarks.family(_tuning) arguments for tiny runs on fake icons: two losses, a
+# small CNN on 16 px images, 2 epochs, one worker
+TINY_FAMILY_ARGS = [
+    "--datasets",
+    "icons",
+    "--losses",
+    "multisimilarity",
+    "normsoftmax",
+    "--workers",
+    "1",
+    "--backbone",
+    "small_cnn",
+    "--pretrained",
+    "false",
+    "--train-from-block",
+    "0",
+    "--image-size",
+    "16",
+    "--epochs",
+    "2",
+    "--eval-every",
+    "2",
+    "--batch-size",
+    "16",
+    "--width",
+    "8",
+]

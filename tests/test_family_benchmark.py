@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import family, train
 
-from .helpers import fake_emoji_data
+from .helpers import TINY_FAMILY_ARGS, fake_emoji_data
 
 
 def fake_result(loss, method, seed, r1, mapr, dataset="icons"):
@@ -57,40 +57,8 @@ def test_family_comparison_end_to_end_on_fake_icons(tmp_path, monkeypatch):
         family.FAMILY, "multisimilarity", ("sft", "ee", "ss")
     )  # fewer runs
     out = tmp_path / "cmp"
-    argv = [
-        "--datasets",
-        "icons",
-        "--losses",
-        "multisimilarity",
-        "normsoftmax",
-        "--seeds",
-        "0",
-        "1",
-        "--workers",
-        "1",
-        "--backbone",
-        "small_cnn",
-        "--pretrained",
-        "false",
-        "--train-from-block",
-        "0",
-        "--image-size",
-        "16",
-        "--epochs",
-        "2",
-        "--eval-every",
-        "2",
-        "--batch-size",
-        "16",
-        "--width",
-        "8",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--out",
-        str(out),
-        "--max-runs",
-        "5",
-    ]
+    argv = TINY_FAMILY_ARGS + ["--seeds", "0", "1", "--cache-dir"]
+    argv += [str(tmp_path / "cache"), "--out", str(out), "--max-runs", "5"]
     family.main(argv)  # a part: 5 of the 14 runs
     with open(out / "runs.csv") as f:
         assert len(list(csv.DictReader(f))) == 5

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import family, family_tuning, train
 
-from .helpers import fake_emoji_data
+from .helpers import TINY_FAMILY_ARGS, fake_emoji_data
 
 
 def test_the_rule_takes_the_highest_mean_and_the_first_of_ties():
@@ -49,33 +49,6 @@ def test_an_option_of_another_method_is_refused():
         train.build_objective(cfg, 4, 10, None)
 
 
-TINY = [
-    "--datasets",
-    "icons",
-    "--losses",
-    "multisimilarity",
-    "normsoftmax",
-    "--workers",
-    "1",
-    "--backbone",
-    "small_cnn",
-    "--pretrained",
-    "false",
-    "--train-from-block",
-    "0",
-    "--image-size",
-    "16",
-    "--epochs",
-    "2",
-    "--eval-every",
-    "2",
-    "--batch-size",
-    "16",
-    "--width",
-    "8",
-]
-
-
 def test_tuning_end_to_end_then_the_comparison_takes_its_choices(tmp_path, monkeypatch):
     fake = fake_emoji_data(20, 6, 16)
     monkeypatch.setattr(train.icon_themes, "prepare", lambda *a, **k: fake)
@@ -83,7 +56,7 @@ def test_tuning_end_to_end_then_the_comparison_takes_its_choices(tmp_path, monke
     monkeypatch.setitem(family.FAMILY, "normsoftmax", ("ps",))
     cache = ["--cache-dir", str(tmp_path / "cache")]
     out = tmp_path / "tuning"
-    argv = TINY + cache + ["--seeds", "100", "--out", str(out)]
+    argv = TINY_FAMILY_ARGS + cache + ["--seeds", "100", "--out", str(out)]
     # a part: 2 of the first baseline's 3 runs, so nothing is chosen yet
     family_tuning.main(argv + ["--max-runs", "2"])
     assert json.loads((out / "chosen.json").read_text()) == {}
@@ -91,7 +64,7 @@ def test_tuning_end_to_end_then_the_comparison_takes_its_choices(tmp_path, monke
         assert len(list(csv.DictReader(f))) == 2
     with pytest.raises(ValueError, match="no entry for icons, multisimilarity"):
         family.main(
-            TINY
+            TINY_FAMILY_ARGS
             + cache
             + ["--seeds", "0", "--out", str(tmp_path / "cmp")]
             + ["--chosen", str(out / "chosen.json")]
@@ -119,7 +92,7 @@ def test_tuning_end_to_end_then_the_comparison_takes_its_choices(tmp_path, monke
     # the test comparison takes the chosen settings, on test classes
     cmp_out = tmp_path / "cmp"
     family.main(
-        TINY
+        TINY_FAMILY_ARGS
         + cache
         + ["--seeds", "0", "--out", str(cmp_out)]
         + ["--chosen", str(out / "chosen.json")]
