@@ -127,8 +127,12 @@ def run_all(configs, out, workers):
             )
             results.append(result)
         return results
-    # fetch and cache the data once here, not in every worker at the same time
-    prepare_data(RunConfig(**jobs[0][0]))
+    # fetch and cache each data set once here, not in every worker at the same time
+    prepared = set()
+    for cfg_dict, _ in jobs:
+        if cfg_dict["dataset"] not in prepared:
+            prepare_data(RunConfig(**cfg_dict))
+            prepared.add(cfg_dict["dataset"])
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, maxtasksperchild=1) as pool:
         for i, (result, seconds) in enumerate(pool.imap_unordered(_run_job, jobs), 1):

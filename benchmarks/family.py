@@ -38,7 +38,6 @@ from .train import (
     RunConfig,
     add_config_arguments,
     git_commit,
-    prepare_data,
     run_dir_result,
 )
 
@@ -335,10 +334,7 @@ def train_missing(configs, finished, out, workers, limit=None):
     todo = [c for c in configs if c.name() not in finished]
     if limit is not None:
         todo = todo[: max(limit, 0)]
-    for dataset in sorted({c.dataset for c in todo}):  # data and feature caches,
-        prepare_data(next(c for c in todo if c.dataset == dataset))  # once
-    # only new runs go to the workers (a worker process per run costs seconds)
-    for result in run_all(todo, out, workers) if todo else []:
+    for result in run_all(todo, out, workers):
         finished[result["name"]] = result
     return len(todo)
 

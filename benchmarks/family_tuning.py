@@ -145,7 +145,7 @@ def setting_rows(arm, method, settings, runs, scores, finished):
     complete = None not in scores
     best = choose(scores) if complete else None
     rows = []
-    for i, (setting, configs, s) in enumerate(zip(settings, runs, scores)):
+    for i, (setting, configs) in enumerate(zip(settings, runs)):
         results = [finished[c.name()] for c in configs if c.name() in finished]
         row = dict(
             dataset=arm[0],

@@ -5,12 +5,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 from ..upstream.sft_loss import compute_dtype
-from ..utils.checks import (
-    check_embeddings,
-    check_feature_size,
-    check_finite,
-    check_labels,
-)
+from ..utils.checks import check_batch, check_finite
 
 
 class BaseAugmenter(ModuleWithRecords):
@@ -29,16 +24,8 @@ class BaseAugmenter(ModuleWithRecords):
         self.add_to_recordable_attributes(name="num_augmented", is_stat=True)
 
     def forward(self, embeddings, labels):
-        self.check_inputs(embeddings, labels)
+        check_batch(embeddings, labels)  # the rows' values: when directions reads them
         return self.augment(embeddings, c_f.to_device(labels, embeddings))
-
-    @staticmethod
-    def check_inputs(embeddings, labels):
-        """Shapes, dtypes and labels of a call (the rows' values are checked when
-        :meth:`directions` reads them)."""
-        check_embeddings(embeddings)
-        check_labels(labels, embeddings.shape[0])
-        check_feature_size(embeddings)
 
     def augment(self, embeddings, labels):
         raise NotImplementedError

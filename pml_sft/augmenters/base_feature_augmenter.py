@@ -5,11 +5,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..centers import BaseClassCenters, BatchClassCenters
 from ..utils import distributed
-from ..utils.checks import (
-    check_embeddings,
-    check_feature_size,
-    check_labels,
-)
+from ..utils.checks import check_batch, check_embeddings, check_labels
 from ..utils.target_sampling import (
     draw_seed,
     draw_targets,
@@ -123,9 +119,7 @@ class BaseFeatureAugmenter(BaseAugmenter):
         Returns:
             aug_embeddings (M, D), aug_labels (M,), source_indices (M,).
         """
-        check_embeddings(embeddings)
-        check_labels(labels, embeddings.shape[0])
-        check_feature_size(embeddings)
+        check_batch(embeddings, labels)
         labels = c_f.to_device(labels, embeddings)
         if ref_emb is not None or ref_labels is not None:
             check_embeddings(ref_emb, "ref_emb")

@@ -1,7 +1,7 @@
 import torch
 
 from ..centers.base_class_centers import check_labels_in_range
-from ..utils.checks import check_embeddings
+from ..utils.checks import check_batch, check_embeddings
 from .base_augmenter import BaseAugmenter
 
 
@@ -40,7 +40,7 @@ class ProxySynthesis(BaseAugmenter):
         self.add_to_recordable_attributes(name="mix_weight", is_stat=True)
 
     def forward(self, embeddings, labels, proxies):
-        self.check_inputs(embeddings, labels)
+        check_batch(embeddings, labels)
         check_embeddings(proxies, "proxies")
         if proxies.shape[1] != embeddings.shape[1]:
             raise ValueError("proxies must have one row per class, of embedding size")

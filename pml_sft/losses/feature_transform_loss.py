@@ -2,12 +2,7 @@ import torch
 
 from ..augmenters import BaseAugmenter
 from ..upstream import sft_loss
-from ..utils.checks import (
-    check_directions,
-    check_embeddings,
-    check_feature_size,
-    check_labels,
-)
+from ..utils.checks import check_batch, check_directions
 
 # Every PML loss the upstream SFTLoss refuses, and why; every other one is supported.
 UNSUPPORTED_LOSSES = sft_loss.UNSUPPORTED_LOSSES
@@ -101,9 +96,7 @@ class FeatureTransformLoss(sft_loss.SFTLoss):
     def check_inputs(self, embeddings, labels, indices_tuple=None):
         """The one check of a call: shapes, dtypes, labels, NaN/inf, and that the
         caller's ``indices_tuple`` indexes the batch."""
-        check_embeddings(embeddings)
-        check_labels(labels, embeddings.shape[0])
-        check_feature_size(embeddings)
+        check_batch(embeddings, labels)
         check_directions(embeddings, "embeddings")  # NaN/inf, zero, overflow
         if indices_tuple is not None:
             check_indices_tuple(indices_tuple, embeddings.shape[0])

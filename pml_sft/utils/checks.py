@@ -61,6 +61,14 @@ def check_feature_size(x, name="embeddings"):
         )
 
 
+def check_batch(embeddings, labels):
+    """A batch to augment: (N, D) floating-point embeddings with D >= 2 and one
+    integer label per row."""
+    check_embeddings(embeddings)
+    check_labels(labels, embeddings.shape[0])
+    check_feature_size(embeddings)
+
+
 def check_same_layout(reference, reference_name, other, other_name):
     """Same shape, dtype and device as ``reference``."""
     check_tensor(other, other_name)
