@@ -119,6 +119,7 @@ def committed_results(configs, paths):
                     "metrics": {m: float(row[m]) for m in PAIRED_METRICS},
                     "train_seconds": float(row["train_seconds"]),
                     "commit": row.get("commit") or None,
+                    "data_fingerprint": row.get("data_fingerprint") or None,
                 }
     return results
 
@@ -135,10 +136,19 @@ def t_interval(values, level=0.95):
     return mean, mean - half, mean + half
 
 
+def same_data(a, b):
+    """Whether two results trained on the same data: their fingerprints agree, or
+    one of them has none (rows from before fingerprints were recorded)."""
+    fa, fb = a.get("data_fingerprint"), b.get("data_fingerprint")
+    return not fa or not fb or fa == fb
+
+
 def paired_summary(results):
     """Rows per (dataset, loss, method): means and stds over seeds, and for the
     methods the paired differences to the baseline of the same seeds, with 95 %
-    t intervals. Only seeds with both runs count for a difference."""
+    t intervals. Only seeds with both runs, trained on the same data (see
+    ``same_data``), count for a difference; ``unpaired_seeds`` counts the seeds
+    whose two runs saw different data."""
     by_key = defaultdict(dict)
     for r in results:
         c = r["config"]
@@ -154,8 +164,10 @@ def paired_summary(results):
             row[f"{m}_mean"] = float(values.mean())
             row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         baseline = by_key.get((dataset, loss, "none"), {})
-        paired = sorted(set(by_seed) & set(baseline))
+        both = sorted(set(by_seed) & set(baseline))
+        paired = [s for s in both if same_data(by_seed[s], baseline[s])]
         row["paired_seeds"] = len(paired) if method != "none" else 0
+        row["unpaired_seeds"] = len(both) - len(paired) if method != "none" else 0
         for m in PAIRED_METRICS:
             if method == "none" or not paired:
                 mean = low = high = float("nan")
@@ -350,6 +362,7 @@ def per_run_rows(results):
             **{m: r["metrics"][m] for m in PAIRED_METRICS},
             "train_seconds": r["train_seconds"],
             "commit": r.get("commit"),
+            "data_fingerprint": r.get("data_fingerprint"),
         }
         for r in sorted(results, key=lambda r: r["name"])
     ]

@@ -10,6 +10,7 @@ statistics, and the trained weights (model.pt) for ``benchmarks.diagnostics``.
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -470,6 +471,22 @@ def stem_outputs(stem, dataset, copies, cfg, device):
     return torch.stack(out)
 
 
+def fingerprint(*datasets):
+    """A short hash of what the runs train and evaluate on: the images (or the
+    cached features of the frozen blocks) and the labels of ``datasets``. Caches
+    rebuilt elsewhere (other package versions, another CPU) can differ; results
+    are paired only when their fingerprints agree. Datasets read from files
+    (the standard ones) contribute their labels only."""
+    digest = hashlib.sha256()
+    for dataset in datasets:
+        for name in ("images", "features"):
+            tensor = getattr(dataset, name, None)
+            if tensor is not None:
+                digest.update(tensor.contiguous().numpy().tobytes())
+        digest.update(np.ascontiguousarray(dataset.labels).tobytes())
+    return digest.hexdigest()[:12]
+
+
 def check_fast_tier(cfg):
     if cfg.train_from_block and cfg.backbone != "efficientnet_lite0":
         raise ValueError(
@@ -616,6 +633,7 @@ def train_and_evaluate(cfg, run_dir):
     )
     iterations_per_epoch = len(loader)
 
+    data_fingerprint = fingerprint(train_set, eval_set)
     trunk = build_trunk(cfg.backbone, cfg.pretrained, cfg.width).to(device)
     if cfg.train_from_block:
         trunk, train_set, eval_set = cached_datasets(
@@ -627,6 +645,7 @@ def train_and_evaluate(cfg, run_dir):
             sampler=sampler,
             drop_last=True,
         )
+        data_fingerprint += "/" + fingerprint(train_set, eval_set)
     if cfg.freeze_bn:
         freeze_batchnorm(trunk)  # the trunk only: the embedder's BatchNorm is new
     embedder = Embedder(trunk.output_size, cfg.embedding_size).to(device)
@@ -700,6 +719,7 @@ def train_and_evaluate(cfg, run_dir):
         num_eval_samples=len(eval_set.labels),
         num_eval_classes=int(len(np.unique(eval_set.labels))),
         iterations=iteration,
+        data_fingerprint=data_fingerprint,
         commit=git_commit(),
     )
     torch.save(

@@ -50,6 +50,30 @@ def test_paired_differences_and_t_intervals():
     assert ee["recall_at_1_std"] == pytest.approx(np.std(np.add(base, gain), ddof=1))
 
 
+def test_runs_on_different_data_are_not_paired():
+    results = [fake_result("triplet", "none", s, 0.5, 0.2) for s in range(3)]
+    results += [fake_result("triplet", "sft", s, 0.6, 0.3) for s in range(3)]
+    prints = ["aaa", "aaa", "bbb", None, "aaa", "ccc"]  # seed 0: old row, no print
+    for r, p in zip(results, prints):
+        r["data_fingerprint"] = p
+    sft = {r["method"]: r for r in family.paired_summary(results)}["sft"]
+    assert sft["paired_seeds"] == 2 and sft["unpaired_seeds"] == 1
+    assert sft["delta_recall_at_1_mean"] == pytest.approx(0.1)
+
+
+def test_fingerprint_follows_the_data():
+    images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    a = train.ImageTensorDataset(images, [0, 0, 1, 1], train=False)
+    images[0, 0, 0, 0] = 1
+    b = train.ImageTensorDataset(images, [0, 0, 1, 1], train=False)
+    c = train.ImageTensorDataset(images, [0, 1, 1, 1], train=False)
+    prints = {train.fingerprint(d) for d in (a, b, c)}
+    assert len(prints) == 3
+    assert train.fingerprint(b) == train.fingerprint(
+        train.ImageTensorDataset(images.copy(), [0, 0, 1, 1], train=False)
+    )
+
+
 def test_family_comparison_end_to_end_on_fake_icons(tmp_path, monkeypatch):
     fake = fake_emoji_data(16, 6, 16)
     monkeypatch.setattr(train.icon_themes, "prepare", lambda *a, **k: fake)
@@ -78,6 +102,9 @@ def test_family_comparison_end_to_end_on_fake_icons(tmp_path, monkeypatch):
                 <= float(r["delta_recall_at_1_ci_high"])
             )
     assert (out / "paired_differences.png").exists()
+    with open(out / "runs.csv") as f:  # one data set, one cache: one fingerprint
+        prints = {r["data_fingerprint"] for r in csv.DictReader(f)}
+    assert len(prints) == 1 and len(prints.pop()) == 12
     # the paired runs share their initialisation and batches until augmentation:
     # with the schedule at half of 2 epochs, epoch 1's training loss is the same
     results = {r.name: r for r in (out).iterdir() if r.is_dir()}
