@@ -14,7 +14,11 @@ reused, so the comparison resumes; ``--max-runs`` trains at most that many new
 runs, so a session can do a part of it and commit what is finished. ``--reuse``
 takes the runs.csv of a committed part: its rows count as finished runs (the run
 directories under ``--out`` are not kept between machines; the rows name the
-commit that trained them).
+commit that trained them). Each run records a fingerprint of its data (the
+images, the cached features and the labels); a method and its baseline are paired
+only when their fingerprints agree (rows from before fingerprints have none and
+pair with anything). Train each seed's runs on one machine in one session: runs
+are bit-for-bit repeatable there, not across machines.
 
 Results in ``--out``: runs.csv (one row per run), summary.csv (per data set, loss
 and method: means and stds over seeds, and the paired difference to the baseline
