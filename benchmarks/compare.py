@@ -30,6 +30,7 @@ from .train import (
     METRICS,
     RunConfig,
     add_config_arguments,
+    cpu_description,
     git_commit,
     prepare_data,
     run,
@@ -290,7 +291,8 @@ def machine_description():
     import torch
 
     return (
-        f"{platform.platform()}, {multiprocessing.cpu_count()} CPU cores, Python "
+        f"{platform.platform()}, {multiprocessing.cpu_count()} CPU cores "
+        f"({cpu_description()}), Python "
         f"{platform.python_version()}, torch {torch.__version__}"
     )
 

@@ -124,6 +124,7 @@ def committed_results(configs, paths):
                     "train_seconds": float(row["train_seconds"]),
                     "commit": row.get("commit") or None,
                     "data_fingerprint": row.get("data_fingerprint") or None,
+                    "cpu": row.get("cpu") or None,
                 }
     return results
 
@@ -367,6 +368,7 @@ def per_run_rows(results):
             "train_seconds": r["train_seconds"],
             "commit": r.get("commit"),
             "data_fingerprint": r.get("data_fingerprint"),
+            "cpu": r.get("cpu"),
         }
         for r in sorted(results, key=lambda r: r["name"])
     ]

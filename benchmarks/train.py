@@ -720,6 +720,7 @@ def train_and_evaluate(cfg, run_dir):
         num_eval_classes=int(len(np.unique(eval_set.labels))),
         iterations=iteration,
         data_fingerprint=data_fingerprint,
+        cpu=cpu_description() if device.type == "cpu" else torch.cuda.get_device_name(),
         commit=git_commit(),
     )
     torch.save(
@@ -730,6 +731,28 @@ def train_and_evaluate(cfg, run_dir):
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, result_path)
     return result
+
+
+def cpu_description():
+    """The CPU's model, family and model number (Linux) and the vector instructions
+    torch's kernels use: what makes the same run differ between machines."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "cpu family", "model"):
+                    fields.setdefault(key.strip(), value.strip())
+                if not line.strip():
+                    break  # the first processor is enough
+    except OSError:
+        pass
+    import platform
+
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model')})"
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def git_commit():

@@ -103,8 +103,10 @@ def test_family_comparison_end_to_end_on_fake_icons(tmp_path, monkeypatch):
             )
     assert (out / "paired_differences.png").exists()
     with open(out / "runs.csv") as f:  # one data set, one cache: one fingerprint
-        prints = {r["data_fingerprint"] for r in csv.DictReader(f)}
+        rows_run = list(csv.DictReader(f))
+    prints = {r["data_fingerprint"] for r in rows_run}
     assert len(prints) == 1 and len(prints.pop()) == 12
+    assert {r["cpu"] for r in rows_run} == {train.cpu_description()}
     # the paired runs share their initialisation and batches until augmentation:
     # with the schedule at half of 2 epochs, epoch 1's training loss is the same
     results = {r.name: r for r in (out).iterdir() if r.is_dir()}
