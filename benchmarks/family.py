@@ -15,9 +15,9 @@ runs, so a session can do a part of it and commit what is finished. ``--reuse``
 takes the runs.csv of a committed part: its rows count as finished runs (the run
 directories under ``--out`` are not kept between machines; the rows name the
 commit that trained them). Each run records a fingerprint of its data (the
-images, the cached features and the labels); a method and its baseline are paired
-only when their fingerprints agree (rows from before fingerprints have none and
-pair with anything). Train each seed's runs on one machine in one session: runs
+images, the cached features and the labels) and the CPU; a method and its baseline
+are paired only when both agree (rows from before they were recorded pair with
+anything). Train each seed's runs on one machine in one session: runs
 are bit-for-bit repeatable there, not across machines.
 
 Results in ``--out``: runs.csv (one row per run), summary.csv (per data set, loss
@@ -141,19 +141,24 @@ def t_interval(values, level=0.95):
     return mean, mean - half, mean + half
 
 
-def same_data(a, b):
-    """Whether two results trained on the same data: their fingerprints agree, or
-    one of them has none (rows from before fingerprints were recorded)."""
-    fa, fb = a.get("data_fingerprint"), b.get("data_fingerprint")
-    return not fa or not fb or fa == fb
+def comparable(a, b):
+    """Whether two results trained on the same data and the same kind of CPU: their
+    data fingerprints agree, and so do their CPUs, where both rows record them
+    (rows from before they were recorded pair with anything). The same run with
+    torch's AVX2 kernels instead of its AVX-512 ones, on the same data, ended 3
+    points of validation R@1 apart (2026-12-02)."""
+    return all(
+        not a.get(key) or not b.get(key) or a[key] == b[key]
+        for key in ("data_fingerprint", "cpu")
+    )
 
 
 def paired_summary(results):
     """Rows per (dataset, loss, method): means and stds over seeds, and for the
     methods the paired differences to the baseline of the same seeds, with 95 %
-    t intervals. Only seeds with both runs, trained on the same data (see
-    ``same_data``), count for a difference; ``unpaired_seeds`` counts the seeds
-    whose two runs saw different data."""
+    t intervals. Only seeds with both runs, trained on the same data and CPU (see
+    ``comparable``), count for a difference; ``unpaired_seeds`` counts the seeds
+    whose two runs were not comparable."""
     by_key = defaultdict(dict)
     for r in results:
         c = r["config"]
@@ -170,7 +175,7 @@ def paired_summary(results):
             row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         baseline = by_key.get((dataset, loss, "none"), {})
         both = sorted(set(by_seed) & set(baseline))
-        paired = [s for s in both if same_data(by_seed[s], baseline[s])]
+        paired = [s for s in both if comparable(by_seed[s], baseline[s])]
         row["paired_seeds"] = len(paired) if method != "none" else 0
         row["unpaired_seeds"] = len(both) - len(paired) if method != "none" else 0
         for m in PAIRED_METRICS:

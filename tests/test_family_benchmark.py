@@ -50,7 +50,7 @@ def test_paired_differences_and_t_intervals():
     assert ee["recall_at_1_std"] == pytest.approx(np.std(np.add(base, gain), ddof=1))
 
 
-def test_runs_on_different_data_are_not_paired():
+def test_runs_on_different_data_or_cpus_are_not_paired():
     results = [fake_result("triplet", "none", s, 0.5, 0.2) for s in range(3)]
     results += [fake_result("triplet", "sft", s, 0.6, 0.3) for s in range(3)]
     prints = ["aaa", "aaa", "bbb", None, "aaa", "ccc"]  # seed 0: old row, no print
@@ -59,6 +59,9 @@ def test_runs_on_different_data_are_not_paired():
     sft = {r["method"]: r for r in family.paired_summary(results)}["sft"]
     assert sft["paired_seeds"] == 2 and sft["unpaired_seeds"] == 1
     assert sft["delta_recall_at_1_mean"] == pytest.approx(0.1)
+    results[1]["cpu"], results[4]["cpu"] = "X, AVX512", "X, AVX2"  # seed 1
+    sft = {r["method"]: r for r in family.paired_summary(results)}["sft"]
+    assert sft["paired_seeds"] == 1 and sft["unpaired_seeds"] == 2
 
 
 def test_fingerprint_follows_the_data():
