@@ -242,6 +242,30 @@ def markdown(rows):
     return "\n".join(lines)
 
 
+def verdict_table(rows):
+    """One line per (loss, method), one column per data set: the paired R@1
+    difference and whether its interval lies above, below or around zero."""
+    datasets = sorted({r["dataset"] for r in rows})
+    cells = defaultdict(dict)
+    for r in rows:
+        if r["method"] != "none":
+            mark = verdict(r)
+            if np.isfinite(r["delta_recall_at_1_mean"]):
+                mark = f"{100 * r['delta_recall_at_1_mean']:+.2f} ({mark})"
+            cells[(r["loss"], r["method"])][r["dataset"]] = mark
+    lines = [
+        "| loss | method | " + " | ".join(datasets) + " |",
+        "| --- | --- |" + " --- |" * len(datasets),
+    ]
+    for (loss, method), by_dataset in cells.items():
+        lines.append(
+            f"| {loss} | {METHOD_NAMES[method]} | "
+            + " | ".join(by_dataset.get(d, "not run") for d in datasets)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def plot_differences(rows, path):
     """The paired R@1 differences with their intervals, one panel per data set."""
     import matplotlib
@@ -435,6 +459,8 @@ def main(argv=None):
         + "\n".join(header)
         + "\n"
         + markdown(rows)
+        + "\n\n## ΔR@1 per data set (points; the verdict of its 95 % interval)\n\n"
+        + verdict_table(rows)
         + "\n"
     )
     (out / "command.json").write_text(

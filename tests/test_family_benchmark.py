@@ -48,6 +48,14 @@ def test_paired_differences_and_t_intervals():
     )
     assert math.isnan(rows["none"]["delta_recall_at_1_mean"])
     assert ee["recall_at_1_std"] == pytest.approx(np.std(np.add(base, gain), ddof=1))
+    results.append(fake_result("contrastive", "none", 0, 0.5, 0.2, dataset="emoji"))
+    table = family.verdict_table(family.paired_summary(results)).splitlines()
+    assert table[0] == "| loss | method | emoji | icons |"
+    assert table[2] == (
+        f"| contrastive | Embedding Expansion | not run | {100 * d.mean():+.2f} "
+        "(no difference) |"
+    )
+    assert table[3] == "| contrastive | Symmetrical Synthesis | not run | - |"
 
 
 def test_runs_on_different_data_or_cpus_are_not_paired():
