@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -747,8 +748,6 @@ def cpu_description():
                     break  # the first processor is enough
     except OSError:
         pass
-    import platform
-
     name = fields.get("model name") or platform.processor() or "unknown CPU"
     if "cpu family" in fields:
         name += f" (family {fields['cpu family']}, model {fields.get('model')})"
