@@ -5,6 +5,7 @@ from . import functional
 from .augmenters import (
     BaseAugmenter,
     BaseFeatureAugmenter,
+    DenselyAnchoredSampling,
     EmbeddingExpansion,
     FeatureTranslation,
     ProxySynthesis,
@@ -19,6 +20,7 @@ from .centers import (
 )
 from .datasets import EmojiDataset, IconThemesDataset
 from .losses import (
+    DenselyAnchoredSamplingLoss,
     EmbeddingExpansionLoss,
     FeatureTransformLoss,
     FeatureTranslationLoss,
@@ -37,6 +39,7 @@ __all__ = [
     "EmbeddingExpansion",
     "SymmetricalSynthesis",
     "ProxySynthesis",
+    "DenselyAnchoredSampling",
     "SphericalFeatureTransform",
     "FeatureTranslation",
     "BaseClassCenters",
@@ -49,6 +52,7 @@ __all__ = [
     "EmbeddingExpansionLoss",
     "SymmetricalSynthesisLoss",
     "ProxySynthesisLoss",
+    "DenselyAnchoredSamplingLoss",
     "EmojiDataset",
     "IconThemesDataset",
     "RecallAtK",

@@ -254,6 +254,9 @@ WRAPPERS = {
     "SFTLoss": pml_sft.SFTLoss,
     "EmbeddingExpansionLoss": pml_sft.EmbeddingExpansionLoss,
     "SymmetricalSynthesisLoss": pml_sft.SymmetricalSynthesisLoss,
+    "DenselyAnchoredSamplingLoss": lambda loss, **kwargs: (
+        pml_sft.DenselyAnchoredSamplingLoss(loss, NUM_CLASSES, EMBEDDING_SIZE, **kwargs)
+    ),
 }
 
 

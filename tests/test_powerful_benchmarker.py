@@ -79,6 +79,7 @@ def test_shipped_config_folder_is_complete():
         assert {
             f"{loss}_embedding_expansion",
             f"{loss}_symmetrical_synthesis",
+            f"{loss}_densely_anchored_sampling",
         } <= losses
     for loss in ("proxyanchor", "normsoftmax"):
         assert {f"{loss}_baseline", f"{loss}_proxy_synthesis"} <= losses

@@ -1,5 +1,6 @@
 from .base_augmenter import BaseAugmenter
 from .base_feature_augmenter import BaseFeatureAugmenter
+from .densely_anchored_sampling import DenselyAnchoredSampling
 from .embedding_expansion import EmbeddingExpansion
 from .feature_translation import FeatureTranslation
 from .proxy_synthesis import ProxySynthesis

@@ -253,7 +253,8 @@ class SFTLossFactory(LossFactory):
     ``FeatureTranslationLoss``) the nested ``loss`` is built by this factory with
     ``num_classes`` passed on (ArcFace, ProxyAnchor, ... need it), ``miner`` by the
     MinerFactory, ``augmenter`` (with its ``centers``) from the registered pml-sft
-    classes (``num_classes`` filled in for MovingAverageClassCenters), and the
+    classes (``num_classes`` filled in for MovingAverageClassCenters, and for
+    wrappers that take it, such as DenselyAnchoredSamplingLoss), and the
     schedule from the experiment's length (``total_iterations``: epochs times
     iterations per epoch) unless the config sets one. Statistics are collected
     (``collect_stats: True``) unless the config says otherwise, so the record-keeper
@@ -269,6 +270,8 @@ class SFTLossFactory(LossFactory):
         ):
             return super()._create_general(loss_type, num_classes)
         params = copy.deepcopy(params)
+        if _needs(loss, "num_classes") and "num_classes" not in params:
+            params["num_classes"] = num_classes  # DenselyAnchoredSamplingLoss
         if "loss" not in params:
             raise ValueError(f"{loss.__name__} needs a nested 'loss' in its config")
         params["loss"] = self.create(
@@ -344,6 +347,7 @@ def register(runner):
         losses.EmbeddingExpansionLoss,
         losses.SymmetricalSynthesisLoss,
         losses.ProxySynthesisLoss,
+        losses.DenselyAnchoredSamplingLoss,
     ):
         runner.register("loss", cls)
     for cls in (
@@ -351,6 +355,7 @@ def register(runner):
         augmenters.FeatureTranslation,
         augmenters.EmbeddingExpansion,
         augmenters.SymmetricalSynthesis,
+        augmenters.DenselyAnchoredSampling,
     ):
         runner.register("feature_augmenter", cls)
     for cls in (centers.BatchClassCenters, centers.MovingAverageClassCenters):
