@@ -226,6 +226,9 @@ def test_bad_input_gets_a_clear_error():
     with pytest.raises(ValueError, match="zero vector"):
         das(torch.zeros(2, 6), torch.tensor([0, 1]))
     assert das.dim_counts.sum() == 0  # refused calls leave the memory alone
+    elsewhere = DenselyAnchoredSampling(3, 6).to("meta")
+    with pytest.raises(ValueError, match=r"memory is on meta.*\.to\('cpu'\)"):
+        elsewhere(torch.randn(2, 6), torch.tensor([0, 1]))
 
 
 @pytest.mark.parametrize("loss", list(PAIR_LOSSES))

@@ -119,6 +119,12 @@ class DenselyAnchoredSampling(BaseAugmenter):
                 f"{type(self).__name__} was built with "
                 f"embedding_size={self.embedding_size}"
             )
+        if self.bank.device != embeddings.device:
+            raise ValueError(
+                f"{type(self).__name__}'s memory is on {self.bank.device} but the "
+                f"embeddings are on {embeddings.device}: move it (or the loss that "
+                f"holds it) with .to({str(embeddings.device)!r})"
+            )
         unit, _ = self.directions(embeddings.detach(), "embeddings")
         labels = labels.long()
         if self.training:
@@ -127,9 +133,9 @@ class DenselyAnchoredSampling(BaseAugmenter):
         copies = unit.unsqueeze(0).repeat(k, 1, 1)  # (k, n, d)
         if self.num_scaled_dims > 0 and n > 0:
             # the class's most frequent top dimensions (ties: the lower index)
-            counts = self.dim_counts[labels].to(torch.float64)
-            order = torch.arange(d, 0, -1, device=unit.device, dtype=torch.float64)
-            dims = (counts * (d + 1) + order).topk(self.num_scaled_dims, dim=1).indices
+            order = torch.arange(d, 0, -1, device=unit.device)
+            keys = self.dim_counts[labels] * (d + 1) + order  # int64: exact
+            dims = keys.topk(self.num_scaled_dims, dim=1).indices
             low, high = self.scale_range
             factors = torch.empty(k, n, self.num_scaled_dims, device=unit.device)
             factors = factors.uniform_(low, high).to(unit.dtype)
