@@ -18,7 +18,9 @@ commit that trained them). Each run records a fingerprint of its data (the
 images, the cached features and the labels) and the CPU; a method and its baseline
 are paired only when both agree (rows from before they were recorded pair with
 anything). Train each seed's runs on one machine in one session: runs
-are bit-for-bit repeatable there, not across machines.
+are bit-for-bit repeatable there, not across machines. A (data set, loss, seed)
+block left incomplete on another machine is trained again whole (its earlier rows
+go to superseded_runs.csv).
 
 Results in ``--out``: runs.csv (one row per run), summary.csv (per data set, loss
 and method: means and stds over seeds, and the paired difference to the baseline
@@ -41,6 +43,7 @@ from .train import (
     METHOD_OPTIONS,
     RunConfig,
     add_config_arguments,
+    cpu_description,
     git_commit,
     run_dir_result,
 )
@@ -374,6 +377,42 @@ def finished_results(configs, out, reuse):
     return finished
 
 
+def partial_blocks_from_elsewhere(configs, finished, cpu):
+    """Names of the finished runs to train again: those of every (data set, loss,
+    seed) block that is incomplete and holds a run trained on another CPU than
+    ``cpu``. The block's missing runs, trained here, would not pair with those runs
+    (``comparable``), so the whole block is trained again. Complete blocks and rows
+    without a CPU stay as they are."""
+    blocks = defaultdict(list)
+    for c in configs:
+        blocks[(c.dataset, c.loss, c.seed)].append(c.name())
+    stale = []
+    for names in blocks.values():
+        done = [n for n in names if n in finished]
+        if len(done) < len(names) and any(
+            finished[n].get("cpu") not in (None, cpu) for n in done
+        ):
+            stale += done
+    return stale
+
+
+def set_aside(names, finished, out):
+    """Removes ``names`` from ``finished``, moves their run directories (if any) to
+    ``out/superseded/`` and adds their rows to ``out/superseded_runs.csv``."""
+    path = out / "superseded_runs.csv"
+    rows = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    rows += per_run_rows([finished.pop(n) for n in names])
+    for name in names:
+        run_dir = out / name
+        if run_dir.exists():
+            (out / "superseded").mkdir(exist_ok=True)
+            run_dir.rename(out / "superseded" / name)
+    write_csv(path, rows)
+
+
 def train_missing(configs, finished, out, workers, limit=None):
     """Train the runs of ``configs`` not in ``finished`` (at most ``limit``) and add
     them to it; returns how many were trained."""
@@ -421,6 +460,15 @@ def main(argv=None):
     chosen = json.loads(Path(args.chosen).read_text()) if args.chosen else None
     configs = family_configs(base, args.datasets, args.losses, args.seeds, chosen)
     finished = finished_results(configs, out, args.reuse)
+    if args.max_runs != 0:
+        stale = partial_blocks_from_elsewhere(configs, finished, cpu_description())
+        if stale:
+            print(
+                f"training again {len(stale)} finished runs of incomplete blocks "
+                "trained on another CPU (their rows go to superseded_runs.csv)",
+                flush=True,
+            )
+            set_aside(stale, finished, out)
     started = time.time()
     trained = train_missing(configs, finished, out, args.workers, args.max_runs)
     results = [finished[c.name()] for c in configs if c.name() in finished]

@@ -148,3 +148,57 @@ def test_family_comparison_end_to_end_on_fake_icons(tmp_path, monkeypatch):
         assert {r["commit"] for r in csv.DictReader(f)} == {
             r["commit"] for r in csv.DictReader(committed.open())
         }
+
+
+def test_incomplete_blocks_from_another_cpu_are_set_aside(tmp_path):
+    configs = family.family_configs({}, ["icons"], ["contrastive"], [0, 1, 2])
+    by_block = {}
+    for c in configs:
+        by_block.setdefault(c.seed, []).append(c)
+    n = len(by_block[0])
+    assert n >= 3 and all(len(b) == n for b in by_block.values())
+
+    def result(c, cpu):
+        return {
+            **fake_result(c.loss, c.method, c.seed, 0.5, 0.2),
+            "name": c.name(),
+            "train_seconds": 1.0,
+            "cpu": cpu,
+        }
+
+    finished = {}
+    for c in by_block[0][:2]:  # seed 0: incomplete, trained elsewhere: set aside
+        finished[c.name()] = result(c, "Other CPU, AVX2")
+    for c in by_block[1]:  # seed 1: complete, trained elsewhere: kept
+        finished[c.name()] = result(c, "Other CPU, AVX2")
+    for i, c in enumerate(by_block[2][:-1]):  # seed 2: incomplete, here or no cpu
+        finished[c.name()] = result(c, None if i == 0 else "This CPU, AVX512")
+    stale = family.partial_blocks_from_elsewhere(configs, finished, "This CPU, AVX512")
+    assert sorted(stale) == sorted(c.name() for c in by_block[0][:2])
+    mixed = by_block[2][-1]  # one run from elsewhere makes seed 2's block stale too
+    finished[mixed.name()] = result(mixed, "Other CPU, AVX2")
+    gap = by_block[2][1]
+    finished.pop(gap.name())
+    assert (
+        len(family.partial_blocks_from_elsewhere(configs, finished, "This CPU, AVX512"))
+        == 2 + n - 1
+    )
+    finished[gap.name()] = result(gap, "This CPU, AVX512")  # complete again: kept
+    assert family.partial_blocks_from_elsewhere(
+        configs, finished, "This CPU, AVX512"
+    ) == [c.name() for c in by_block[0][:2]]
+
+    (tmp_path / stale[0]).mkdir()
+    (tmp_path / stale[0] / "result.json").write_text("{}")
+    family.set_aside(stale, finished, tmp_path)
+    assert not any(s in finished for s in stale) and len(finished) == 2 * n
+    assert (tmp_path / "superseded" / stale[0] / "result.json").exists()
+    assert not (tmp_path / stale[0]).exists()
+    with open(tmp_path / "superseded_runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["name"] for r in rows) == sorted(stale)
+    assert {r["cpu"] for r in rows} == {"Other CPU, AVX2"}
+    last = by_block[1][0].name()  # a second set-aside appends to the csv
+    family.set_aside([last], finished, tmp_path)
+    with open(tmp_path / "superseded_runs.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3
