@@ -43,7 +43,7 @@ from .train import (
     METHOD_OPTIONS,
     RunConfig,
     add_config_arguments,
-    cpu_description,
+    device_description,
     git_commit,
     run_dir_result,
 )
@@ -379,8 +379,8 @@ def finished_results(configs, out, reuse):
 
 def partial_blocks_from_elsewhere(configs, finished, cpu):
     """Names of the finished runs to train again: those of every (data set, loss,
-    seed) block that is incomplete and holds a run trained on another CPU than
-    ``cpu``. The block's missing runs, trained here, would not pair with those runs
+    seed) block that is incomplete and holds a run trained on another device than
+    ``cpu`` (``device_description``: the CPU, or the GPU on CUDA). The block's missing runs, trained here, would not pair with those runs
     (``comparable``), so the whole block is trained again. Complete blocks and rows
     without a CPU stay as they are."""
     blocks = defaultdict(list)
@@ -461,11 +461,13 @@ def main(argv=None):
     configs = family_configs(base, args.datasets, args.losses, args.seeds, chosen)
     finished = finished_results(configs, out, args.reuse)
     if args.max_runs != 0:
-        stale = partial_blocks_from_elsewhere(configs, finished, cpu_description())
+        here = device_description(base["device"])
+        stale = partial_blocks_from_elsewhere(configs, finished, here)
         if stale:
             print(
                 f"training again {len(stale)} finished runs of incomplete blocks "
-                "trained on another CPU (their rows go to superseded_runs.csv)",
+                f"trained on another device than {here} (their rows go to "
+                "superseded_runs.csv)",
                 flush=True,
             )
             set_aside(stale, finished, out)

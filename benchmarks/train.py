@@ -721,7 +721,7 @@ def train_and_evaluate(cfg, run_dir):
         num_eval_classes=int(len(np.unique(eval_set.labels))),
         iterations=iteration,
         data_fingerprint=data_fingerprint,
-        cpu=cpu_description() if device.type == "cpu" else torch.cuda.get_device_name(),
+        cpu=device_description(device),
         commit=git_commit(),
     )
     torch.save(
@@ -752,6 +752,16 @@ def cpu_description():
     if "cpu family" in fields:
         name += f" (family {fields['cpu family']}, model {fields.get('model')})"
     return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def device_description(device):
+    """What ran a run, for pairing runs (the ``cpu`` field of its result, a name
+    kept for the rows already committed): ``cpu_description()`` on the CPU, the
+    GPU's name and CUDA version on CUDA."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    return cpu_description()
 
 
 def git_commit():

@@ -202,3 +202,32 @@ def test_incomplete_blocks_from_another_cpu_are_set_aside(tmp_path):
     family.set_aside([last], finished, tmp_path)
     with open(tmp_path / "superseded_runs.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 3
+
+
+def test_device_description_names_the_gpu_on_cuda(monkeypatch):
+    assert train.device_description("cpu") == train.cpu_description()
+    monkeypatch.setattr(train.torch.cuda, "get_device_name", lambda d: f"GPU {d}")
+    assert train.device_description("cuda:1") == (
+        f"GPU cuda:1, CUDA {train.torch.version.cuda}"
+    )
+
+
+def test_resuming_compares_runs_with_the_configured_device(tmp_path, monkeypatch):
+    # a run trained on CUDA records the GPU, so resuming on CUDA must compare
+    # against the GPU, not this machine's CPU (else its blocks are trained again)
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def here(device):
+        asked.append(device)
+        raise Stop
+
+    monkeypatch.setattr(family, "device_description", here)
+    with pytest.raises(Stop):
+        family.main(
+            ["--datasets", "icons", "--seeds", "0", "--device", "cuda:0"]
+            + ["--out", str(tmp_path / "cmp")]
+        )
+    assert asked == ["cuda:0"]
