@@ -24,7 +24,8 @@ go to superseded_runs.csv).
 
 Results in ``--out``: runs.csv (one row per run), summary.csv (per data set, loss
 and method: means and stds over seeds, and the paired difference to the baseline
-with a 95 % t interval over seeds), summary.md and paired_differences.png.
+with a 95 % t interval over seeds), sft_vs_translation.csv (SFT minus translation
+per data set and loss, paired the same way), summary.md and paired_differences.png.
 """
 
 import argparse
@@ -65,6 +66,7 @@ METHOD_NAMES = {
     "ps": "Proxy Synthesis",
 }
 PAIRED_METRICS = ("recall_at_1", "mean_average_precision_at_r")
+SFT_VERDICT = {"above": "SFT higher", "below": "SFT lower"}
 # the learning rates chosen on validation classes for the fast tier (2026-11,
 # benchmarks/results/pretrained_lr_tuning); normsoftmax takes MultiSimilarity's
 LOSS_LR = {
@@ -156,6 +158,74 @@ def comparable(a, b):
     )
 
 
+def paired_difference(runs, reference):
+    """The paired difference of two arms given as {seed: result}: ``paired_seeds``
+    (both runs there and comparable), ``unpaired_seeds`` (both there, not
+    comparable) and, per metric, the mean difference with its 95 % t interval
+    over the paired seeds (NaN without any)."""
+    both = sorted(set(runs) & set(reference))
+    paired = [s for s in both if comparable(runs[s], reference[s])]
+    row = dict(paired_seeds=len(paired), unpaired_seeds=len(both) - len(paired))
+    for m in PAIRED_METRICS:
+        mean = low = high = float("nan")
+        if paired:
+            deltas = [
+                runs[s]["metrics"][m] - reference[s]["metrics"][m] for s in paired
+            ]
+            mean, low, high = t_interval(deltas)
+        row[f"delta_{m}_mean"] = mean
+        row[f"delta_{m}_ci_low"] = low
+        row[f"delta_{m}_ci_high"] = high
+    return row
+
+
+def head_to_head(results, method="sft", reference="translation"):
+    """Rows per (dataset, loss) where both methods ran: the paired difference of
+    ``method`` minus ``reference`` over the same seeds, with 95 % t intervals (SFT
+    against translation, the baseline SFT claims to improve on)."""
+    by_key = defaultdict(dict)
+    for r in results:
+        c = r["config"]
+        by_key[(c["dataset"], c["loss"], c["method"])][c["seed"]] = r
+    order = list(FAMILY)
+    rows = []
+    for dataset, loss in sorted(
+        {(d, l) for d, l, _ in by_key},
+        key=lambda k: (k[0], order.index(k[1]) if k[1] in order else 99),
+    ):
+        runs, ref = by_key.get((dataset, loss, method)), by_key.get(
+            (dataset, loss, reference)
+        )
+        if runs and ref:
+            row = dict(dataset=dataset, loss=loss, method=method, reference=reference)
+            rows.append({**row, **paired_difference(runs, ref)})
+    return rows
+
+
+def head_to_head_table(rows):
+    """Markdown: one line per (dataset, loss) of ``head_to_head``."""
+    lines = [
+        "| data set | loss | seeds | ΔR@1 [95 % CI] | ΔMAP@R [95 % CI] | R@1 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        cells = []
+        for m in PAIRED_METRICS:
+            mean, low, high = (
+                r[f"delta_{m}_{k}"] for k in ("mean", "ci_low", "ci_high")
+            )
+            cells.append(
+                f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
+                if np.isfinite(low)
+                else "-"
+            )
+        lines.append(
+            f"| {r['dataset']} | {r['loss']} | {r['paired_seeds']} | {cells[0]} | "
+            f"{cells[1]} | {SFT_VERDICT.get(verdict(r), verdict(r))} |"
+        )
+    return "\n".join(lines)
+
+
 def paired_summary(results):
     """Rows per (dataset, loss, method): means and stds over seeds, and for the
     methods the paired differences to the baseline of the same seeds, with 95 %
@@ -176,22 +246,8 @@ def paired_summary(results):
             values = np.array([r["metrics"][m] for r in by_seed.values()])
             row[f"{m}_mean"] = float(values.mean())
             row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        baseline = by_key.get((dataset, loss, "none"), {})
-        both = sorted(set(by_seed) & set(baseline))
-        paired = [s for s in both if comparable(by_seed[s], baseline[s])]
-        row["paired_seeds"] = len(paired) if method != "none" else 0
-        row["unpaired_seeds"] = len(both) - len(paired) if method != "none" else 0
-        for m in PAIRED_METRICS:
-            if method == "none" or not paired:
-                mean = low = high = float("nan")
-            else:
-                deltas = [
-                    by_seed[s]["metrics"][m] - baseline[s]["metrics"][m] for s in paired
-                ]
-                mean, low, high = t_interval(deltas)
-            row[f"delta_{m}_mean"] = mean
-            row[f"delta_{m}_ci_low"] = low
-            row[f"delta_{m}_ci_high"] = high
+        baseline = by_key.get((dataset, loss, "none"), {}) if method != "none" else {}
+        row.update(paired_difference(by_seed, baseline))
         rows.append(row)
     order = list(FAMILY)
     methods = list(METHOD_NAMES)
@@ -482,6 +538,8 @@ def main(argv=None):
     rows = paired_summary(results)
     write_csv(out / "summary.csv", rows)
     plot_differences(rows, out / "paired_differences.png")
+    contrast = head_to_head(results)
+    write_csv(out / "sft_vs_translation.csv", contrast)
     remaining = len(configs) - len(results)
     header = [
         f"Command: `{command.strip()}`",
@@ -511,6 +569,8 @@ def main(argv=None):
         + markdown(rows)
         + "\n\n## ΔR@1 per data set (points; the verdict of its 95 % interval)\n\n"
         + verdict_table(rows)
+        + "\n\n## SFT against translation (SFT minus translation, same seeds)\n\n"
+        + head_to_head_table(contrast)
         + "\n"
     )
     (out / "command.json").write_text(

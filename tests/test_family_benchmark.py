@@ -231,3 +231,32 @@ def test_resuming_compares_runs_with_the_configured_device(tmp_path, monkeypatch
             + ["--out", str(tmp_path / "cmp")]
         )
     assert asked == ["cuda:0"]
+
+
+def test_sft_against_translation_is_paired_by_seed():
+    trans = [0.60, 0.62, 0.58]
+    gain = [0.02, 0.03, 0.04]  # SFT minus translation, per seed
+    results = [fake_result("triplet", "none", s, 0.5, 0.2) for s in range(3)]
+    results += [
+        fake_result("triplet", "translation", s, t, t / 2) for s, t in enumerate(trans)
+    ]
+    results += [
+        fake_result("triplet", "sft", s, t + g, t / 2)
+        for s, (t, g) in enumerate(zip(trans, gain))
+    ]
+    results.append(fake_result("triplet", "sft", 5, 0.9, 0.9))  # no translation seed 5
+    results.append(fake_result("contrastive", "sft", 0, 0.5, 0.2))  # no translation
+    rows = family.head_to_head(results)
+    assert [(r["dataset"], r["loss"]) for r in rows] == [("icons", "triplet")]
+    (row,) = rows
+    d = np.array(gain)
+    half = 4.302652729911275 * d.std(ddof=1) / math.sqrt(3)  # t(0.975, 2)
+    assert row["paired_seeds"] == 3
+    assert row["delta_recall_at_1_mean"] == pytest.approx(d.mean())
+    assert row["delta_recall_at_1_ci_low"] == pytest.approx(d.mean() - half)
+    assert row["delta_mean_average_precision_at_r_mean"] == pytest.approx(0.0)
+    line = family.head_to_head_table(rows).splitlines()[2]
+    assert line.startswith(f"| icons | triplet | 3 | {100 * d.mean():+.2f} [")
+    assert line.endswith(
+        "| SFT higher |"
+    )  # the interval [0.5, 5.5] points lies above 0
