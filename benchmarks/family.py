@@ -158,6 +158,20 @@ def comparable(a, b):
     )
 
 
+def runs_by_arm(results):
+    """(dataset, loss, method) -> {seed: result}."""
+    by_arm = defaultdict(dict)
+    for r in results:
+        c = r["config"]
+        by_arm[(c["dataset"], c["loss"], c["method"])][c["seed"]] = r
+    return by_arm
+
+
+def loss_order(loss):
+    """The position of ``loss`` in FAMILY (unknown losses last), for sorting."""
+    return list(FAMILY).index(loss) if loss in FAMILY else 99
+
+
 def paired_difference(runs, reference):
     """The paired difference of two arms given as {seed: result}: ``paired_seeds``
     (both runs there and comparable), ``unpaired_seeds`` (both there, not
@@ -183,19 +197,13 @@ def head_to_head(results, method="sft", reference="translation"):
     """Rows per (dataset, loss) where both methods ran: the paired difference of
     ``method`` minus ``reference`` over the same seeds, with 95 % t intervals (SFT
     against translation, the baseline SFT claims to improve on)."""
-    by_key = defaultdict(dict)
-    for r in results:
-        c = r["config"]
-        by_key[(c["dataset"], c["loss"], c["method"])][c["seed"]] = r
-    order = list(FAMILY)
+    by_arm = runs_by_arm(results)
     rows = []
     for dataset, loss in sorted(
-        {(d, l) for d, l, _ in by_key},
-        key=lambda k: (k[0], order.index(k[1]) if k[1] in order else 99),
+        {(d, l) for d, l, _ in by_arm}, key=lambda k: (k[0], loss_order(k[1]))
     ):
-        runs, ref = by_key.get((dataset, loss, method)), by_key.get(
-            (dataset, loss, reference)
-        )
+        runs = by_arm.get((dataset, loss, method))
+        ref = by_arm.get((dataset, loss, reference))
         if runs and ref:
             row = dict(dataset=dataset, loss=loss, method=method, reference=reference)
             rows.append({**row, **paired_difference(runs, ref)})
@@ -209,19 +217,11 @@ def head_to_head_table(rows):
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        cells = []
-        for m in PAIRED_METRICS:
-            mean, low, high = (
-                r[f"delta_{m}_{k}"] for k in ("mean", "ci_low", "ci_high")
-            )
-            cells.append(
-                f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
-                if np.isfinite(low)
-                else "-"
-            )
         lines.append(
-            f"| {r['dataset']} | {r['loss']} | {r['paired_seeds']} | {cells[0]} | "
-            f"{cells[1]} | {SFT_VERDICT.get(verdict(r), verdict(r))} |"
+            f"| {r['dataset']} | {r['loss']} | {r['paired_seeds']} | "
+            f"{format_delta(r, 'recall_at_1')} | "
+            f"{format_delta(r, 'mean_average_precision_at_r')} | "
+            f"{SFT_VERDICT.get(verdict(r), verdict(r))} |"
         )
     return "\n".join(lines)
 
@@ -232,12 +232,9 @@ def paired_summary(results):
     t intervals. Only seeds with both runs, trained on the same data and CPU (see
     ``comparable``), count for a difference; ``unpaired_seeds`` counts the seeds
     whose two runs were not comparable."""
-    by_key = defaultdict(dict)
-    for r in results:
-        c = r["config"]
-        by_key[(c["dataset"], c["loss"], c["method"])][c["seed"]] = r
+    by_arm = runs_by_arm(results)
     rows = []
-    for (dataset, loss, method), by_seed in sorted(by_key.items()):
+    for (dataset, loss, method), by_seed in sorted(by_arm.items()):
         row = dict(dataset=dataset, loss=loss, method=method, seeds=len(by_seed))
         row["split"] = ",".join(
             sorted({r["config"]["split"] for r in by_seed.values()})
@@ -246,17 +243,12 @@ def paired_summary(results):
             values = np.array([r["metrics"][m] for r in by_seed.values()])
             row[f"{m}_mean"] = float(values.mean())
             row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        baseline = by_key.get((dataset, loss, "none"), {}) if method != "none" else {}
+        baseline = by_arm.get((dataset, loss, "none"), {}) if method != "none" else {}
         row.update(paired_difference(by_seed, baseline))
         rows.append(row)
-    order = list(FAMILY)
     methods = list(METHOD_NAMES)
     rows.sort(
-        key=lambda r: (
-            r["dataset"],
-            order.index(r["loss"]) if r["loss"] in order else 99,
-            methods.index(r["method"]),
-        )
+        key=lambda r: (r["dataset"], loss_order(r["loss"]), methods.index(r["method"]))
     )
     return rows
 
@@ -267,6 +259,18 @@ def verdict(row):
     if not np.isfinite(low):
         return "-"
     return "above" if low > 0 else "below" if high < 0 else "no difference"
+
+
+def format_delta(row, metric):
+    """A paired difference in points: "+1.23 [+0.45, +2.01]", "+1.23 (1 seed)" with
+    one paired seed, "-" without any (or for the baseline)."""
+    mean = row[f"delta_{metric}_mean"]
+    if row.get("method") == "none" or not np.isfinite(mean):
+        return "-"
+    low, high = row[f"delta_{metric}_ci_low"], row[f"delta_{metric}_ci_high"]
+    if not np.isfinite(low):  # one paired seed
+        return f"{100 * mean:+.2f} (1 seed)"
+    return f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
 def markdown(rows):
@@ -281,21 +285,11 @@ def markdown(rows):
         def cell(m):
             return f"{100 * r[f'{m}_mean']:.1f} ± {100 * r[f'{m}_std']:.1f}"
 
-        def delta(m):
-            if r["method"] == "none" or not np.isfinite(r[f"delta_{m}_mean"]):
-                return "-"
-            if not np.isfinite(r[f"delta_{m}_ci_low"]):  # one paired seed
-                return f"{100 * r[f'delta_{m}_mean']:+.2f} (1 seed)"
-            return (
-                f"{100 * r[f'delta_{m}_mean']:+.2f} [{100 * r[f'delta_{m}_ci_low']:+.2f}, "
-                f"{100 * r[f'delta_{m}_ci_high']:+.2f}]"
-            )
-
         lines.append(
             f"| {r['dataset']} | {r['loss']} | {METHOD_NAMES[r['method']]} | "
             f"{r['seeds']} | {cell('recall_at_1')} | "
-            f"{cell('mean_average_precision_at_r')} | {delta('recall_at_1')} | "
-            f"{delta('mean_average_precision_at_r')} | "
+            f"{cell('mean_average_precision_at_r')} | {format_delta(r, 'recall_at_1')} | "
+            f"{format_delta(r, 'mean_average_precision_at_r')} | "
             f"{verdict(r) if r['method'] != 'none' else ''} |"
         )
     return "\n".join(lines)

@@ -257,6 +257,5 @@ def test_sft_against_translation_is_paired_by_seed():
     assert row["delta_mean_average_precision_at_r_mean"] == pytest.approx(0.0)
     line = family.head_to_head_table(rows).splitlines()[2]
     assert line.startswith(f"| icons | triplet | 3 | {100 * d.mean():+.2f} [")
-    assert line.endswith(
-        "| SFT higher |"
-    )  # the interval [0.5, 5.5] points lies above 0
+    # the interval, [+0.5, +5.5] points, lies above 0
+    assert line.endswith("| SFT higher |")
