@@ -26,7 +26,7 @@ def _allowed(num_sources=6, num_rows=5, seed=0):
 def test_targets_are_allowed_distinct_and_as_many_as_possible(k):
     allowed, own = _allowed(40, 7)
     g = torch.Generator(device=DEVICE).manual_seed(1)
-    positions, targets = draw_targets(allowed, k, random_scores(40, 7, DEVICE, g))
+    positions, targets = draw_targets(allowed, k, random_scores((40, 7), DEVICE, g))
     assert allowed[positions, targets].all()  # never a disallowed row
     assert (targets != own[positions]).all()  # never the source's own class
     for s in range(40):
@@ -43,7 +43,7 @@ def test_draws_are_uniform_over_the_allowed_rows(k):
     allowed = torch.zeros(30000, 6, dtype=torch.bool, device=DEVICE)
     allowed[:, [1, 2, 4]] = True
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    _, targets = draw_targets(allowed, k, random_scores(30000, 6, DEVICE, g))
+    _, targets = draw_targets(allowed, k, random_scores((30000, 6), DEVICE, g))
     counts = torch.bincount(targets, minlength=6).double()
     assert counts[[0, 3, 5]].sum() == 0
     expected = 30000 * k / 3
@@ -55,7 +55,7 @@ def test_pairs_of_targets_are_uniform_subsets():
     allowed = torch.ones(30000, 4, dtype=torch.bool, device=DEVICE)
     allowed[:, 0] = False
     g = torch.Generator(device=DEVICE).manual_seed(3)
-    positions, targets = draw_targets(allowed, 2, random_scores(30000, 4, DEVICE, g))
+    positions, targets = draw_targets(allowed, 2, random_scores((30000, 4), DEVICE, g))
     pairs = targets.view(-1, 2).sort(dim=1).values
     codes = pairs[:, 0] * 4 + pairs[:, 1]
     counts = torch.bincount(codes, minlength=16)[
@@ -74,9 +74,9 @@ def test_empty_inputs():
 
 
 def test_generator_reproduces_scores():
-    a = random_scores(5, 4, DEVICE, torch.Generator(device=DEVICE).manual_seed(7))
-    b = random_scores(5, 4, DEVICE, torch.Generator(device=DEVICE).manual_seed(7))
-    c = random_scores(5, 4, DEVICE, torch.Generator(device=DEVICE).manual_seed(8))
+    a = random_scores((5, 4), DEVICE, torch.Generator(device=DEVICE).manual_seed(7))
+    b = random_scores((5, 4), DEVICE, torch.Generator(device=DEVICE).manual_seed(7))
+    c = random_scores((5, 4), DEVICE, torch.Generator(device=DEVICE).manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert ((a >= 0) & (a < 1)).all()
 

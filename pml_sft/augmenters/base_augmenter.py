@@ -1,11 +1,9 @@
-import math
-
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
-from ..upstream.sft_loss import compute_dtype
-from ..utils.checks import check_batch, check_finite
+from ..upstream.sft_loss import _compute_dtype, _unit
+from ..utils.checks import check_batch, check_directions
 
 
 class BaseAugmenter(ModuleWithRecords):
@@ -24,38 +22,19 @@ class BaseAugmenter(ModuleWithRecords):
         self.add_to_recordable_attributes(name="num_augmented", is_stat=True)
 
     def forward(self, embeddings, labels):
-        check_batch(embeddings, labels)  # the rows' values: when directions reads them
+        """Checks its inputs (the only check: :meth:`augment` trusts them)."""
+        check_batch(embeddings, labels)
+        check_directions(embeddings, "embeddings")
         return self.augment(embeddings, c_f.to_device(labels, embeddings))
 
     def augment(self, embeddings, labels):
         raise NotImplementedError
 
     @staticmethod
-    def directions(embeddings, name):
-        """Unit directions and norms of the rows, in the compute dtype (float32 for
-        half precision), differentiable. Rows with NaN/inf, zero rows and rows whose
-        norm overflows are refused (one host sync)."""
-        x = embeddings.to(compute_dtype(embeddings.dtype))
-        norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-        if x.shape[0] > 0:
-            smallest, largest = torch.stack(torch.aminmax(norms.detach())).tolist()
-            if not math.isfinite(smallest + largest):
-                check_finite(embeddings, name)
-                raise ValueError(
-                    f"{name} contains a vector too large to normalise in "
-                    f"{x.dtype} (its norm overflows)"
-                )
-            if not smallest > torch.finfo(x.dtype).tiny ** 0.5:
-                # squares of such small entries underflow: normalise scaled rows
-                scale = x.detach().abs().amax(dim=1, keepdim=True)
-                if not bool((scale > 0).all()):
-                    raise ValueError(
-                        f"{name} contains a zero vector, which has no direction and "
-                        "cannot be L2-normalised"
-                    )
-                scaled_norms = torch.linalg.vector_norm(x / scale, dim=1, keepdim=True)
-                return x / scale / scaled_norms, scaled_norms * scale
-        return x / norms, norms
+    def directions(embeddings):
+        """Unit directions and norms (N, 1) of the rows, in the compute dtype
+        (float32 for half precision), differentiable."""
+        return _unit(embeddings.to(_compute_dtype(embeddings.dtype)))
 
 
 def same_class_pairs(labels):

@@ -4,14 +4,20 @@ import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..centers import BaseClassCenters, BatchClassCenters
-from ..utils import distributed
-from ..utils.checks import check_batch, check_embeddings, check_labels
+from ..upstream.sft_loss import _transform
+from ..utils.checks import (
+    check_batch,
+    check_directions,
+    check_embeddings,
+    check_labels,
+)
 from ..utils.target_sampling import (
-    draw_seed,
-    draw_targets,
-    keyed_scores,
-    random_scores,
+    checked_generator,
+    generator_state,
+    is_keyed,
+    load_generator_state,
     row_keys,
+    target_scores,
 )
 from .base_augmenter import BaseAugmenter
 
@@ -23,12 +29,15 @@ class BaseFeatureAugmenter(BaseAugmenter):
     class j, using class centres.
 
     Called like a PML miner, ``augmenter(embeddings, labels)``, it returns
-    ``(aug_embeddings, aug_labels, source_indices)``: the new unit samples, their
-    (target) labels, and the row of ``embeddings`` each one was made from. This class
-    does the bookkeeping (centres, target draws, statistics); subclasses define
-    :meth:`move`, how a unit row moves from a source centre to a target centre. The
-    options the study ablated (nearest targets, strength, a consistency filter,
-    detaching, unnormalised output) are in :mod:`pml_sft.contrib`.
+    ``(aug_embeddings, aug_labels, source_indices)``: the new samples (each with its
+    source's norm), their (target) labels, and the row of ``embeddings`` each one
+    was made from. The step is the upstream file's
+    (:func:`pml_sft.upstream.sft_loss._transform`, as in :class:`~pml_sft.SFTLoss`);
+    this class supplies its centres (any :class:`~pml_sft.centers.BaseClassCenters`)
+    and target draws, and records statistics; subclasses define :meth:`move`, how a
+    row moves from a source centre to a target centre. The options the study
+    ablated (nearest targets, strength, a consistency filter, detaching, unit
+    output) are in :mod:`pml_sft.contrib`.
 
     Args:
         centers: a :class:`~pml_sft.centers.BaseClassCenters` (default
@@ -81,14 +90,10 @@ class BaseFeatureAugmenter(BaseAugmenter):
                 f"the batch (MovingAverageClassCenters, ...); {type(centers).__name__} "
                 "knows only the batch's classes, so it would act as 'batch'"
             )
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"generator must be a torch.Generator, got {type(generator).__name__}"
-            )
         self.centers = centers
         self.num_targets = num_targets
         self.target_pool = target_pool
-        self.generator = generator
+        self.generator = checked_generator(generator)
         self.keyed_draws = keyed_draws
         self.add_to_recordable_attributes(
             list_of_names=["num_targets", "target_pool"], is_stat=False
@@ -104,9 +109,9 @@ class BaseFeatureAugmenter(BaseAugmenter):
         )
 
     def move(self, x, src, dst):
-        """Move unit rows ``x`` (M, D) from the unit centres ``src`` (M, D) to ``dst``
-        (M, D), all in the compute dtype (float32 for half precision). Gradients
-        must flow to ``x``."""
+        """Move the rows ``x`` (M, D; any norm) from the unit centres ``src`` (M, D)
+        to ``dst`` (M, D), all in the compute dtype (float32 for half precision),
+        keeping their norms. Gradients must flow to ``x``."""
         raise NotImplementedError
 
     def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
@@ -120,10 +125,12 @@ class BaseFeatureAugmenter(BaseAugmenter):
             aug_embeddings (M, D), aug_labels (M,), source_indices (M,).
         """
         check_batch(embeddings, labels)
+        check_directions(embeddings, "embeddings")
         labels = c_f.to_device(labels, embeddings)
         if ref_emb is not None or ref_labels is not None:
             check_embeddings(ref_emb, "ref_emb")
             check_labels(ref_labels, ref_emb.shape[0], "ref_labels")
+            check_directions(ref_emb, "ref_emb")
             ref_labels = c_f.to_device(ref_labels, embeddings)
             if ref_emb.shape[1] != embeddings.shape[1]:
                 raise ValueError("ref_emb must have the embeddings' size")
@@ -131,61 +138,58 @@ class BaseFeatureAugmenter(BaseAugmenter):
 
     def augment(self, embeddings, labels, ref_emb=None, ref_labels=None):
         """:meth:`forward` for inputs already checked (labels on the embeddings'
-        device), as the loss wrappers call it. NaN/inf and zero rows are still
-        refused: normalising finds them at no extra cost."""
+        device), as the loss wrappers call it. The step itself is the upstream
+        file's (:func:`pml_sft.upstream.sft_loss._transform`), given this
+        augmenter's centres, target scores and :meth:`move`."""
         self.reset_stats()
-        unit, norms = self.directions(embeddings, "embeddings")
-        keyed = self.keyed_draws
-        keyed = distributed.is_distributed() if keyed is None else keyed
+        unit, _ = self.directions(embeddings)
+        keyed = is_keyed(self.keyed_draws)
         keys = row_keys(embeddings) if keyed else None
         centers = self.estimate_centers(unit, labels, keys, ref_emb, ref_labels)
-        sources = (centers.sample_rows >= 0).nonzero().squeeze(1)
-        source_rows = centers.sample_rows[sources]
-        allowed = self.allowed_targets(centers, source_rows)
-        if keyed:
-            seed = draw_seed(self.generator)
-            if distributed.is_distributed():  # every rank uses rank 0's seed
-                seed = distributed.broadcast_from_first(seed, embeddings.device)
-            scores = keyed_scores(keys[sources], centers.labels, seed)
-        else:
-            scores = random_scores(*allowed.shape, allowed.device, self.generator)
-        positions, target_rows = draw_targets(allowed, self.num_targets, scores)
-        source_indices = sources[positions]
-        src = centers.centers[source_rows[positions]]
-        dst = centers.centers[target_rows]
-        aug = self.move(unit[source_indices], src, self.destinations(src, dst))
+        table_labels, table = centers.labels, centers.centers
+        if self.target_pool == "batch":
+            table_labels, table = table_labels[centers.in_batch], table[centers.in_batch]
+        scores = target_scores(embeddings, table_labels, keyed, self.generator)
+        scores = self.restrict_scores(scores, unit, labels, table_labels, table)
+        aug, sources, src_rows, dst_rows = _transform(
+            embeddings, labels, table_labels, table, scores, self.moved, self.num_targets
+        )
         nearest = None
         if self.collect_stats:
-            nearest = nearest_is_target(aug, centers, target_rows)
-        keep = self.keep(aug, centers, target_rows, nearest)
+            nearest = nearest_is_target(aug, table, dst_rows)
+        keep = self.keep(aug, table, dst_rows, nearest)
         if keep is not None:
-            aug, target_rows, source_indices = (
-                aug[keep],
-                target_rows[keep],
-                source_indices[keep],
-            )
-            src, dst = src[keep], dst[keep]
+            aug, sources = aug[keep], sources[keep]
+            src_rows, dst_rows = src_rows[keep], dst_rows[keep]
             nearest = None if nearest is None else nearest[keep]
-        aug = self.finish(aug, norms[source_indices]).to(embeddings.dtype)
-        aug_labels = centers.labels[target_rows].to(labels.dtype)
+        aug = self.finish(aug)
         if self.collect_stats:
             self.record_stats(
-                embeddings.shape[0], source_indices, allowed, src, dst, nearest
+                embeddings.shape[0], sources, table[src_rows], table[dst_rows], nearest
             )
-        return aug, aug_labels, source_indices
+            self.num_target_classes = int(dst_rows.unique().shape[0])
+        return aug, table_labels[dst_rows].to(labels.dtype), sources
+
+    def moved(self, x, src, dst):
+        """:meth:`move` to the :meth:`destinations` of the sources."""
+        return self.move(x, src, self.destinations(src, dst))
+
+    def restrict_scores(self, scores, unit, labels, table_labels, table):
+        """The (N, K) target scores; a negative score rules a target out."""
+        return scores
 
     def destinations(self, src, dst):
         """Where sources whose centres are ``src`` move to: the target centres."""
         return dst
 
-    def keep(self, aug, centers, target_rows, nearest):
+    def keep(self, aug, table, target_rows, nearest):
         """Which new samples to keep (a bool mask), or None for all of them;
         ``nearest`` says which lie nearest their target's centre (None when
         statistics are off)."""
         return None
 
-    def finish(self, aug, source_norms):
-        """The new unit samples as returned (given the norms of their sources)."""
+    def finish(self, aug):
+        """The new samples as returned."""
         return aug
 
     def estimate_centers(self, unit, labels, keys, ref_emb, ref_labels):
@@ -194,7 +198,7 @@ class BaseFeatureAugmenter(BaseAugmenter):
         sums, hence the centres, are bit-identical however the batch is ordered."""
         rows, row_labels = unit, labels
         if ref_emb is not None:
-            ref_unit, _ = self.directions(ref_emb.detach(), "ref_emb")
+            ref_unit, _ = self.directions(ref_emb.detach())
             rows = torch.cat([unit, ref_unit.to(unit.dtype)])
             row_labels = torch.cat([labels, ref_labels.to(labels.dtype)])
             if keys is not None:
@@ -221,41 +225,17 @@ class BaseFeatureAugmenter(BaseAugmenter):
         centers.sample_rows = sample_rows[: unit.shape[0]]
         return centers
 
-    def allowed_targets(self, centers, source_rows):
-        """(S, K) which centre rows each source may move to: candidates of the pool,
-        never the source's own class."""
-        num_sources, num_rows = source_rows.shape[0], len(centers)
-        candidates = centers.in_batch
-        if self.target_pool == "all":
-            candidates = torch.ones_like(candidates)
-        allowed = candidates.unsqueeze(0).expand(num_sources, num_rows).clone()
-        allowed[torch.arange(num_sources, device=allowed.device), source_rows] = False
-        return allowed
-
     def get_extra_state(self):
         """The generator's state, so that a resumed run draws the same targets."""
-        return {
-            "generator": None if self.generator is None else self.generator.get_state()
-        }
+        return generator_state(self.generator)
 
     def set_extra_state(self, state):
-        saved = (state or {}).get("generator")
-        if (saved is None) != (self.generator is None):
-            raise ValueError(
-                "cannot load the target draws: the state was saved by an augmenter "
-                f"{'without' if saved is None else 'with'} a generator, and this one "
-                f"has {'one' if saved is None else 'none'}. Build both alike (without "
-                "a generator the draws come from torch's global RNG: save "
-                "torch.get_rng_state() with the checkpoint to resume them)"
-            )
-        if saved is not None:
-            self.generator.set_state(saved)
+        load_generator_state(self.generator, state, type(self).__name__)
 
-    def record_stats(self, n, source_indices, allowed, src, dst, nearest):
+    def record_stats(self, n, source_indices, src, dst, nearest):
         with torch.no_grad():
             self.num_augmented = source_indices.shape[0]
             self.num_unmoved_samples = n - int(torch.unique(source_indices).shape[0])
-            self.num_target_classes = int(allowed.any(dim=0).sum())
             self.mean_center_angle = 0.0
             if src.shape[0] > 0:
                 cos = (src.float() * dst.float()).sum(dim=1).clamp(-1, 1)
@@ -265,9 +245,10 @@ class BaseFeatureAugmenter(BaseAugmenter):
                 self.share_nearest_target = nearest.float().mean().item()
 
 
-def nearest_is_target(aug, centers, target_rows):
-    """For each new sample, whether its nearest centre is its target's."""
+def nearest_is_target(aug, table, target_rows):
+    """For each new sample, whether its nearest centre (of ``table``) is its
+    target's."""
     if aug.shape[0] == 0:  # (argmax needs a centre; there are none then)
         return torch.ones_like(target_rows, dtype=torch.bool)
-    similarity = aug.detach() @ centers.centers.T
+    similarity = aug.detach().to(table.dtype) @ table.detach().T
     return similarity.argmax(dim=1) == target_rows

@@ -125,7 +125,7 @@ class DenselyAnchoredSampling(BaseAugmenter):
                 f"embeddings are on {embeddings.device}: move it (or the loss that "
                 f"holds it) with .to({str(embeddings.device)!r})"
             )
-        unit, _ = self.directions(embeddings.detach(), "embeddings")
+        unit, _ = self.directions(embeddings.detach())
         labels = labels.long()
         if self.training:
             self.remember(unit, labels)

@@ -30,7 +30,7 @@ class EmbeddingExpansion(BaseAugmenter):
         self.add_to_recordable_attributes(name="num_points", is_stat=False)
 
     def augment(self, embeddings, labels):
-        unit, _ = self.directions(embeddings, "embeddings")
+        unit, _ = self.directions(embeddings)
         first, second = same_class_pairs(labels)
         k = torch.arange(1, self.num_points + 1, device=unit.device, dtype=unit.dtype)
         t = (k / (self.num_points + 1)).view(1, -1, 1)

@@ -1,16 +1,18 @@
-from ..functional import translate
+from ..upstream.sft_loss import _translate, _unit
 from .base_feature_augmenter import BaseFeatureAugmenter
 
 
 class FeatureTranslation(BaseFeatureAugmenter):
     """Feature translation (feature transfer, Yin et al., CVPR 2019), the baseline of SFT.
 
-    Each unit embedding x of class i becomes ``x - c_i + c_j`` for a target class j,
-    L2-normalised again when ``renormalize`` is True (default), labelled j. It
-    assumes every class has the same covariance in Euclidean space.
+    The direction u of each embedding x of class i becomes ``u - c_i + c_j`` for a
+    target class j, labelled j; with ``renormalize`` (default) the result has the
+    norm of x, like SFT's rotation. It assumes every class has the same covariance in
+    Euclidean space.
 
     Args:
-        renormalize: project translated features back onto the unit sphere.
+        renormalize: give translated features the norm of their source (on the unit
+            sphere for unit embeddings); False returns ``|x| (u - c_i + c_j)``.
         **kwargs: the options of :class:`BaseFeatureAugmenter`.
     """
 
@@ -20,4 +22,7 @@ class FeatureTranslation(BaseFeatureAugmenter):
         self.add_to_recordable_attributes(name="renormalize", is_stat=False)
 
     def move(self, x, src, dst):
-        return translate(x, src, dst, renormalize=self.renormalize)
+        if self.renormalize:
+            return _translate(x, src, dst)
+        unit, norms = _unit(x)
+        return (unit - src + dst) * norms

@@ -1,7 +1,7 @@
 import torch
 
 from ..centers.base_class_centers import check_labels_in_range
-from ..utils.checks import check_batch, check_embeddings
+from ..utils.checks import check_batch, check_directions, check_embeddings
 from .base_augmenter import BaseAugmenter
 
 
@@ -41,6 +41,7 @@ class ProxySynthesis(BaseAugmenter):
 
     def forward(self, embeddings, labels, proxies):
         check_batch(embeddings, labels)
+        check_directions(embeddings, "embeddings")
         check_embeddings(proxies, "proxies")
         if proxies.shape[1] != embeddings.shape[1]:
             raise ValueError("proxies must have one row per class, of embedding size")
@@ -48,7 +49,7 @@ class ProxySynthesis(BaseAugmenter):
         return self.augment(embeddings, labels.to(embeddings.device), proxies)
 
     def augment(self, embeddings, labels, proxies):
-        unit, _ = self.directions(embeddings, "embeddings")
+        unit, _ = self.directions(embeddings)
         unit_proxies = torch.nn.functional.normalize(proxies.to(unit.dtype), dim=1)
         n = unit.shape[0]
         other = labels.unsqueeze(0) != labels.unsqueeze(1)

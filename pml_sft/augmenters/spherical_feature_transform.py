@@ -1,4 +1,4 @@
-from ..functional import rotate
+from ..upstream.sft_loss import _rotate
 from .base_feature_augmenter import BaseFeatureAugmenter
 
 
@@ -7,15 +7,14 @@ class SphericalFeatureTransform(BaseFeatureAugmenter):
 
     Each embedding x of class i becomes ``R_ij x``, where ``R_ij`` is the minimal
     rotation carrying the unit centre of class i onto the unit centre of target class
-    j; the new sample is labelled j. Rotations keep the feature on the hypersphere
-    and keep its angle to its class centre, i.e. they assume classes have similar
-    covariance *on the sphere*.
+    j; the new sample is labelled j. Rotations keep the feature's norm and its angle
+    to its class centre, i.e. they assume classes have similar covariance *on the
+    sphere*.
 
     Call it like a miner: ``aug_emb, aug_labels, source_idx = sft(embeddings, labels)``.
     See :class:`BaseFeatureAugmenter` for the options (centres, targets per sample,
-    target pool, nearest targets, strength, consistency filter, normalisation,
-    detaching, generator).
+    target pool, generator, keyed draws).
     """
 
     def move(self, x, src, dst):
-        return rotate(x, src, dst, check=False)
+        return _rotate(x, src, dst)

@@ -21,7 +21,7 @@ class SymmetricalSynthesis(BaseAugmenter):
     """
 
     def augment(self, embeddings, labels):
-        unit, _ = self.directions(embeddings, "embeddings")
+        unit, _ = self.directions(embeddings)
         first, second = same_class_pairs(labels)
         a, b = unit[first], unit[second]
         cos = (a * b).sum(dim=1, keepdim=True)

@@ -1,7 +1,7 @@
 import torch
 from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
-from ..upstream.sft_loss import class_sums  # noqa: F401 (re-exported)
+from ..upstream.sft_loss import _class_sums as class_sums  # noqa: F401
 from ..utils.checks import check_embeddings, check_finite, check_labels
 from .class_centers import ClassCenters
 

@@ -1,6 +1,6 @@
 import torch
 
-from ..upstream.sft_loss import batch_class_centers
+from ..upstream.sft_loss import _batch_class_centers as batch_class_centers
 from ..utils import distributed
 from .base_class_centers import BaseClassCenters
 from .class_centers import ClassCenters

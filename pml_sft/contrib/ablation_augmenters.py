@@ -18,8 +18,9 @@ class AblationOptions:
             1 (default) is the full transform of the paper.
         consistent_only: drop new samples whose nearest centre (among the centres of
             this call) is not their target's (a label-consistency filter).
-        normalize_embeddings: False gives each new sample the norm of its source
-            (the transform still acts on directions).
+        normalize_embeddings: True (the study's setting) returns unit samples;
+            False gives each new sample the norm of its source, as the core
+            augmenters do.
         detach_centers: False lets gradients flow through the batch centres
             (BatchClassCenters only).
         detach_augmented: return new samples without gradient, so they act as fixed
@@ -68,30 +69,29 @@ class AblationOptions:
             is_stat=False,
         )
 
-    def allowed_targets(self, centers, source_rows):
-        allowed = super().allowed_targets(centers, source_rows)
+    def restrict_scores(self, scores, unit, labels, table_labels, table):
         m = self.nearest_targets
-        if m is not None and m < len(centers) - 1:
-            table = centers.centers.detach()
-            similarity = table[source_rows] @ table.T
-            similarity = similarity.masked_fill(~allowed, -float("inf"))
-            nearest = similarity.topk(m, dim=1).indices
-            allowed = torch.zeros_like(allowed).scatter_(1, nearest, True) & allowed
-        return allowed
+        if m is None or m >= len(table_labels) - 1:
+            return scores
+        own = labels.unsqueeze(1) == table_labels.unsqueeze(0)
+        rows = own.float().argmax(dim=1)  # (rows without a centre: never sources)
+        table = table.detach()
+        similarity = (table[rows] @ table.T).masked_fill(own, -float("inf"))
+        nearest = similarity.topk(m, dim=1).indices
+        near = torch.zeros_like(own).scatter_(1, nearest, True)
+        return scores.masked_fill(~near, -1.0)
 
     def destinations(self, src, dst):
         return great_circle_point(src, dst, self.strength)
 
-    def keep(self, aug, centers, target_rows, nearest):
+    def keep(self, aug, table, target_rows, nearest):
         if not self.consistent_only:
             return None
-        return (
-            nearest_is_target(aug, centers, target_rows) if nearest is None else nearest
-        )
+        return nearest_is_target(aug, table, target_rows) if nearest is None else nearest
 
-    def finish(self, aug, source_norms):
-        if not self.normalize_embeddings:
-            aug = aug * source_norms
+    def finish(self, aug):
+        if self.normalize_embeddings:
+            aug = torch.nn.functional.normalize(aug, dim=1)
         return aug.detach() if self.detach_augmented else aug
 
 

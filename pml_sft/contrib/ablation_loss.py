@@ -87,8 +87,8 @@ class AblationLoss(FeatureTransformLoss):
             list_of_names=["aug_weight", "objective", "synthetic_role"], is_stat=False
         )
 
-    def step_weight(self):
-        weight = super().step_weight()
+    def next_weight(self):
+        weight = super().next_weight()
         return weight * self.aug_weight if self.objective == "joint" else weight
 
     def forward(
@@ -100,23 +100,21 @@ class AblationLoss(FeatureTransformLoss):
             )
         if ref_emb is not None or ref_labels is not None:
             raise ValueError("ref_emb/ref_labels are not supported")
-        self.check_inputs(embeddings, labels)
+        self.check_inputs(embeddings, labels, indices_tuple)
         labels = c_f.to_device(labels, embeddings)
         self.reset_stats()
-        self.current_aug_weight = weight = self.step_weight() * self.aug_weight
+        self.current_aug_weight = weight = self.next_weight() * self.aug_weight
         n, self.num_augmented = embeddings.shape[0], 0
         if n == 0:
             return embeddings.sum() * 0.0
-        loss = self.compute_loss(embeddings, labels, indices_tuple, n)
-        if self.training and torch.is_grad_enabled() and self.warmup_iterations < 0:
-            self.observe_plateau(loss)  # the default start: once the loss stops falling
+        loss = self.inner_loss(embeddings, labels, indices_tuple, n)
         if weight > 0:
             aug, aug_labels = self.augment(embeddings, labels)
             self.num_augmented = aug.shape[0]
         if self.num_augmented > 0:
             all_embeddings = torch.cat([embeddings, aug])
             all_labels = torch.cat([labels, aug_labels.to(labels.dtype)])
-            extra = self.compute_loss(all_embeddings, all_labels, None, n, True)
+            extra = self.inner_loss(all_embeddings, all_labels, None, n, True)
             if not (torch.is_tensor(loss) and torch.is_tensor(extra)):
                 raise TypeError(
                     "the separate objective adds reduced losses, but the inner loss "
@@ -125,7 +123,7 @@ class AblationLoss(FeatureTransformLoss):
             loss = loss + weight * extra
         return self.checked(loss)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, n, augmented_only=False):
+    def inner_loss(self, embeddings, labels, indices_tuple, n, augmented_only=False):
         tuples = self.create_indices_tuple(embeddings, labels, indices_tuple, n)
         has_augmented = embeddings.shape[0] > n
         if has_augmented and (self.synthetic_role != "any" or augmented_only):

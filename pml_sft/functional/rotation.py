@@ -30,7 +30,7 @@ def rotate(x, src, dst, check=True):
     Rows whose centres are nearly antipodal (1 + <a, b> < ``ANTIPODAL_MARGIN``) use
     the equivalent plane form, which stays accurate there. Plain autograd:
     differentiable with respect to all three inputs. The computation is
-    :func:`pml_sft.upstream.sft_loss.rotate`.
+    :func:`pml_sft.upstream.sft_loss._rotate`.
 
     Args:
         x: (N, D) tensor of vectors to rotate (need not be unit vectors), D >= 2.
@@ -54,7 +54,7 @@ def rotate(x, src, dst, check=True):
         raise ValueError(f"rotations need at least 2 dimensions, got D={x.shape[1]}")
     if x.shape[0] == 0:
         return x.clone()
-    out = sft_loss.rotate(x, src, dst)
+    out = compute_rotate(x, src, dst)
     if check:
         # one host sync: a NaN or inf in x, src or dst reaches the output
         norms = torch.stack([src, dst]).to(out.dtype).norm(dim=2)
@@ -67,18 +67,24 @@ def rotate(x, src, dst, check=True):
     return out.to(x.dtype)
 
 
+def compute_rotate(x, src, dst):
+    """The upstream rotation in the compute dtype (float32 for half precision)."""
+    compute = sft_loss._compute_dtype(x.dtype)
+    return sft_loss._rotate(*(t.to(compute) for t in (x, src, dst)))
+
+
 def rotate_scaled(x, src, dst):
     """The rotation of finite rows so large that the closed form overflows (its
     coefficients exceed |x| by up to 1 / (1 + <src, dst>)): R x = s R (x / s) for the
     largest entry s of each row, as R is linear."""
     scale = x.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-    out = sft_loss.rotate(x / scale, src, dst) * scale.to(
-        sft_loss.compute_dtype(x.dtype)
+    out = compute_rotate(x / scale, src, dst) * scale.to(
+        sft_loss._compute_dtype(x.dtype)
     )
     if not bool(torch.isfinite(out).all()):
         raise ValueError(
             "rotate: the rotated rows do not fit in "
-            f"{sft_loss.compute_dtype(x.dtype)} (their norms overflow)"
+            f"{sft_loss._compute_dtype(x.dtype)} (their norms overflow)"
         )
     return out
 
@@ -116,6 +122,6 @@ def great_circle_point(a, b, t):
     """:func:`slerp` for inputs already checked."""
     if t == 1:
         return b
-    c, s, v = sft_loss.plane_basis(a, b)
+    c, s, v = sft_loss._plane_basis(a, b)
     angle = t * torch.atan2(s, c).unsqueeze(1)
     return torch.cos(angle) * a + torch.sin(angle) * v

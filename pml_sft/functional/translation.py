@@ -1,42 +1,40 @@
 """Feature translation (Yin et al., CVPR 2019): the baseline that SFT improves on."""
 
-import torch
-
-from ..utils.checks import check_embeddings, check_finite, check_same_layout
+from ..upstream.sft_loss import _compute_dtype, _translate, _unit
+from ..utils.checks import check_directions, check_embeddings, check_same_layout
 
 
 def translate(x, src, dst, renormalize=True):
-    """Move each row of ``x`` by ``dst - src``: x' = x - src + dst.
+    """Move the direction u = x / |x| of each row of ``x`` by ``dst - src``.
 
-    This is the transfer used by feature-transfer learning, which assumes every class
-    has the same covariance in Euclidean space. On the hypersphere it leaves the
-    sphere, so by default the result is L2-normalised again.
+    This is the transfer of feature-transfer learning, which assumes every class has
+    the same covariance in Euclidean space. On the hypersphere ``u - src + dst``
+    leaves the sphere, so by default the result is given the norm of x again (unit
+    rows stay unit rows), as SFT's rotation keeps it.
 
     Args:
-        x: (N, D) tensor.
-        src: (N, D) tensor, e.g. the source class centre of each row.
-        dst: (N, D) tensor, e.g. the target class centre of each row.
-        renormalize: L2-normalise the translated rows. A row that translates to the
-            zero vector cannot be normalised and raises ``ValueError``.
+        x: (N, D) tensor without zero rows.
+        src: (N, D) unit vectors, e.g. the source class centre of each row.
+        dst: (N, D) unit vectors, e.g. the target class centre of each row.
+        renormalize: give each translated row the norm of its row of x; False
+            returns ``|x| (u - src + dst)`` (for unit x: ``x - src + dst``).
 
     Returns:
-        (N, D) tensor with the dtype and device of ``x``.
+        (N, D) tensor with the dtype and device of ``x`` (float16/bfloat16 are
+        computed in float32). A row whose direction translates to the zero vector
+        (u = src - dst) comes back as zeros.
     """
     check_embeddings(x, "x")
     check_same_layout(x, "x", src, "src")
     check_same_layout(x, "x", dst, "dst")
     if x.shape[0] == 0:
         return x.clone()
-    out = x - src + dst
-    check_finite(out, "translate: x - src + dst")
-    if not renormalize:
-        return out
-    compute = out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
-    norms = torch.linalg.vector_norm(compute, dim=1, keepdim=True)
-    smallest = norms.min().item()
-    if not smallest > torch.finfo(compute.dtype).tiny:
-        raise ValueError(
-            "translate: a translated row is the zero vector and cannot be "
-            "renormalised (x == src - dst)"
-        )
-    return (compute / norms).to(x.dtype)
+    check_directions(x, "x")
+    for name, t in (("src", src), ("dst", dst)):
+        check_directions(t, name)
+    compute = _compute_dtype(x.dtype)
+    x, a, b = (t.to(compute) for t in (x, src, dst))
+    if renormalize:
+        return _translate(x, a, b).to(src.dtype)
+    unit, norms = _unit(x)
+    return ((unit - a + b) * norms).to(src.dtype)

@@ -1,3 +1,4 @@
+from .checked_loss import CheckedLoss
 from .densely_anchored_sampling_loss import DenselyAnchoredSamplingLoss
 from .embedding_expansion_loss import EmbeddingExpansionLoss
 from .feature_transform_loss import (

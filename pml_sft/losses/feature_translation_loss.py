@@ -1,11 +1,13 @@
-from ..augmenters import FeatureTranslation
-from .built_in_augmenter_loss import BuiltInAugmenterLoss
+from .sft_loss import SFTLoss
 
 
-class FeatureTranslationLoss(BuiltInAugmenterLoss):
-    """The translation baseline (x - c_i + c_j, renormalised; Yin et al., CVPR 2019)
-    with the signature of :class:`SFTLoss`, for like-for-like comparisons:
-    ``FeatureTranslationLoss(loss, miner=None, num_targets=1, total_iterations=None,
-    warmup_iterations=None, ramp_iterations=None)``."""
+class FeatureTranslationLoss(SFTLoss):
+    """The translation baseline (feature transfer, Yin et al., CVPR 2019):
+    :class:`SFTLoss` with ``transform="translation"``, each copy moved by
+    ``c_j - c_i`` on the direction of its source, norm kept. Same options as
+    :class:`SFTLoss` otherwise, for like-for-like comparisons."""
 
-    augmenter_class = FeatureTranslation
+    def __init__(self, loss, miner=None, num_targets=1, **kwargs):
+        if "transform" in kwargs:
+            raise TypeError("FeatureTranslationLoss takes no transform: use SFTLoss")
+        super().__init__(loss, miner, num_targets, "translation", **kwargs)

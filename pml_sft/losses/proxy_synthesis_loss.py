@@ -78,9 +78,9 @@ class ProxySynthesisLoss(FeatureTransformLoss):
         first = self.class_proxies().shape[0]
         return aug, torch.arange(first, first + len(aug), device=labels.device)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, n):
+    def inner_loss(self, embeddings, labels, indices_tuple, n):
         if embeddings.shape[0] == n:
-            return super().compute_loss(embeddings, labels, indices_tuple, n)
+            return super().inner_loss(embeddings, labels, indices_tuple, n)
         tuples = self.create_indices_tuple(embeddings, labels, indices_tuple, n)
         attribute, axis = PROXY_PARAMETERS[type(self.loss).__name__]
         real = getattr(self.loss, attribute)

@@ -1,17 +1,88 @@
-from ..augmenters import SphericalFeatureTransform
-from .built_in_augmenter_loss import BuiltInAugmenterLoss
+from ..upstream import sft_loss
+from ..utils import target_sampling
+from .checked_loss import CheckedLoss
 
 
-class SFTLoss(BuiltInAugmenterLoss):
-    """The Spherical Feature Transform wrapper (Zhu et al., ECCV 2020) with the
-    signature of :class:`pml_sft.upstream.sft_loss.SFTLoss`, the file proposed to
-    PML, and the same samples for the same random state; pml-sft adds the input
-    checks, the statistics and keyed draws under torch.distributed.
+class SFTLoss(CheckedLoss, sft_loss.SFTLoss):
+    """The Spherical Feature Transform wrapper (Zhu et al., ECCV 2020): the class
+    proposed to PML (:class:`pml_sft.upstream.sft_loss.SFTLoss`, whose forward,
+    schedule, augmentation step and tuple handling run unchanged), with what
+    pml-sft adds around it: inputs checked once at the entry (:class:`CheckedLoss`),
+    reproducible draws, and draws that agree across ranks.
 
-    ``SFTLoss(loss, miner=None, num_targets=1, total_iterations=None,
-    warmup_iterations=None, ramp_iterations=None)``. For other centres, a generator
-    or the ablation options build the augmenter yourself:
-    ``FeatureTransformLoss(loss, SphericalFeatureTransform(...))``.
+    Each training call adds to the batch, for every sample whose class has at
+    least two samples in it, ``num_targets`` copies rotated from its class centre
+    onto other classes' centres (norms kept), labelled with those classes. The
+    wrapped loss, miner, distance and reducer see them as ordinary samples.
+
+    Args:
+        loss: the PML loss to wrap (see :meth:`supported_losses`).
+        miner: an optional miner, run on the enlarged batch.
+        num_targets: target classes per sample.
+        transform: ``"rotation"`` (SFT) or ``"translation"`` (the baseline,
+            ``x - c_i + c_j`` on the direction of x, norm kept).
+        total_iterations: the length of training: no augmentation for the first
+            half, then the augmented loss's weight ramps from 0 to 1 over the next
+            quarter (the schedule validated in benchmarks/results).
+        warmup_iterations: iterations before augmentation starts (default half of
+            ``total_iterations``; 0: from the first call). This or
+            ``total_iterations`` is required.
+        ramp_iterations: iterations of the ramp (default a quarter of
+            ``total_iterations``, else 0).
+        generator: a ``torch.Generator`` for the random draws (targets and extra
+            tuples); its state is saved in ``state_dict``, so a resumed run draws
+            the same. Without one, torch's global RNG.
+        keyed_draws: draw targets by a hash of each sample's content and a per-call
+            seed (rank 0's under torch.distributed), so that every rank of
+            ``DistributedLossWrapper`` makes the same samples. None (default): keyed
+            under torch.distributed only.
+        collect_stats: record ``mean_center_angle`` (degrees between the source and
+            target centres); ``num_augmented`` and ``current_aug_weight`` are
+            always recorded.
+
+    An iteration is one call in training mode with gradients enabled; calls in
+    eval mode or under ``torch.no_grad()`` return the plain loss and change no
+    state. With gradient accumulation over m calls per optimiser step, give the
+    schedule in calls (m times the steps).
     """
 
-    augmenter_class = SphericalFeatureTransform
+    def __init__(
+        self,
+        loss,
+        miner=None,
+        num_targets=1,
+        transform="rotation",
+        total_iterations=None,
+        warmup_iterations=None,
+        ramp_iterations=None,
+        generator=None,
+        keyed_draws=None,
+        collect_stats=None,
+    ):
+        super().__init__(
+            loss,
+            miner,
+            num_targets,
+            transform,
+            total_iterations,
+            warmup_iterations,
+            ramp_iterations,
+            collect_stats=collect_stats,
+        )
+        self.generator = target_sampling.checked_generator(generator)
+        self.keyed_draws = keyed_draws
+
+    def draw_generator(self):
+        return self.generator
+
+    def target_scores(self, embeddings, center_labels):
+        keyed = target_sampling.is_keyed(self.keyed_draws)
+        return target_sampling.target_scores(
+            embeddings, center_labels, keyed, self.generator
+        )
+
+    def get_extra_state(self):
+        return target_sampling.generator_state(self.generator)
+
+    def set_extra_state(self, state):
+        target_sampling.load_generator_state(self.generator, state, type(self).__name__)

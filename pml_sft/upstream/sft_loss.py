@@ -1,5 +1,7 @@
 """Spherical Feature Transform, https://arxiv.org/abs/2008.01469 (ECCV 2020)."""
 
+import math
+
 import torch
 from pytorch_metric_learning.losses.base_loss_wrapper import BaseLossWrapper
 from pytorch_metric_learning.losses.base_metric_loss_function import (
@@ -11,10 +13,6 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 # Rows with 1 + <src, dst> below this are rotated with the plane form, which stays
 # accurate for (nearly) antipodal centres; the closed form divides by 1 + <src, dst>.
 ANTIPODAL_MARGIN = 0.1
-# Without a schedule, augmentation starts once the mean plain loss over a window of
-# PLATEAU_WINDOW steps fell by less than PLATEAU_TOLERANCE (relative) from the last.
-PLATEAU_WINDOW, PLATEAU_TOLERANCE = 100, 0.05
-
 NO_LABELS = "it takes no labels, and synthetic samples exist only through labels"
 UNSUPPORTED_LOSSES = {
     "CrossBatchMemory": "it would keep synthetic samples, made from the current "
@@ -23,88 +21,111 @@ UNSUPPORTED_LOSSES = {
     "NPairsLoss": "it uses only the first positive pair of each class, which is "
     "always made of real samples, so augmentation would have no effect",
     "SelfSupervisedLoss": NO_LABELS,
+    "SFTLoss": "it is SFTLoss itself; wrap the inner loss once",
     "SmoothAPLoss": "it needs equal, contiguous class blocks, which randomly drawn "
     "target classes do not keep",
     "VICRegLoss": NO_LABELS,
 }
+SUPPORTED_LOSSES = (
+    "AngularLoss ArcFaceLoss CircleLoss ContrastiveLoss CosFaceLoss "
+    "DynamicSoftMarginLoss FastAPLoss GeneralizedLiftedStructureLoss HistogramLoss "
+    "InstanceLoss IntraPairVarianceLoss LargeMarginSoftmaxLoss LiftedStructureLoss "
+    "MarginLoss MultipleLosses MultiSimilarityLoss NCALoss NormalizedSoftmaxLoss "
+    "NTXentLoss P2SGradLoss PNPLoss ProxyAnchorLoss ProxyNCALoss RankedListLoss "
+    "SignalToNoiseRatioContrastiveLoss SoftTripleLoss SphereFaceLoss "
+    "SubCenterArcFaceLoss SupConLoss ThresholdConsistentMarginLoss "
+    "TripletMarginLoss TupletMarginLoss"
+).split()
 # losses that take no indices_tuple, so no miner can act on them
 NO_TUPLES = ("InstanceLoss", "P2SGradLoss", "PNPLoss", "RankedListLoss")
+TRANSFORMS = ("rotation", "translation")
 
 
-def compute_dtype(dtype):  # float16 and bfloat16 are computed in float32
+def _compute_dtype(dtype):  # float16 and bfloat16 are computed in float32
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def inner(a, b):  # row-wise inner products of two (N, D) tensors
+def _inner(a, b):  # row-wise inner products of two (N, D) tensors
     return (a * b).sum(dim=1)
 
 
-def plane_basis(a, b):
+def _plane_basis(a, b):
     """For unit rows a, b: cos t = <a, b>, sin t, and the unit v orthogonal to a with
     b = cos t a + sin t v. Where b = +-a, v is any unit vector orthogonal to a."""
-    c = inner(a, b)
+    c = _inner(a, b)
     w = b - c.unsqueeze(1) * a
     # again (b - c a cancels when b ~ -a), exactly for a of norm not quite 1
-    w = w - (inner(a, w) / inner(a, a)).unsqueeze(1) * a
+    w = w - (_inner(a, w) / _inner(a, a)).unsqueeze(1) * a
     s = w.norm(dim=1)  # where w is rounding noise: use e_k - <a, e_k> a
     degenerate = s < torch.finfo(a.dtype).eps
     k = a.abs().argmin(dim=1, keepdim=True)
     u = torch.zeros_like(a).scatter_(1, k, 1.0) - a.gather(1, k) * a
     u = u / u.norm(dim=1, keepdim=True)
-    w = w / torch.where(degenerate, 1 + s, s)[:, None]
-    return c, s, torch.where(degenerate[:, None], u, w)
+    w = w / torch.where(degenerate, 1 + s, s).unsqueeze(1)
+    return c, s, torch.where(degenerate.unsqueeze(1), u, w)
 
 
-def rotate(x, src, dst):
-    """Rotate each row of ``x`` (N, D) by the minimal rotation R carrying the unit row
-    ``src`` onto the unit row ``dst`` (it turns span{src, dst} and is the identity on
-    its orthogonal complement), in O(N D). With a = src, b = dst:
-
-        R x = x - (<a + b, x> / (1 + <a, b>)) (a + b) + 2 <a, x> b
-
-    Nearly antipodal rows use the plane form, with b = cos t a + sin t v:
-    R x = x + (cos t - 1)(<a,x> a + <v,x> v) + sin t (<a,x> v - <v,x> a); for b = -a,
-    a half-turn towards a fixed orthogonal direction. Half precision: in float32.
-    """
-    x, a, b = (t.to(compute_dtype(x.dtype)) for t in (x, src, dst))
-    p, q, denom = inner(a, x), inner(b, x), 1 + inner(a, b)
+def _rotate(x, a, b):
+    """Each row of x (any norm) turned by the minimal rotation R carrying the unit
+    row a onto the unit row b (it turns span{a, b}, the identity elsewhere), in
+    O(N D): R x = x - (<a + b, x> / (1 + <a, b>)) (a + b) + 2 <a, x> b. Nearly
+    antipodal rows use the plane form, with b = cos t a + sin t v:
+    R x = x + (cos t - 1)(<a,x> a + <v,x> v) + sin t (<a,x> v - <v,x> a)."""
+    p, q, denom = _inner(a, x), _inner(b, x), 1 + _inner(a, b)
     near = denom < ANTIPODAL_MARGIN
     k = (p + q) / torch.where(near, torch.ones_like(denom), denom)
     out = torch.addcmul(x, -k.unsqueeze(1), a).addcmul((2 * p - k).unsqueeze(1), b)
-    if bool(near.any()):
+    if bool(near.any()):  # a host sync; rare rows, computed apart
         rows = near.nonzero(as_tuple=False).squeeze(1)
-        c, s, v = plane_basis(a[rows], b[rows])
-        p, r = p[rows], inner(v, x[rows])
+        c, s, v = _plane_basis(a[rows], b[rows])
+        p, r = p[rows], _inner(v, x[rows])
         in_plane = ((c - 1) * p - s * r).unsqueeze(1) * a[rows]
         in_plane = in_plane + ((c - 1) * r + s * p).unsqueeze(1) * v
         out = out.index_copy(0, rows, x[rows] + in_plane)
     return out
 
 
-def class_sums(embeddings, labels):
-    """(labels (K,), inverse (N,), per-class sums (K, D), counts (K,)) for the classes
-    present; half precision is summed in float32. Differentiable."""
+def _translate(x, a, b):
+    """x moved by the unit centres' difference on its direction, norm kept:
+    |x| normalize(x / |x| - a + b) (feature transfer, Yin et al., CVPR 2019)."""
+    unit, norms = _unit(x)
+    return _unit(unit - a + b)[0] * norms
+
+
+MOVES = {"rotation": _rotate, "translation": _translate}
+
+
+def _unit(x):
+    """Unit rows and norms (N, 1) of x, exact also where squares under- or overflow
+    (zero rows stay zero)."""
+    scale = x.abs().max(dim=1, keepdim=True).values.clamp(min=torch.finfo(x.dtype).tiny)
+    norms = (x / scale).norm(dim=1, keepdim=True)
+    return x / scale / norms.clamp(min=0.5), norms * scale
+
+
+def _class_sums(unit, labels):
+    """(labels (K,), inverse (N,), per-class sums (K, D), counts (K,)) of the
+    classes present. Differentiable."""
     unique, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
-    x = embeddings.to(compute_dtype(embeddings.dtype))
-    sums = x.new_zeros(len(unique), x.shape[1]).index_add(0, inverse, x)
+    sums = unit.new_zeros(len(unique), unit.shape[1]).index_add(0, inverse, unit)
     return unique, inverse, sums, counts
 
 
-def batch_class_centers(embeddings, labels, min_samples=2):
-    """The unit mean of each class with at least ``min_samples`` samples (and a
-    non-zero mean). Returns (labels (K,), centers (K, D), sample_rows (N,)): for each
-    sample the row of its class's centre, or -1 when the class has none."""
-    unique, inverse, sums, counts = class_sums(embeddings, labels)
+def _batch_class_centers(unit, labels, min_samples=2):
+    """The unit mean of each class with at least ``min_samples`` rows (and a non-zero
+    mean) among the unit rows. Returns (labels (K,), centers (K, D), rows (N,)): for
+    each row the row of its class's centre, or -1."""
+    unique, inverse, sums, counts = _class_sums(unit, labels)
     norms = sums.norm(dim=1)
     valid = (counts >= min_samples) & (norms > torch.finfo(sums.dtype).eps)
     row = torch.where(valid, valid.cumsum(0) - 1, torch.full_like(counts, -1))
     return unique[valid], sums[valid] / norms[valid].unsqueeze(1), row[inverse]
 
 
-def draw_targets(allowed, num_targets, scores):
-    """For each source (row of the (S, K) bool ``allowed``) up to ``num_targets``
-    distinct allowed columns, uniformly at random: the highest of the (S, K) scores
-    in [0, 1). Returns (source positions (M,), target columns (M,))."""
+def _draw_targets(allowed, num_targets, scores):
+    """For each row of the (N, K) bool ``allowed``, up to ``num_targets`` distinct
+    allowed columns: those of highest score (scores in [0, 1); a negative score
+    also disallows). Returns (row positions (M,), columns (M,))."""
     k = min(num_targets, allowed.shape[1])
     top = scores.masked_fill(~allowed, -1.0).topk(k, dim=1)
     keep = (top.values >= 0).reshape(-1)
@@ -113,33 +134,62 @@ def draw_targets(allowed, num_targets, scores):
     return positions[keep], top.indices.reshape(-1)[keep]
 
 
-def random_triplets(labels, anchors):
-    """One random (anchor, positive, negative) triplet for each row in ``anchors``
-    that has a positive and a negative among ``labels``."""
-    same = labels[anchors].unsqueeze(1) == labels.unsqueeze(0)
-    scores = torch.rand(same.shape, device=labels.device)
-    positives = scores.masked_fill(~same, -1)  # an anchor is not its own positive:
-    positives[torch.arange(len(anchors), device=labels.device), anchors] = -1
-    p, neg = positives.max(dim=1), scores.masked_fill(same, -1).max(dim=1)
-    keep = (p.values >= 0) & (neg.values >= 0)
-    return anchors[keep], p.indices[keep], neg.indices[keep]
+def _transform(embeddings, labels, center_labels, centers, scores, move, k=1):
+    """The augmentation step: each row whose label has one of the unit ``centers``
+    moved from its centre onto up to ``k`` other centres, those of highest
+    ``scores`` (N, K). Returns (moved rows (M, D) in the embeddings' dtype, source
+    rows (M,), source centre rows (M,), target centre rows (M,))."""
+    own = labels.unsqueeze(1) == center_labels.unsqueeze(0)
+    sources, targets = _draw_targets(own.any(1, keepdim=True) & ~own, k, scores)
+    own_rows = own[sources].float().argmax(dim=1)
+    x = embeddings[sources].to(_compute_dtype(embeddings.dtype))
+    table = centers.to(x.dtype)
+    moved = move(x, table[own_rows], table[targets])
+    return moved.to(embeddings.dtype), sources, own_rows, targets
+
+
+def _random_partners(labels, anchors, same, scores):
+    """For each anchor a random row with its label (``same``, never itself) or with
+    another label, from (A, N) scores; -1 where there is none."""
+    match = labels[anchors].unsqueeze(1) == labels.unsqueeze(0)
+    if same:
+        match[torch.arange(len(anchors), device=labels.device), anchors] = False
+    best = scores.masked_fill(~match if same else match, -1.0).max(dim=1)
+    return best.indices.masked_fill(best.values < 0, -1)
+
+
+def _mix(plain, augmented, weight):
+    """(1 - w) plain + w augmented; loss dicts (DoNothingReducer) keep every entry,
+    its losses scaled, the plain ones under '<name>_plain'."""
+    if not isinstance(plain, dict):
+        return (1 - weight) * plain + weight * augmented
+    mixed = {k: dict(v, losses=v["losses"] * weight) for k, v in augmented.items()}
+    for k, v in plain.items():
+        mixed[k + "_plain"] = dict(v, losses=v["losses"] * (1 - weight))
+    return mixed
 
 
 class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
-    """Wraps a loss and adds rotated copies to each training batch: a sample of
-    class i is rotated from the centre of i onto that of another class j of the batch
-    and labelled j. Use DistributedLossWrapper with efficient=False.
+    """Wraps a loss and adds moved copies to each training batch: a sample of class
+    i is rotated from the centre of i onto that of another class j of the batch
+    and labelled j. It extends BaseMetricLossFunction only so that
+    DistributedLossWrapper accepts it (use efficient=False); the wrapped loss's
+    distance and reducer apply, so it keeps none of its own.
 
     Args:
         loss: the loss to wrap.
         miner: an optional miner, run on the batch with the synthetic samples.
         num_targets: target classes per sample (k synthetic samples each).
-        total_iterations: the length of training, for the validated schedule: no
-            augmentation for the first half, then the weight of the augmented loss
-            ramps from 0 to 1 over the next quarter. Without it, augmentation
-            starts once the loss stops falling (PLATEAU_*), then ramps likewise.
-        warmup_iterations, ramp_iterations: the iterations without augmentation
-            and of the ramp (default: a half and a quarter of ``total_iterations``).
+        transform: "rotation" (SFT) or "translation" (x - c_i + c_j on the
+            direction of x, the baseline SFT improves on); both keep norms.
+        total_iterations: the length of training: no augmentation for the first
+            half, then the augmented loss's weight ramps from 0 to 1 over the
+            next quarter.
+        warmup_iterations: iterations without augmentation (default: half of
+            total_iterations; 0 augments from the first one). This or
+            total_iterations is required.
+        ramp_iterations: iterations of the ramp (default: a quarter of
+            total_iterations, else 0).
     """
 
     def __init__(
@@ -147,6 +197,7 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         loss,
         miner=None,
         num_targets=1,
+        transform="rotation",
         total_iterations=None,
         warmup_iterations=None,
         ramp_iterations=None,
@@ -159,46 +210,51 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         del self.distance, self.reducer  # the wrapped loss's apply
         if not (isinstance(num_targets, int) and num_targets >= 1):
             raise ValueError(f"num_targets must be an int >= 1, got {num_targets!r}")
+        if transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {TRANSFORMS}: {transform!r}")
         schedule = (total_iterations, warmup_iterations, ramp_iterations)
         for name, v in zip(("total", "warmup", "ramp"), schedule):
             if not (v is None or (isinstance(v, int) and v >= 0)):
                 raise ValueError(f"{name}_iterations takes None or an int >= 0: {v!r}")
+        if total_iterations is None and warmup_iterations is None:
+            raise ValueError(
+                "pass total_iterations (the length of training: augmentation starts "
+                "half-way and ramps up over the next quarter) or warmup_iterations "
+                "(the iterations before augmentation starts; 0 for at once)"
+            )
         if miner is not None and type(loss).__name__ in NO_TUPLES:
             raise ValueError(f"{type(loss).__name__} takes no indices_tuple: no miner")
-        if total_iterations is not None:
-            warmup, ramp = total_iterations // 2, total_iterations // 4
-        else:  # the plateau start (warmup -2 until it is reached), ramp: half of it
-            warmup, ramp = (-2, -1) if warmup_iterations is None else (0, 0)
-        warmup = warmup if warmup_iterations is None else warmup_iterations
-        ramp = ramp if ramp_iterations is None else ramp_iterations
-        unreduced = type(getattr(loss, "reducer", None)).__name__ == "DoNothingReducer"
-        if unreduced and warmup < 0:  # the plateau start watches the reduced loss
-            raise ValueError("with DoNothingReducer pass total_iterations: no plateau")
-        self.loss, self.miner, self.num_targets = loss, miner, num_targets
-        self.warmup_iterations, self.ramp_iterations = warmup, ramp
+        total = total_iterations or 0
+        self.warmup_iterations = (
+            total // 2 if warmup_iterations is None else warmup_iterations
+        )
+        self.ramp_iterations = (
+            total // 4 if ramp_iterations is None else ramp_iterations
+        )
+        self.loss, self.miner = loss, miner
+        self.num_targets, self.transform = num_targets, transform
+        self.step = 0  # mirrors the buffer, read without a device sync
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
-        self.register_buffer("schedule", torch.tensor([warmup, ramp]))
-        self.register_buffer("window_loss", torch.zeros(2, dtype=torch.float64))
-        names = ["num_targets", "warmup_iterations", "ramp_iterations"]
-        self.add_to_recordable_attributes(list_of_names=names, is_stat=False)
-        stats = ["num_augmented", "current_aug_weight"]
-        self.add_to_recordable_attributes(list_of_names=stats, is_stat=True)
+        schedule = [self.warmup_iterations, self.ramp_iterations]
+        self.register_buffer("schedule", torch.tensor(schedule))
+        self.add_to_recordable_attributes(
+            list_of_names=["num_targets", "warmup_iterations", "ramp_iterations"],
+            is_stat=False,
+        )
+        self.add_to_recordable_attributes(
+            list_of_names=["num_augmented", "current_aug_weight", "mean_center_angle"],
+            is_stat=True,
+        )
 
     @staticmethod
     def supported_losses():
-        """Every loss PML exports, except UNSUPPORTED_LOSSES."""
-        from pytorch_metric_learning import losses
-
-        names = [n for n in dir(losses) if n.endswith(("Loss", "Losses"))]
-        names = [n for n in names if not n.startswith(("Base", "Generic", "SFT"))]
-        return [n for n in names if n not in UNSUPPORTED_LOSSES]
+        return list(SUPPORTED_LOSSES)
 
     @classmethod
     def check_loss_support(cls, loss_name):
-        if loss_name in UNSUPPORTED_LOSSES:
-            raise ValueError(
-                f"{cls.__name__} cannot wrap {loss_name}: {UNSUPPORTED_LOSSES[loss_name]}"
-            )
+        if loss_name not in cls.supported_losses():
+            reason = UNSUPPORTED_LOSSES.get(loss_name, "it is not a tested loss")
+            raise ValueError(f"{cls.__name__} cannot wrap {loss_name}: {reason}")
 
     def forward(
         self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None
@@ -206,77 +262,79 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         if ref_emb is not None or ref_labels is not None:
             raise ValueError("no ref_emb: synthetic samples join the batch itself")
         c_f.labels_required(labels)
+        c_f.check_shapes(embeddings, labels)
         labels = c_f.to_device(labels, embeddings)
         self.reset_stats()
-        self.current_aug_weight = weight = self.step_weight()
-        self.num_augmented, n = 0, len(embeddings)
+        self.current_aug_weight = weight = self.next_weight()
+        n, aug = len(embeddings), embeddings[:0]
         if weight > 0:
             aug, aug_labels = self.augment(embeddings, labels)
             self.num_augmented = len(aug)
-        if self.num_augmented == 0:
-            loss = self.compute_loss(embeddings, labels, indices_tuple, n)
-            if self.training and torch.is_grad_enabled() and self.warmup_iterations < 0:
-                self.observe_plateau(loss)
-            return loss
+        if len(aug) == 0:
+            return self.inner_loss(embeddings, labels, indices_tuple, n)
         all_embeddings = torch.cat([embeddings, aug])
         all_labels = torch.cat([labels, aug_labels.to(labels.dtype)])
-        loss = self.compute_loss(all_embeddings, all_labels, indices_tuple, n)
+        loss = self.inner_loss(all_embeddings, all_labels, indices_tuple, n)
         if weight < 1:
-            plain = self.compute_loss(embeddings, labels, indices_tuple, n)
-            loss = (1 - weight) * plain + weight * loss
+            plain = self.inner_loss(embeddings, labels, indices_tuple, n)
+            loss = _mix(plain, loss, weight)
         return loss
 
-    def compute_loss(self, embeddings, labels, indices_tuple, n):
+    def next_weight(self):
+        """The augmented loss's weight at this call. A call in training mode with
+        gradients enabled counts as one iteration; others augment nothing."""
+        if not (self.training and torch.is_grad_enabled()):
+            return 0.0
+        self.step += 1
+        self.iteration.fill_(self.step)
+        t = self.step - self.warmup_iterations
+        if t <= 0:
+            return 0.0
+        return min(1.0, t / self.ramp_iterations) if self.ramp_iterations else 1.0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "schedule")
+        if saved is not None and saved.tolist() != self.schedule.tolist():
+            raise ValueError(
+                f"the state's schedule (warmup, ramp) is {saved.tolist()}, but this "
+                f"{type(self).__name__} was built with {self.schedule.tolist()}"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.step = int(self.iteration)
+
+    def inner_loss(self, embeddings, labels, indices_tuple, n):
         """The wrapped loss on a batch whose first n rows are real."""
         tuples = self.create_indices_tuple(embeddings, labels, indices_tuple, n)
         return self.loss(embeddings, labels, tuples)
 
-    def step_weight(self):
-        """The weight of the augmented loss at this training step; a call with
-        gradients enabled advances the schedule (a buffer, saved in ``state_dict``),
-        one under no_grad gets the weight of the next step without advancing it."""
-        self.warmup_iterations, self.ramp_iterations = self.schedule.tolist()
-        t = int(self.iteration) + 1 - self.warmup_iterations
-        self.iteration += int(self.training and torch.is_grad_enabled())
-        if not self.training or self.warmup_iterations < 0 or t <= 0:
-            return 0.0
-        return min(1.0, t / self.ramp_iterations) if self.ramp_iterations > 0 else 1.0
+    def random_scores(self, size, device):
+        """Uniform scores in [0, 1) for the random draws (targets and tuples)."""
+        return torch.rand(size, device=device)
 
-    def observe_plateau(self, loss):
-        """Adds a training step's plain loss to the window; at the end of a window
-        that fell too little, augmentation starts, ramping over half the steps so far.
-        """
-        self.window_loss[0] += loss.detach().double().sum()
-        step = int(self.iteration)
-        if step % PLATEAU_WINDOW:
-            return
-        mean = float(self.window_loss[0]) / PLATEAU_WINDOW
-        drop = float(self.window_loss[1]) - mean
-        if step > PLATEAU_WINDOW and drop < PLATEAU_TOLERANCE * abs(mean + drop):
-            ramp = step // 2 if self.ramp_iterations < 0 else self.ramp_iterations
-            self.schedule.copy_(torch.tensor([step, ramp]))
-        self.window_loss.copy_(torch.tensor([0.0, mean]))
+    def target_scores(self, embeddings, center_labels):
+        """(N, K) scores ranking each sample's target classes."""
+        size = (len(embeddings), len(center_labels))
+        return self.random_scores(size, embeddings.device)
 
     def augment(self, embeddings, labels):
-        """Up to ``num_targets`` rotated copies of each sample whose class has a
-        batch centre, each onto another class's centre, with that class's label."""
-        x = torch.nn.functional.normalize(
-            embeddings.to(compute_dtype(embeddings.dtype)), dim=1
+        """Up to ``num_targets`` moved copies of each sample whose class has a batch
+        centre, each onto another class's centre, with that class's label."""
+        unit, _ = _unit(embeddings.detach().to(_compute_dtype(embeddings.dtype)))
+        center_labels, centers, _ = _batch_class_centers(unit, labels)
+        scores = self.target_scores(embeddings, center_labels)
+        move = MOVES[self.transform]
+        aug, _, src, dst = _transform(
+            embeddings, labels, center_labels, centers, scores, move, self.num_targets
         )
-        center_labels, centers, rows = batch_class_centers(x.detach(), labels)
-        sources = (rows >= 0).nonzero(as_tuple=False).squeeze(1)
-        own = rows[sources]
-        allowed = own.unsqueeze(1) != torch.arange(len(centers), device=own.device)
-        scores = torch.rand(allowed.shape, device=allowed.device)
-        positions, targets = draw_targets(allowed, self.num_targets, scores)
-        sources = sources[positions]
-        aug = rotate(x[sources], centers[rows[sources]], centers[targets])
-        return aug.to(embeddings.dtype), center_labels[targets]
+        if self.collect_stats and len(aug) > 0:
+            cos = _inner(centers[src], centers[dst]).clamp(-1, 1)
+            self.mean_center_angle = math.degrees(torch.acos(cos).mean().item())
+        return aug, center_labels[dst]
 
     def create_indices_tuple(self, embeddings, labels, indices_tuple, n):
-        """The miner's tuples on the (enlarged) batch, with ``indices_tuple`` (mined
-        on the n real rows) kept; without a miner, ``indices_tuple`` plus every pair
-        that involves a synthetic row, or random triplets anchored at them."""
+        """The miner's tuples on the batch, plus ``indices_tuple`` (mined on the n
+        real rows). Without a miner, ``indices_tuple`` plus as many random tuples
+        per synthetic row as it holds per real row, anchored at synthetic rows."""
         if self.miner is not None:
             mined = self.miner(embeddings, labels)
             if indices_tuple is None:
@@ -286,14 +344,27 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
                 convert = lmu.convert_to_pairs if pairs else lmu.convert_to_triplets
                 indices_tuple = convert(indices_tuple, labels)
             return c_f.concatenate_indices_tuples(mined, indices_tuple)
-        if indices_tuple is None or len(embeddings) == n:
+        m = len(labels) - n
+        if indices_tuple is None or m == 0:
             return indices_tuple
+        device = labels.device
+
+        def anchors(mined):  # len(mined) * m / n synthetic rows, at random
+            count = int(round(len(mined) * m / max(n, 1)))
+            draws = self.random_scores((count,), device) * m
+            return n + draws.long().clamp(max=m - 1)
+
+        def partners(a, same):
+            scores = self.random_scores((len(a), len(labels)), device)
+            return _random_partners(labels, a, same, scores)
+
         if len(indices_tuple) == 4:
-            a1, p, a2, neg = lmu.get_all_pairs_indices(labels)
-            pos, negs = (a1 >= n) | (p >= n), (a2 >= n) | (neg >= n)
-            extra = a1[pos], p[pos], a2[negs], neg[negs]
-        else:  # random triplets at synthetic anchors, as many per row as were mined
-            m = len(labels) - n
-            count = max(1, round(len(indices_tuple[0]) * m / max(n, 1)))
-            extra = random_triplets(labels, n + torch.randint(m, (count,)).to(labels))
+            a1, a2 = anchors(indices_tuple[0]), anchors(indices_tuple[2])
+            p, q = partners(a1, True), partners(a2, False)
+            extra = a1[p >= 0], p[p >= 0], a2[q >= 0], q[q >= 0]
+        else:
+            a = anchors(indices_tuple[0])
+            p, q = partners(a, True), partners(a, False)
+            keep = (p >= 0) & (q >= 0)
+            extra = a[keep], p[keep], q[keep]
         return c_f.concatenate_indices_tuples(indices_tuple, extra)

@@ -11,7 +11,8 @@ same targets.
 
 import torch
 
-from ..upstream.sft_loss import draw_targets  # noqa: F401 (re-exported)
+from ..upstream.sft_loss import _draw_targets as draw_targets  # noqa: F401
+from . import distributed
 
 MASK31 = (1 << 31) - 1
 
@@ -63,12 +64,57 @@ def keyed_scores(source_keys, candidate_labels, seed):
     return mixed.to(torch.float64) / (MASK31 + 1)
 
 
-def random_scores(num_sources, num_candidates, device, generator=None):
-    """Scores in [0, 1) from ``generator`` (drawn on its own device) or the global
-    RNG."""
+def random_scores(size, device, generator=None):
+    """Scores in [0, 1) of the given size, from ``generator`` (drawn on its own
+    device) or the global RNG."""
     if generator is None:
-        return torch.rand(num_sources, num_candidates, device=device)
-    scores = torch.rand(
-        num_sources, num_candidates, generator=generator, device=generator.device
-    )
-    return scores.to(device)
+        return torch.rand(size, device=device)
+    return torch.rand(size, generator=generator, device=generator.device).to(device)
+
+
+def target_scores(embeddings, center_labels, keyed, generator=None):
+    """(N, K) scores ranking each row's target classes: keyed by the rows' content
+    and a per-call seed (under torch.distributed rank 0's, so that every rank that
+    sees the same rows draws the same targets), or plain random draws."""
+    if not keyed:
+        size = (embeddings.shape[0], center_labels.shape[0])
+        return random_scores(size, embeddings.device, generator)
+    seed = draw_seed(generator)
+    if distributed.is_distributed():
+        seed = distributed.broadcast_from_first(seed, embeddings.device)
+    return keyed_scores(row_keys(embeddings), center_labels, seed)
+
+
+def is_keyed(keyed_draws):
+    """Whether draws are keyed: as asked, or (None) under torch.distributed."""
+    return distributed.is_distributed() if keyed_draws is None else keyed_draws
+
+
+def checked_generator(generator):
+    """``generator`` if it is None or a ``torch.Generator``; else a TypeError."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator, got {type(generator).__name__}"
+        )
+    return generator
+
+
+def generator_state(generator):
+    """The state to save for a generator (None for the global RNG)."""
+    return {"generator": None if generator is None else generator.get_state()}
+
+
+def load_generator_state(generator, state, owner):
+    """Restore a generator from :func:`generator_state`; an error when one side has
+    a generator and the other has none."""
+    saved = (state or {}).get("generator")
+    if (saved is None) != (generator is None):
+        raise ValueError(
+            f"cannot load the random draws of {owner}: the state was saved "
+            f"{'without' if saved is None else 'with'} a generator, and this one has "
+            f"{'one' if saved is None else 'none'}. Build both alike (without a "
+            "generator the draws come from torch's global RNG: save "
+            "torch.get_rng_state() with the checkpoint to resume them)"
+        )
+    if saved is not None:
+        generator.set_state(saved)

@@ -1,36 +1,71 @@
 import unittest
 
 import torch
-from pytorch_metric_learning.losses import (
-    ContrastiveLoss,
-    MultiSimilarityLoss,
-    NPairsLoss,
+
+from pytorch_metric_learning import losses
+from pytorch_metric_learning.distances import DotProductSimilarity
+from pytorch_metric_learning.losses.sft_loss import (
+    NO_TUPLES,
     SFTLoss,
-    TripletMarginLoss,
+    _batch_class_centers,
+    _rotate,
+    _translate,
 )
-from pytorch_metric_learning.losses.sft_loss import batch_class_centers, rotate
 from pytorch_metric_learning.miners import MultiSimilarityMiner
+from pytorch_metric_learning.reducers import DoNothingReducer
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from .. import TEST_DEVICE, TEST_DTYPES
 
+CLASSES, PER_CLASS, SIZE = 4, 4, 8
+PROXY_LOSSES = [
+    "ArcFaceLoss",
+    "CosFaceLoss",
+    "LargeMarginSoftmaxLoss",
+    "NormalizedSoftmaxLoss",
+    "ProxyAnchorLoss",
+    "ProxyNCALoss",
+    "SoftTripleLoss",
+    "SphereFaceLoss",
+    "SubCenterArcFaceLoss",
+]
 
-def reflection(u):
-    u = u / u.norm()
-    return torch.eye(len(u), dtype=torch.float64) - 2 * torch.outer(u, u)
+
+def build(name):
+    if name in PROXY_LOSSES:
+        return getattr(losses, name)(num_classes=CLASSES, embedding_size=SIZE)
+    if name == "P2SGradLoss":
+        return losses.P2SGradLoss(SIZE, CLASSES)
+    if name == "RankedListLoss":
+        return losses.RankedListLoss(margin=0.4, Tn=10)
+    if name == "DynamicSoftMarginLoss":  # (its histogram's last bin overflows)
+        return losses.DynamicSoftMarginLoss(min_val=-4.0)
+    if name == "MultipleLosses":
+        return losses.MultipleLosses([losses.ContrastiveLoss(), losses.NCALoss()])
+    return getattr(losses, name)()
 
 
 def rotation_matrix(a, b):
     """The minimal rotation taking unit a to unit b as an explicit float64 matrix: two
     reflections, a -> m and m -> b, with m = (a + b) / |a + b|."""
     a, b = a.double(), b.double()
-    if torch.equal(a, b):
-        return torch.eye(len(a), dtype=torch.float64)
     m = (a + b) / (a + b).norm()
-    return reflection(m - b) @ reflection(a - m)
+    eye = torch.eye(len(a), dtype=torch.float64)
+    u, w = a - m, m - b
+    u, w = u / u.norm(), w / w.norm()
+    first = eye - 2 * u.unsqueeze(1) * u.unsqueeze(0)
+    return (eye - 2 * w.unsqueeze(1) * w.unsqueeze(0)) @ first
 
 
 def unit(x):
     return torch.nn.functional.normalize(x, dim=1)
+
+
+def batch(dtype, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(CLASSES * PER_CLASS, SIZE, dtype=torch.float64) * 3
+    labels = torch.arange(CLASSES).repeat_interleave(PER_CLASS)
+    return x.to(TEST_DEVICE, dtype).requires_grad_(), labels.to(TEST_DEVICE)
 
 
 def tolerance(dtype):
@@ -38,7 +73,7 @@ def tolerance(dtype):
 
 
 class TestSFTLoss(unittest.TestCase):
-    def test_rotate(self):
+    def test_rotate_and_translate(self):
         torch.manual_seed(0)
         for dtype in TEST_DTYPES:
             x, a, b = torch.randn(3, 20, 16, dtype=torch.float64)
@@ -46,112 +81,158 @@ class TestSFTLoss(unittest.TestCase):
             b[0] = -a[0]  # antipodal: a half-turn
             b[1] = -unit(a[1] + 1e-3 * b[1:2])[0]  # nearly antipodal: plane form
             b[2] = a[2]  # identical: the identity
-            args = [t.to(TEST_DEVICE, dtype) for t in (x, a, b)]
-            out = rotate(*args).double().cpu()
-            x, a, b = (
-                t.double().cpu() for t in args
-            )  # the reference sees the rounding
+            cast = [t.to(TEST_DEVICE, dtype) for t in (x, a, b)]
+            compute = torch.float32 if dtype == torch.float16 else dtype
+            out = _rotate(*[t.to(compute) for t in cast]).double().cpu()
+            x, a, b = (t.double().cpu() for t in cast)  # the rounded inputs
             a, b = unit(a), unit(b)
             tol = tolerance(dtype)
             for i in range(1, 20):
-                expected = rotation_matrix(a[i], b[i]) @ x[i]
-                self.assertTrue(torch.allclose(out[i], expected, atol=tol * 10))
-            maps_src_to_dst = rotate(args[1], args[1], args[2]).double().cpu()
-            self.assertTrue(torch.allclose(maps_src_to_dst, b, atol=tol * 10))
+                expected = x[i] if i == 2 else rotation_matrix(a[i], b[i]) @ x[i]
+                self.assertTrue(torch.allclose(out[i], expected, atol=tol * 100))
             self.assertTrue(torch.allclose(out.norm(dim=1), x.norm(dim=1), rtol=tol))
+            moved = _translate(*[t.to(compute) for t in cast]).double().cpu()
+            direction = unit(unit(x) - a + b)
+            expected = direction * x.norm(dim=1, keepdim=True)
+            self.assertTrue(torch.allclose(moved[3:], expected[3:], atol=tol * 100))
 
     def test_batch_class_centers(self):
         for dtype in TEST_DTYPES:
             x = unit(torch.randn(7, 8, dtype=torch.float64))
             labels = torch.tensor([3, 1, 3, 1, 1, 5, 3])
-            center_labels, centers, rows = batch_class_centers(
+            center_labels, centers, rows = _batch_class_centers(
                 x.to(TEST_DEVICE, dtype), labels.to(TEST_DEVICE)
             )
             self.assertEqual(center_labels.tolist(), [1, 3])  # class 5: one sample
             self.assertEqual(rows.tolist(), [1, 0, 1, 0, 0, -1, 1])
             for row, c in enumerate([1, 3]):
                 expected = unit(x[labels == c].mean(dim=0, keepdim=True))[0]
-                self.assertTrue(
-                    torch.allclose(centers[row].double().cpu(), expected, atol=1e-3)
-                )
+                got = centers[row].double().cpu()
+                self.assertTrue(torch.allclose(got, expected, atol=1e-3))
 
     def test_loss_equals_reference(self):
-        # with 3 classes and num_targets=2, every sample is rotated onto both other
-        # classes, so the enlarged batch is known without the random draws
-        torch.manual_seed(1)
+        # with 4 classes and num_targets=3, every sample is rotated onto every other
+        # class, so the enlarged batch is known without the random draws
         for dtype in TEST_DTYPES:
-            for inner in [MultiSimilarityLoss(), TripletMarginLoss(margin=0.5)]:
-                x = torch.randn(12, 8, dtype=torch.float64)
-                labels = torch.arange(3).repeat_interleave(4)
-                centers = unit(
-                    torch.stack([unit(x)[labels == c].mean(0) for c in range(3)])
-                )
+            for inner in [losses.MultiSimilarityLoss(), losses.TripletMarginLoss()]:
+                emb, labels = batch(dtype)
+                x, y = emb.detach().double().cpu(), labels.cpu()
+                centers = unit(torch.stack([unit(x)[y == c].mean(0) for c in range(4)]))
                 rows, aug_labels = [], []
-                for i in range(12):
-                    for c in range(3):
-                        if c != labels[i]:
-                            R = rotation_matrix(centers[labels[i]], centers[c])
-                            rows.append(R @ unit(x)[i])
+                for i in range(len(x)):
+                    for c in range(CLASSES):
+                        if c != y[i]:
+                            rows.append(rotation_matrix(centers[y[i]], centers[c]) @ x[i])
                             aug_labels.append(c)
                 all_x = torch.cat([x, torch.stack(rows)])
-                all_labels = torch.cat([labels, torch.tensor(aug_labels)])
-                expected = inner(all_x, all_labels)
-                loss_func = SFTLoss(inner, num_targets=2, warmup_iterations=0)
-                emb = x.to(TEST_DEVICE, dtype).requires_grad_()
-                loss = loss_func(emb, labels.to(TEST_DEVICE))
+                expected = inner(all_x, torch.cat([y, torch.tensor(aug_labels)]))
+                loss_func = SFTLoss(inner, num_targets=3, warmup_iterations=0)
+                loss = loss_func(emb, labels)
                 loss.backward()
                 rtol = 1e-2 if dtype == torch.float16 else 1e-4
                 self.assertTrue(torch.isclose(loss.double().cpu(), expected, rtol=rtol))
-                self.assertEqual(loss_func.num_augmented, 24)
+                self.assertEqual(loss_func.num_augmented, 48)
                 self.assertTrue(torch.isfinite(emb.grad).all())
 
-    def test_schedule(self):
+    def test_norms_kept(self):
         for dtype in TEST_DTYPES:
-            inner = ContrastiveLoss()
-            loss_func = SFTLoss(inner, total_iterations=8)  # warm-up 4, ramp 2
-            emb = torch.randn(16, 8, device=TEST_DEVICE, dtype=dtype)
-            labels = torch.arange(4).repeat_interleave(4)
+            emb, labels = batch(dtype)
+            for transform in ["rotation", "translation"]:
+                for inner in [
+                    losses.ContrastiveLoss(distance=DotProductSimilarity()),
+                    losses.LargeMarginSoftmaxLoss(CLASSES, SIZE).to(TEST_DEVICE),
+                ]:
+                    loss_func = SFTLoss(inner, None, 3, transform, warmup_iterations=0)
+                    aug, _ = loss_func.augment(emb, labels)
+                    expected = emb.norm(dim=1).repeat_interleave(3)
+                    self.assertTrue(
+                        torch.allclose(aug.norm(dim=1), expected, rtol=tolerance(dtype))
+                    )
+
+    def test_supported_losses(self):
+        # every supported loss, with and without a miner and outer tuples: the
+        # augmented loss is finite and changes the direction of the gradient
+        emb, labels = batch(torch.float64)
+        pairs = [t[::7] for t in lmu.get_all_pairs_indices(labels)]
+        triplets = [t[::20] for t in lmu.get_all_triplets_indices(labels)]
+        for name in SFTLoss.supported_losses():
+            miners = [None] if name in NO_TUPLES else [None, MultiSimilarityMiner()]
+            outer = [None] if name in NO_TUPLES else [None, pairs, triplets]
+            for miner in miners:
+                for indices_tuple in outer:
+                    torch.manual_seed(1)  # a new loss each time, the same proxies
+                    plain = build(name).to(TEST_DEVICE).double()(
+                        emb, labels, indices_tuple
+                    )
+                    grad = torch.autograd.grad(plain, emb)[0].flatten()
+                    torch.manual_seed(1)
+                    inner = build(name).to(TEST_DEVICE).double()
+                    loss_func = SFTLoss(inner, miner, warmup_iterations=0)
+                    loss = loss_func(emb, labels, indices_tuple)
+                    self.assertTrue(torch.isfinite(loss), name)
+                    aug_grad = torch.autograd.grad(loss, emb)[0].flatten()
+                    cos = torch.nn.functional.cosine_similarity(grad, aug_grad, 0)
+                    self.assertLess(cos.item(), 1 - 1e-6, name)
+
+    def test_outer_tuples_keep_their_size(self):
+        emb, labels = batch(torch.float32)
+        inner = losses.ContrastiveLoss()
+        loss_func = SFTLoss(inner, warmup_iterations=0)
+        pairs = [t[:5] for t in lmu.get_all_pairs_indices(labels)]
+        all_labels = torch.cat([labels, labels])
+        enlarged = torch.cat([emb, emb])
+        kept = loss_func.create_indices_tuple(enlarged, all_labels, pairs, len(emb))
+        for given, got in zip(pairs, kept):
+            self.assertTrue(torch.equal(got[:5], given))
+            self.assertLessEqual(len(got), 10)  # as many per synthetic row
+        a1, p, a2, n = kept
+        self.assertTrue((all_labels[a1] == all_labels[p]).all())
+        self.assertTrue((all_labels[a2] != all_labels[n]).all())
+
+    def test_schedule_and_do_nothing_reducer(self):
+        for dtype in TEST_DTYPES:
+            emb, labels = batch(dtype)
+            inner = losses.ContrastiveLoss()
             plain = inner(emb, labels)
-            weights, changed = [], []
+            loss_func = SFTLoss(inner, total_iterations=8)  # warm-up 4, ramp 2
+            weights = []
             for _ in range(8):
                 loss = loss_func(emb, labels)
                 weights.append(loss_func.current_aug_weight)
-                changed.append(not torch.isclose(loss, plain))
+                self.assertEqual(bool(torch.isclose(loss, plain)), weights[-1] == 0)
             self.assertEqual(weights, [0, 0, 0, 0, 0.5, 1, 1, 1])
-            self.assertEqual(changed, [False] * 4 + [True] * 4)
-            loss_func.eval()
-            self.assertTrue(torch.isclose(loss_func(emb, labels), plain))
+            for evaluation in ["eval", "no_grad"]:
+                loss_func.train(evaluation != "eval")
+                with torch.set_grad_enabled(evaluation != "no_grad"):
+                    self.assertTrue(torch.isclose(loss_func(emb, labels), plain))
             self.assertEqual(int(loss_func.iteration), 8)
+            unreduced = losses.ContrastiveLoss(reducer=DoNothingReducer())
+            loss_func = SFTLoss(unreduced, total_iterations=8)
+            for i in range(12):
+                out = loss_func(emb, labels)
+                self.assertEqual("pos_loss_plain" in out, i == 4)
 
-    def test_miner_and_outer_tuples(self):
-        for dtype in TEST_DTYPES:
-            emb = torch.randn(16, 8, device=TEST_DEVICE, dtype=dtype)
-            emb.requires_grad_()
-            labels = torch.arange(4).repeat_interleave(4)
-            outer = (torch.tensor([0]), torch.tensor([1]), torch.tensor([4]))
-            for miner in [None, MultiSimilarityMiner()]:
-                loss_func = SFTLoss(TripletMarginLoss(), miner, warmup_iterations=0)
-                loss = loss_func(emb, labels, outer)
-                loss.backward()
-                self.assertTrue(torch.isfinite(loss) and loss > 0)
-                self.assertEqual(loss_func.num_augmented, 16)
+    def test_state_dict(self):
+        loss_func = SFTLoss(losses.ContrastiveLoss(), total_iterations=8)
+        emb, labels = batch(torch.float32)
+        for _ in range(5):
+            loss_func(emb, labels)
+        loaded = SFTLoss(losses.ContrastiveLoss(), total_iterations=8)
+        loaded.load_state_dict(loss_func.state_dict())
+        loaded(emb, labels)
+        self.assertEqual(loaded.current_aug_weight, 1)
+        other = SFTLoss(losses.ContrastiveLoss(), total_iterations=100)
+        with self.assertRaises(ValueError):
+            other.load_state_dict(loss_func.state_dict())
 
     def test_refusals(self):
+        inner = losses.ContrastiveLoss()
+        with self.assertRaisesRegex(ValueError, "total_iterations.*warmup_iterations"):
+            SFTLoss(inner)
+        for wrong in [losses.NPairsLoss(), SFTLoss(inner, warmup_iterations=0)]:
+            with self.assertRaises(ValueError):
+                SFTLoss(wrong, warmup_iterations=0)
         with self.assertRaises(ValueError):
-            SFTLoss(NPairsLoss(), warmup_iterations=0)
+            SFTLoss(inner, num_targets=0, warmup_iterations=0)
         with self.assertRaises(ValueError):
-            SFTLoss(ContrastiveLoss(), num_targets=0, warmup_iterations=0)
-
-    def test_plateau_start(self):
-        # no schedule: no augmentation until the loss stops falling (here at once:
-        # the embeddings do not change), then a ramp over half the steps so far
-        emb = torch.randn(16, 8, device=TEST_DEVICE, requires_grad=True)
-        labels = torch.arange(4).repeat_interleave(4)
-        loss_func = SFTLoss(ContrastiveLoss())
-        weights = []
-        for _ in range(260):
-            loss_func(emb, labels)
-            weights.append(loss_func.current_aug_weight)
-        self.assertEqual(max(weights[:200]), 0)
-        self.assertEqual(loss_func.warmup_iterations, 200)
-        self.assertEqual(weights[200:202], [0.01, 0.02])
+            SFTLoss(inner, transform="reflection", warmup_iterations=0)

@@ -1,0 +1,71 @@
+import torch
+
+from ..utils.checks import check_batch, check_directions
+from ..utils.target_sampling import random_scores
+
+
+class CheckedLoss:
+    """What pml-sft adds around the forward of the upstream
+    :class:`pml_sft.upstream.sft_loss.SFTLoss` (a mixin placed before it): the
+    inputs checked once, at the entry (shapes, dtypes, labels, NaN/inf, zero rows,
+    ``indices_tuple``), so that a bad batch fails at the first call and not when
+    augmentation starts; a zero loss for an empty batch; a ``FloatingPointError``
+    instead of a silent non-finite loss from finite inputs; and the random draws
+    from :meth:`draw_generator` (a ``torch.Generator``, or the global RNG)."""
+
+    def forward(
+        self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None
+    ):
+        self.check_inputs(embeddings, labels, indices_tuple)
+        if embeddings.shape[0] == 0:  # no samples, no loss (some PML losses give NaN)
+            self.reset_stats()
+            return embeddings.sum() * 0.0
+        loss = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        return self.checked(loss)
+
+    def check_inputs(self, embeddings, labels, indices_tuple=None):
+        """The one check of a call (one host sync for the rows' values)."""
+        check_batch(embeddings, labels)
+        check_directions(embeddings, "embeddings")
+        if indices_tuple is not None:
+            check_indices_tuple(indices_tuple, embeddings.shape[0])
+
+    def checked(self, loss):
+        """The loss, unless it is NaN or inf: then a clear error."""
+        if torch.is_tensor(loss) and not bool(torch.isfinite(loss).all()):
+            raise FloatingPointError(
+                f"{type(self.loss).__name__} returned a non-finite loss ({loss.detach()}) "
+                "for finite embeddings"
+            )
+        return loss
+
+    def draw_generator(self):
+        """The generator of the random draws (None: torch's global RNG)."""
+        return None
+
+    def random_scores(self, size, device):
+        return random_scores(size, device, self.draw_generator())
+
+
+def check_indices_tuple(indices_tuple, n):
+    """An indices_tuple (pairs or triplets) of index tensors into the n rows."""
+    if not (isinstance(indices_tuple, (tuple, list)) and len(indices_tuple) in (3, 4)):
+        raise ValueError(
+            "indices_tuple must be a tuple of 3 (triplets) or 4 (pairs) index tensors"
+        )
+    for i, t in enumerate(indices_tuple):
+        if not torch.is_tensor(t) or t.dim() != 1 or t.dtype.is_floating_point:
+            raise ValueError(f"indices_tuple[{i}] must be a 1-D integer tensor")
+    lengths = [len(t) for t in indices_tuple]
+    if lengths[0] != lengths[1] or lengths[-2] != lengths[-1]:
+        raise ValueError(f"indices_tuple's tensors differ in length: {lengths}")
+    filled = [(i, t) for i, t in enumerate(indices_tuple) if t.numel() > 0]
+    if not filled:
+        return
+    bounds = torch.stack([torch.stack([t.min(), t.max()]) for _, t in filled])
+    for (i, _), (lo, hi) in zip(filled, bounds.tolist()):
+        if lo < 0 or hi >= n:
+            raise ValueError(
+                f"indices_tuple[{i}] holds indices from {lo} to {hi}, outside the "
+                f"batch of {n} rows"
+            )
