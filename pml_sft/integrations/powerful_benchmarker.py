@@ -38,6 +38,7 @@ import types
 import torch
 
 from .. import augmenters, centers, datasets, losses, utils
+from ..upstream import sft_loss
 
 try:
     import powerful_benchmarker  # noqa: F401
@@ -249,8 +250,8 @@ def _needs(cls, name):
 class SFTLossFactory(LossFactory):
     """powerful-benchmarker's LossFactory, able to build pml-sft's loss wrappers.
 
-    For a :class:`~pml_sft.FeatureTransformLoss` (or ``SFTLoss`` /
-    ``FeatureTranslationLoss``) the nested ``loss`` is built by this factory with
+    For a pml-sft wrapper (:class:`~pml_sft.SFTLoss`, ``FeatureTranslationLoss``,
+    :class:`~pml_sft.FeatureTransformLoss` and the family's) the nested ``loss`` is built by this factory with
     ``num_classes`` passed on (ArcFace, ProxyAnchor, ... need it), ``miner`` by the
     MinerFactory, ``augmenter`` (with its ``centers``) from the registered pml-sft
     classes (``num_classes`` filled in for MovingAverageClassCenters, and for
@@ -265,9 +266,7 @@ class SFTLossFactory(LossFactory):
         loss, params = self.getter.get(
             "loss", yaml_dict=loss_type, return_uninitialized=True
         )
-        if not (
-            inspect.isclass(loss) and issubclass(loss, losses.FeatureTransformLoss)
-        ):
+        if not (inspect.isclass(loss) and issubclass(loss, sft_loss.SFTLoss)):
             return super()._create_general(loss_type, num_classes)
         params = copy.deepcopy(params)
         if _needs(loss, "num_classes") and "num_classes" not in params:

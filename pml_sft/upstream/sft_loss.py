@@ -141,7 +141,8 @@ def _transform(embeddings, labels, center_labels, centers, scores, move, k=1):
     rows (M,), source centre rows (M,), target centre rows (M,))."""
     own = labels.unsqueeze(1) == center_labels.unsqueeze(0)
     sources, targets = _draw_targets(own.any(1, keepdim=True) & ~own, k, scores)
-    own_rows = own[sources].float().argmax(dim=1)
+    columns = torch.arange(own.shape[1], device=own.device)
+    own_rows = (own[sources].long() * columns).sum(dim=1)
     x = embeddings[sources].to(_compute_dtype(embeddings.dtype))
     table = centers.to(x.dtype)
     moved = move(x, table[own_rows], table[targets])
