@@ -1,6 +1,8 @@
-"""The upstream contribution: the PML-style file, the plugin built on it, and
-``python -m pml_sft.upstream`` on a small fake PML checkout."""
+"""The upstream contribution: the PML-style file, its test, and the plugin grown from
+it (one SFT: the plugin's SFTLoss runs the upstream forward and augmentation step).
+The writer (``python -m pml_sft.upstream``) is tested in test_upstream_writer.py."""
 
+import re
 import subprocess
 import sys
 import warnings
@@ -9,34 +11,130 @@ from pathlib import Path
 import pytest
 import torch
 from pytorch_metric_learning import losses, miners
+from pytorch_metric_learning.losses.base_loss_wrapper import BaseLossWrapper
+from pytorch_metric_learning.losses.base_metric_loss_function import (
+    BaseMetricLossFunction,
+)
 
 import pml_sft
-from pml_sft.upstream import __main__ as upstream_cli
+from pml_sft.augmenters import base_feature_augmenter
 from pml_sft.upstream import sft_loss
+from pml_sft.upstream.pml_form import pml_form
 
 FILE = Path(sft_loss.__file__)
+TEST = Path(__file__).parent / "losses" / "test_sft_loss.py"
+# APIs newer than torch 1.6, the oldest torch of PML's CI (python 3.8 / torch 1.6)
+NEWER_THAN_TORCH_1_6 = (
+    r"torch\.outer\b",  # 1.8
+    r"\.outer\(",
+    r"torch\.linalg\b",  # 1.7-1.8
+    r"vecdot",
+    r"aminmax",  # 1.11
+    r"\.amax\(",  # 1.7
+    r"\.amin\(",
+    r"torch\.amax\b",
+    r"stable=",  # sort(stable=...), 1.9
+    r"torch\.func\b",  # 2.0
+    r"functional_call",
+    r"extra_state",  # get/set_extra_state, 1.10
+    r"inference_mode",  # 1.9
+    r"torch\.special\b",  # 1.9
+    r"nan_to_num",  # 1.8
+    r"torch\.isin\b",  # 1.10
+    r"take_along_dim",  # 1.9
+    r"torch\.vmap\b",
+    r"torch\.compile\b",
+)
+
+
+@pytest.mark.parametrize("path", [FILE, TEST], ids=["sft_loss.py", "its test"])
+def test_upstream_files_use_only_torch_1_6_apis(path):
+    text = path.read_text()
+    assert "pml_sft" not in text
+    found = [p for p in NEWER_THAN_TORCH_1_6 if re.search(p, text)]
+    assert found == []
+
+
+def test_the_torch_1_6_check_can_fail():
+    text = "x = torch.outer(a, b)\ny = a.amax(dim=1)\n"
+    assert [p for p in NEWER_THAN_TORCH_1_6 if re.search(p, text)]
 
 
 def test_upstream_file_is_self_contained():
     text = FILE.read_text()
-    assert "pml_sft" not in text and len(text.splitlines()) <= 300
+    assert len(text.splitlines()) <= 400
     imports = [
         line.split()[1]
         for line in text.splitlines()
         if line.startswith(("import ", "from "))
     ]
     assert {name.split(".")[0] for name in imports} <= {
+        "math",
         "torch",
         "pytorch_metric_learning",
-        "warnings",
     }
-    for modern in ("linalg.vecdot", "aminmax", "stable="):  # PML's CI runs torch 1.6
-        assert modern not in text
 
 
-@pytest.mark.parametrize("cls", [pml_sft.SFTLoss, pml_sft.FeatureTranslationLoss])
-def test_plugin_wrappers_share_the_upstream_schedule(cls):
-    assert issubclass(cls, sft_loss.SFTLoss)
+def test_pml_form_passes_pml_isort_and_black(tmp_path):
+    # written into a tree laid out like PML's, where isort sees the package as
+    # first-party (its src/); skipped without the dev tools
+    pytest.importorskip("isort")
+    pytest.importorskip("black")
+    package = tmp_path / "src/pytorch_metric_learning"
+    (package / "losses").mkdir(parents=True)
+    (tmp_path / "tests/losses").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    src = package / "losses/sft_loss.py"
+    src.write_text(pml_form(FILE.read_text(), in_src=True))
+    test = tmp_path / "tests/losses/test_sft_loss.py"
+    test.write_text(pml_form(TEST.read_text(), in_src=False))
+    for tool in (["isort", "--profile", "black"], ["black"]):
+        out = subprocess.run(
+            [sys.executable, "-m", *tool, "--check", "--diff", str(src), str(test)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+    text = src.read_text()
+    assert "from .base_loss_wrapper import BaseLossWrapper" in text
+    assert "from ..utils import common_functions as c_f" in text
+
+
+@pytest.mark.parametrize("cls", [pml_sft.SFTLoss, pml_sft.FeatureTransformLoss])
+def test_at_most_two_class_levels_to_pml(cls):
+    # pml_sft.SFTLoss -> upstream SFTLoss -> PML's bases; the plugin's part is a mixin
+    assert cls.__bases__ == (pml_sft.losses.CheckedLoss, sft_loss.SFTLoss)
+    assert sft_loss.SFTLoss.__bases__ == (BaseLossWrapper, BaseMetricLossFunction)
+
+
+def test_one_augmenting_call_runs_the_upstream_step_once(monkeypatch):
+    calls = []
+    step = sft_loss._transform
+
+    def spy(*args, **kwargs):
+        calls.append(args[-2])
+        return step(*args, **kwargs)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a second pipeline ran")
+
+    monkeypatch.setattr(sft_loss, "_transform", spy)
+    monkeypatch.setattr(
+        base_feature_augmenter.BaseFeatureAugmenter, "augment", forbidden
+    )
+    x = torch.randn(16, 8, requires_grad=True)
+    y = torch.arange(4).repeat_interleave(4)
+    for cls, move in [
+        (pml_sft.SFTLoss, sft_loss._rotate),
+        (pml_sft.FeatureTranslationLoss, sft_loss._translate),
+    ]:
+        calls.clear()
+        loss_fn = cls(losses.MultiSimilarityLoss(), warmup_iterations=0)
+        loss_fn(x, y).backward()
+        assert calls == [move] and loss_fn.num_augmented == 16
+    # the augmenters call the very same step
+    assert base_feature_augmenter._transform is step
 
 
 @pytest.mark.parametrize(
@@ -68,68 +166,9 @@ def test_plugin_sft_loss_equals_the_upstream_file(inner, miner):
         assert torch.equal(a, b) and torch.equal(ga, gb)
 
 
-def _fake_pml(root):
-    (root / "src/pytorch_metric_learning/losses").mkdir(parents=True)
-    (root / "tests/losses").mkdir(parents=True)
-    (root / "docs").mkdir()
-    (root / "src/pytorch_metric_learning/losses/__init__.py").write_text(
-        "from .angular_loss import AngularLoss\n"
-        "from .self_supervised_loss import SelfSupervisedLoss\n"
-        "from .vicreg_loss import VICRegLoss\n"
-    )
-    (root / "docs/losses.md").write_text(
-        "# Losses\n\nintro\n\n## AngularLoss\na\n\n## SelfSupervisedLoss\nb\n\n"
-        "## SignalToNoiseRatioContrastiveLoss\nc\n\n## VICRegLoss\nd\n"
-    )
-    (root / "CONTENTS.md").write_text(
-        "### [Losses](x)\n| Name | Reference Papers |\n|---|---|\n"
-        "| [**AngularLoss**](a) | p\n| [**VICRegLoss**](v) | q\n\n### [Miners](m)\n"
-        "| [**BatchHardMiner**](b) | r\n"
-    )
-
-
-def test_upstream_command_writes_the_contribution_once(tmp_path):
-    _fake_pml(tmp_path)
-    changed = upstream_cli.apply(tmp_path)
-    assert len(changed) == 6
-    init = (tmp_path / "src/pytorch_metric_learning/losses/__init__.py").read_text()
-    assert init.splitlines()[2] == "from .sft_loss import SFTLoss"
-    docs = (tmp_path / "docs/losses.md").read_text()
-    titles = [line for line in docs.splitlines() if line.startswith("## ")]
-    assert titles == [
-        "## AngularLoss",
-        "## SelfSupervisedLoss",
-        "## SFTLoss",
-        "## SignalToNoiseRatioContrastiveLoss",
-        "## VICRegLoss",
-    ]
-    assert docs.endswith("## VICRegLoss\nd\n")
-    assert "{target=_blank}" in docs and "**Parameters**" in docs
-    contents = (tmp_path / "CONTENTS.md").read_text().splitlines()
-    assert contents[4].startswith("| [**SFTLoss**]") and "2008.01469" in contents[4]
-    assert contents[-1] == "| [**BatchHardMiner**](b) | r"
-    copied = tmp_path / "src/pytorch_metric_learning/losses/sft_loss.py"
-    assert copied.read_bytes() == FILE.read_bytes()
-    assert (tmp_path / "tests/losses/test_sft_loss.py").is_file()
-    assert (tmp_path / "docs/imgs/sft_loss_equation.png").is_file()
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    assert upstream_cli.apply(tmp_path) == []
-    assert before == {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-
-
-def test_upstream_command_refuses_other_folders(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "pml_sft.upstream", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode != 0
-    assert "is not a pytorch-metric-learning checkout" in out.stderr
-
-
-def test_upstream_test_runs_inside_pml_layout(tmp_path):
+def test_upstream_test_runs_inside_pml_layout():
     # the copied test imports only PML's names and ``from .. import TEST_DEVICE``
-    text = (Path(__file__).parent / "losses" / "test_sft_loss.py").read_text()
+    text = TEST.read_text()
     assert "pml_sft" not in text and "from .. import TEST_DEVICE, TEST_DTYPES" in text
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -19,6 +19,8 @@ import stat
 import sys
 from pathlib import Path
 
+from .pml_form import pml_form
+
 HERE = Path(__file__).resolve().parent
 NAME = "SFTLoss"
 MODULE = "sft_loss"
@@ -233,6 +235,9 @@ def plan(root):
     changes = []
     for source, rel in sources():
         data, target = read_bytes(source), root / rel
+        if source.suffix == ".py":  # PML's imports as PML's tree has them
+            text = pml_form(data.decode("utf-8"), in_src=rel.startswith("src/"))
+            data = text.encode("utf-8")
         if not target.exists() or read_bytes(target) != data:
             changes.append((target, data))
     section = section_text()

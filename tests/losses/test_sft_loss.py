@@ -1,7 +1,6 @@
 import unittest
 
 import torch
-
 from pytorch_metric_learning import losses
 from pytorch_metric_learning.distances import DotProductSimilarity
 from pytorch_metric_learning.losses.sft_loss import (
@@ -122,7 +121,9 @@ class TestSFTLoss(unittest.TestCase):
                 for i in range(len(x)):
                     for c in range(CLASSES):
                         if c != y[i]:
-                            rows.append(rotation_matrix(centers[y[i]], centers[c]) @ x[i])
+                            rows.append(
+                                rotation_matrix(centers[y[i]], centers[c]) @ x[i]
+                            )
                             aug_labels.append(c)
                 all_x = torch.cat([x, torch.stack(rows)])
                 expected = inner(all_x, torch.cat([y, torch.tensor(aug_labels)]))
@@ -161,8 +162,8 @@ class TestSFTLoss(unittest.TestCase):
             for miner in miners:
                 for indices_tuple in outer:
                     torch.manual_seed(1)  # a new loss each time, the same proxies
-                    plain = build(name).to(TEST_DEVICE).double()(
-                        emb, labels, indices_tuple
+                    plain = (
+                        build(name).to(TEST_DEVICE).double()(emb, labels, indices_tuple)
                     )
                     grad = torch.autograd.grad(plain, emb)[0].flatten()
                     torch.manual_seed(1)
