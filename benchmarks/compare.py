@@ -74,8 +74,6 @@ def study_variants(epochs, loss):
             "warmup_epochs": epochs / 2,
             "ramp_epochs": epochs / 4,
         },
-        # the constructor default: no schedule argument
-        "default: plateau start (once the loss stops falling)": {"start": "plateau"},
         "targets: 5 nearest classes": {"nearest_targets": 5},
         "label-consistency filter": {"consistent_only": True},
         "centres: full pass every 2 epochs": {"centers": "dataset", "center_every": 2},
