@@ -151,7 +151,9 @@ def _transform(embeddings, labels, center_labels, centers, scores, move, k=1):
 
 def _random_partners(labels, anchors, same, scores):
     """For each anchor a random row with its label (``same``, never itself) or with
-    another label, from (A, N) scores; -1 where there is none."""
+    another label, from (A, N) scores; -1 where there is none. (Not
+    lmu.get_random_triplet_indices: it takes every row as an anchor and loops over
+    the labels.)"""
     match = labels[anchors].unsqueeze(1) == labels.unsqueeze(0)
     if same:
         match[torch.arange(len(anchors), device=labels.device), anchors] = False
