@@ -31,6 +31,7 @@ def _class_means(x, labels):
 
 
 def test_sft_rotates_each_sample_onto_its_target_class(dtype):
+    # the raw (non-unit) row is rotated, so each new sample keeps its source's norm
     x, y = _batch(dtype)
     aug, aug_labels, src = SphericalFeatureTransform()(x, y)
     assert aug.dtype == dtype and aug_labels.dtype == y.dtype
@@ -42,8 +43,11 @@ def test_sft_rotates_each_sample_onto_its_target_class(dtype):
         source_label, target_label = y[src[i]].item(), aug_labels[i].item()
         assert source_label != target_label
         r = rotation_matrix(means[source_label], means[target_label])
-        expected = r @ unit(x[src[i]].double().cpu())
+        expected = r @ x[src[i]].double().cpu()
         assert torch.allclose(aug[i].double().cpu(), expected, atol=tol(dtype) * 100)
+    norms = aug.double().norm(dim=1)
+    assert torch.allclose(norms, x[src].double().norm(dim=1), rtol=tol(dtype) * 10)
+    assert (norms - 1).abs().max() > 0.05  # not unit rows
 
 
 def test_sft_keeps_the_angle_to_the_class_center_translation_does_not():
@@ -56,20 +60,36 @@ def test_sft_keeps_the_angle_to_the_class_center_translation_does_not():
         aug, aug_labels, src = augmenter(x, y)
         before = torch.stack([unit(x[s]) @ means[y[s].item()] for s in src.tolist()])
         after = torch.stack(
-            [aug[i] @ means[aug_labels[i].item()] for i in range(len(aug))]
+            [unit(aug[i]) @ means[aug_labels[i].item()] for i in range(len(aug))]
         )
         assert torch.allclose(before, after, atol=1e-10) == keeps
+        # both keep the source's norm
+        assert torch.allclose(aug.norm(dim=1), x[src].norm(dim=1), atol=1e-12)
 
 
 def test_translation_augmenter_matches_formula():
+    # the direction u = x / |x| is translated: |x| normalize(u - c_i + c_j), and
+    # without renormalising |x| (u - c_i + c_j)
     x, y = _batch(torch.float64)
-    aug, aug_labels, src = FeatureTranslation()(x, y)
     means = _class_means(x, y)
-    for i in range(len(aug)):
-        a, b = means[y[src[i]].item()], means[aug_labels[i].item()]
-        assert torch.allclose(aug[i], unit(unit(x[src[i]]) - a + b), atol=1e-10)
-    raw, _, _ = FeatureTranslation(renormalize=False)(x, y)
-    assert (raw.norm(dim=1) - 1).abs().max() > 0.05
+    for renormalize in (True, False):
+        translation = FeatureTranslation(
+            renormalize=renormalize, generator=torch.Generator().manual_seed(0)
+        )
+        aug, aug_labels, src = translation(x, y)
+        assert len(aug) == len(x)
+        for i in range(len(aug)):
+            a, b = means[y[src[i]].item()], means[aug_labels[i].item()]
+            moved = unit(x[src[i]]) - a + b
+            if renormalize:
+                moved = unit(moved)
+            expected = x[src[i]].norm() * moved
+            assert torch.allclose(aug[i], expected, atol=1e-10)
+        ratio = aug.norm(dim=1) / x[src].norm(dim=1)
+        if renormalize:
+            assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-12)
+        else:
+            assert (ratio - 1).abs().max() > 0.05
 
 
 def test_several_distinct_targets_per_sample():
@@ -128,6 +148,28 @@ def test_generator_makes_draws_reproducible():
     assert all(torch.equal(a, b) for a, b in zip(*outs))
 
 
+@pytest.mark.parametrize("num_targets", [1, 2])
+def test_keyed_draws_follow_the_rows_not_their_positions(num_targets):
+    # reordering the batch reorders the new samples with it, bit for bit
+    x, y = _batch()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    outs = []
+    for order in (torch.arange(len(x)), perm):
+        order = order.to(DEVICE)
+        sft = SphericalFeatureTransform(
+            num_targets=num_targets,
+            keyed_draws=True,
+            generator=torch.Generator().manual_seed(3),
+        )
+        aug, aug_labels, src = sft(x[order], y[order])
+        key = order[src] * 100 + aug_labels  # (original source row, target class)
+        rows = key.argsort()
+        outs.append((key[rows], aug[rows]))
+    assert len(outs[0][0]) == num_targets * len(x)
+    assert torch.equal(outs[0][0], outs[1][0])  # the same targets for each row
+    assert torch.allclose(outs[0][1], outs[1][1], atol=1e-12)
+
+
 @pytest.mark.parametrize("keyed", [False, True])
 def test_one_target_is_uniform_over_the_other_batch_classes(keyed):
     x, y = _batch(classes=(3, 8, 11, 20), per_class=4)
@@ -173,28 +215,59 @@ def test_gradients_through_batch_centers_when_not_detached():
         )
 
 
-def test_unnormalised_mode_keeps_source_norms():
+def test_norms_are_kept_unless_the_ablation_normalises():
     x, y = _batch()
     x = x * torch.linspace(0.5, 3, len(x), dtype=x.dtype, device=DEVICE).unsqueeze(1)
-    aug, _, src = AblationSphericalFeatureTransform(normalize_embeddings=False)(x, y)
-    assert torch.allclose(aug.norm(dim=1), x[src].norm(dim=1))
-    aug, _, _ = SphericalFeatureTransform()(x, y)
-    assert torch.allclose(
-        aug.norm(dim=1), torch.ones(len(aug), dtype=x.dtype, device=DEVICE)
-    )
+
+    def gen():
+        return torch.Generator().manual_seed(0)
+
+    core, core_labels, src = SphericalFeatureTransform(generator=gen())(x, y)
+    assert torch.allclose(core.norm(dim=1), x[src].norm(dim=1))
+    kept, kept_labels, kept_src = AblationSphericalFeatureTransform(
+        normalize_embeddings=False, generator=gen()
+    )(x, y)
+    assert torch.equal(kept_labels, core_labels) and torch.equal(kept_src, src)
+    assert torch.allclose(kept, core, atol=1e-12)
+    # the study's setting (the default): the same samples as unit rows
+    unit_rows, _, _ = AblationSphericalFeatureTransform(generator=gen())(x, y)
+    ones = torch.ones(len(unit_rows), dtype=x.dtype, device=DEVICE)
+    assert torch.allclose(unit_rows.norm(dim=1), ones)
+    assert torch.allclose(unit_rows, unit(core), atol=1e-12)
+
+
+class _RecordingCenters(BatchClassCenters):
+    """BatchClassCenters remembering the dtype of the rows it was given and of the
+    centres it returned."""
+
+    def compute(self, embeddings, labels, include_absent=True):
+        result = super().compute(embeddings, labels, include_absent)
+        self.seen = (embeddings.dtype, result.centers.dtype)
+        return result
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_augmentation(dtype):
     x, y = _batch()
     xh = x.to(dtype)
-    aug, aug_labels, src = SphericalFeatureTransform()(xh, y)
+    centres = _RecordingCenters()
+    aug, aug_labels, src = SphericalFeatureTransform(
+        centers=centres, generator=torch.Generator().manual_seed(0)
+    )(xh, y)
     assert aug.dtype == dtype and len(aug) == len(x)
+    # centres (and the rotation) are computed in float32
+    assert centres.seen == (torch.float32, torch.float32)
     means = _class_means(xh.double(), y)
     for i in range(len(aug)):
         r = rotation_matrix(means[y[src[i]].item()], means[aug_labels[i].item()])
-        expected = r @ unit(xh[src[i]].double().cpu())
+        expected = r @ xh[src[i]].double().cpu()
         assert torch.allclose(aug[i].double().cpu(), expected, atol=5e-2)
+    # exactly the float32 computation, rounded once at the end
+    ref, ref_labels, ref_src = SphericalFeatureTransform(
+        generator=torch.Generator().manual_seed(0)
+    )(xh.float(), y)
+    assert torch.equal(aug_labels, ref_labels) and torch.equal(src, ref_src)
+    assert torch.equal(aug, ref.to(dtype))
 
 
 def test_reference_embeddings_only_inform_centers():
@@ -212,6 +285,19 @@ def test_stats_are_recorded():
     assert sft.num_target_classes == 4
     assert 0 < sft.mean_center_angle < 180
     assert {"num_augmented", "mean_center_angle"} <= set(sft._record_these_stats)
+
+
+def test_num_target_classes_counts_the_classes_drawn_in_the_call():
+    x, y = _batch(per_class=2, classes=tuple(range(12)))
+    sft = SphericalFeatureTransform(
+        collect_stats=True, generator=torch.Generator().manual_seed(0)
+    )
+    _, aug_labels, _ = sft(x, y)
+    drawn = len(set(aug_labels.tolist()))
+    assert sft.num_target_classes == drawn
+    assert drawn < 12  # 24 draws over 12 classes miss some (this seed: checked)
+    sft(x[:4], y[:4])  # two classes: each sample's target is the other one
+    assert sft.num_target_classes == 2
 
 
 @pytest.mark.parametrize(
@@ -314,9 +400,11 @@ def test_strength_moves_part_of_the_way():
     angle_ab = torch.acos((a * b).sum(1).clamp(-1, 1))
     m = pml_sft.functional.slerp(a, b, 0.5)
     assert torch.allclose(torch.acos((a * m).sum(1).clamp(-1, 1)), angle_ab / 2)
-    expected = pml_sft.functional.rotate(unit(x[source]), a, m)
-    assert torch.allclose(aug_half, expected, atol=1e-10)
-    assert torch.allclose(aug_full, pml_sft.functional.rotate(unit(x[source]), a, b))
+    # the raw rows are rotated (norms kept); the ablation's default returns them
+    # as unit rows
+    expected = pml_sft.functional.rotate(x[source], a, m)
+    assert torch.allclose(aug_half, unit(expected), atol=1e-10)
+    assert torch.allclose(aug_full, pml_sft.functional.rotate(x[source], a, b))
 
 
 def test_consistency_filter_and_its_statistic():
@@ -329,7 +417,9 @@ def test_consistency_filter_and_its_statistic():
     nearest = (aug @ centres.T).argmax(dim=1) == aug_labels
     assert logged.share_nearest_target == pytest.approx(nearest.float().mean().item())
     filtered = AblationSphericalFeatureTransform(
-        consistent_only=True, generator=torch.Generator().manual_seed(0)
+        consistent_only=True,
+        normalize_embeddings=False,  # the filter alone
+        generator=torch.Generator().manual_seed(0),
     )
     aug_f, labels_f, _ = filtered(x, y)
     assert torch.equal(aug_f, aug[nearest]) and torch.equal(

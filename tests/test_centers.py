@@ -45,12 +45,32 @@ def test_batch_centers_min_samples_and_zero_mean():
     assert result.sample_rows.tolist() == [0, 0, -1, -1, 1]
 
 
-def test_half_precision_centers_accumulate_in_float32():
+def test_half_precision_centers_are_summed_in_the_dtype_given():
+    # the estimators sum in the dtype of the rows they are given: raw half rows
+    # give half centres; the augmenters pass float32 unit rows for half
+    # embeddings (BaseAugmenter.directions), so their centres are float32
     x, y = _batch(torch.float16, [0] * 6 + [1] * 6, d=8)
-    result = BatchClassCenters()(x, y)
-    assert result.centers.dtype == torch.float32
+    direct = BatchClassCenters()(x, y)
+    assert direct.centers.dtype == torch.float16
     expected = _loop_means(x.double(), y)
-    assert torch.allclose(result.centers[0].double(), expected[0], atol=1e-3)
+    for row in range(2):
+        assert torch.allclose(
+            direct.centers[row].double(), expected[row], atol=tol(torch.float16)
+        )
+    seen = []
+
+    class Recording(BatchClassCenters):
+        def compute(self, embeddings, labels, include_absent=True):
+            result = super().compute(embeddings, labels, include_absent)
+            seen.append((embeddings.dtype, result.centers))
+            return result
+
+    pml_sft.SphericalFeatureTransform(centers=Recording())(x, y)
+    rows_dtype, centres = seen[0]
+    assert rows_dtype == torch.float32 and centres.dtype == torch.float32
+    expected = _loop_means(unit(x.double()), y)  # the half rows, renormalised
+    for row in range(2):
+        assert torch.allclose(centres[row].double(), expected[row], atol=1e-6)
 
 
 def test_moving_average_update_rule():

@@ -74,7 +74,11 @@ def test_separate_negative_objective_is_refused_for_pair_losses():
     sft = pml_sft.SphericalFeatureTransform()
     with pytest.raises(ValueError, match="would be zero"):
         AblationLoss(
-            losses.NTXentLoss(), sft, objective="separate", synthetic_role="negative"
+            losses.NTXentLoss(),
+            sft,
+            objective="separate",
+            synthetic_role="negative",
+            warmup_iterations=0,
         )
 
 
@@ -91,12 +95,12 @@ def test_separate_negative_objective_is_refused_for_pair_losses():
 )
 def test_indices_tuple_options_are_refused_at_construction(inner):
     with pytest.raises(ValueError, match="takes no indices_tuple"):
-        pml_sft.SFTLoss(inner, miner=miners.MultiSimilarityMiner())
+        pml_sft.SFTLoss(inner, miner=miners.MultiSimilarityMiner(), warmup_iterations=0)
     sft = pml_sft.SphericalFeatureTransform()
     with pytest.raises(ValueError, match="synthetic_role='negative'"):
-        AblationLoss(inner, sft, synthetic_role="negative")
+        AblationLoss(inner, sft, synthetic_role="negative", warmup_iterations=0)
     with pytest.raises(ValueError, match="objective='separate'"):
-        AblationLoss(inner, sft, objective="separate")
+        AblationLoss(inner, sft, objective="separate", warmup_iterations=0)
 
 
 # 4. resuming without a generator: the global RNG carries the draws
@@ -143,10 +147,44 @@ def test_resume_without_a_generator_with_the_rng_state():
 def test_mismatched_generator_states_are_refused():
     with_gen = pml_sft.SphericalFeatureTransform(generator=torch.Generator())
     without = pml_sft.SphericalFeatureTransform()
-    with pytest.raises(ValueError, match="saved by an augmenter with a generator"):
+    owner = "cannot load the random draws of SphericalFeatureTransform: "
+    with pytest.raises(ValueError, match=owner + "the state was saved with a"):
         without.load_state_dict(with_gen.state_dict())
-    with pytest.raises(ValueError, match="saved by an augmenter without a generator"):
+    with pytest.raises(ValueError, match=owner + "the state was saved without a"):
         with_gen.load_state_dict(without.state_dict())
+    loss_with = pml_sft.SFTLoss(
+        losses.ContrastiveLoss(), warmup_iterations=0, generator=torch.Generator()
+    )
+    loss_without = pml_sft.SFTLoss(losses.ContrastiveLoss(), warmup_iterations=0)
+    with pytest.raises(ValueError, match="cannot load the random draws of SFTLoss"):
+        loss_without.load_state_dict(loss_with.state_dict())
+
+
+def test_a_state_with_another_schedule_is_refused():
+    saved = pml_sft.SFTLoss(losses.ContrastiveLoss(), total_iterations=8)
+    other = pml_sft.SFTLoss(losses.ContrastiveLoss(), total_iterations=12)
+    with pytest.raises(ValueError, match=r"schedule \(warmup, ramp\) is \[4, 2\]"):
+        other.load_state_dict(saved.state_dict())
+    same = pml_sft.SFTLoss(
+        losses.ContrastiveLoss(), warmup_iterations=4, ramp_iterations=2
+    )
+    same.load_state_dict(saved.state_dict())  # the same schedule, stated otherwise
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: pml_sft.SFTLoss(losses.ContrastiveLoss(), **kw),
+        lambda **kw: AblationLoss(
+            losses.ContrastiveLoss(), pml_sft.SphericalFeatureTransform(), **kw
+        ),
+    ],
+    ids=["SFTLoss", "AblationLoss"],
+)
+def test_a_wrapper_without_a_schedule_is_refused(make):
+    with pytest.raises(ValueError, match="total_iterations.*warmup_iterations"):
+        make()
+    assert make(warmup_iterations=0).warmup_iterations == 0
 
 
 # 6. an outer triplet miner keeps its scale
@@ -208,12 +246,22 @@ def test_statistics_of_a_wrapper_with_a_built_augmenter():
     assert built.mean_center_angle > 0 and built.share_nearest_target > 0
 
 
-# 10. tiny float32 rows
+# 10. tiny float32 rows (whose squares underflow): rotated like the same rows
+# at scale 1, norms kept
 @pytest.mark.parametrize("scale", [1e-30, 1e-22, 2e-22, 1e-20])
-def test_tiny_rows_give_unit_samples(scale):
+def test_tiny_rows_are_rotated_like_rows_of_norm_one(scale):
     x, y = _batch()
-    aug, _, _ = pml_sft.SphericalFeatureTransform()(x * scale, y)
-    assert torch.allclose(aug.norm(dim=1), torch.ones(len(aug), device=DEVICE))
+
+    def sft():
+        return pml_sft.SphericalFeatureTransform(
+            generator=torch.Generator().manual_seed(0)
+        )
+
+    reference, ref_labels, ref_src = sft()(x, y)
+    aug, aug_labels, src = sft()(x * scale, y)
+    assert torch.equal(aug_labels, ref_labels) and torch.equal(src, ref_src)
+    assert torch.isfinite(aug).all() and len(aug) == len(x)
+    assert torch.allclose(aug / scale, reference, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="zero vector"):
         pml_sft.SphericalFeatureTransform()(torch.zeros_like(x), y)
 
@@ -246,9 +294,13 @@ def test_never_fitted_dataset_centres_are_refused():
         sft(x, y)
 
 
-def test_calls_under_no_grad_do_not_advance_the_schedule():
+def test_calls_under_no_grad_or_in_eval_mode_do_not_advance_the_schedule():
     x, y = _batch()
-    loss_fn = pml_sft.SFTLoss(losses.ContrastiveLoss(), total_iterations=8)
+    generator = torch.Generator().manual_seed(0)
+    loss_fn = pml_sft.SFTLoss(
+        losses.ContrastiveLoss(), total_iterations=8, generator=generator
+    )  # warm-up 4, ramp 2
+    plain = losses.ContrastiveLoss()(x, y)
     with torch.no_grad():
         for _ in range(5):
             loss_fn(x, y)
@@ -256,9 +308,19 @@ def test_calls_under_no_grad_do_not_advance_the_schedule():
     for _ in range(5):
         loss_fn(x, y)
     assert int(loss_fn.iteration) == 5 and loss_fn.current_aug_weight == 0.5
-    with torch.no_grad():  # the weight of the next step, without taking it
-        loss_fn(x, y)
-    assert int(loss_fn.iteration) == 5 and loss_fn.current_aug_weight == 1.0
+    # the plain loss, no draw, no step: neither under no_grad nor in eval mode
+    draws = generator.get_state()
+    with torch.no_grad():
+        assert torch.equal(loss_fn(x, y), plain)
+    assert int(loss_fn.iteration) == 5 and loss_fn.current_aug_weight == 0.0
+    loss_fn.eval()
+    assert torch.equal(loss_fn(x, y), plain)
+    assert int(loss_fn.iteration) == 5 and loss_fn.current_aug_weight == 0.0
+    assert torch.equal(generator.get_state(), draws)
+    loss_fn.train()
+    loss_fn(x, y)  # the next training step: past the ramp
+    assert int(loss_fn.iteration) == 6 and loss_fn.current_aug_weight == 1.0
+    assert not torch.equal(generator.get_state(), draws)
 
 
 # 13. a caller's indices_tuple out of range
@@ -277,12 +339,69 @@ def test_ablation_augmenter_consistency_filter_without_statistics():
     assert len(aug) == len(labels) and len(aug) <= len(x)
 
 
-def test_upstream_random_triplets_are_valid():
-    labels = torch.tensor([0, 0, 1, 1, 2, 3])
-    a, p, n = sft_loss.random_triplets(labels, torch.arange(6).repeat(20))
-    assert set(a.tolist()) == {0, 1, 2, 3}  # classes 2 and 3 have no positive
+# the tuple rule: an outer indices_tuple is kept and, without a miner, as many
+# random tuples per synthetic row as it holds per real row are added, anchored
+# at synthetic rows
+def _tuple_rule_batch():
+    # 6 real rows, then 4 synthetic ones (each with a positive among the rows)
+    labels = torch.tensor([0, 0, 1, 1, 2, 3, 0, 1, 2, 3], device=DEVICE)
+    return torch.randn(10, 4, device=DEVICE), labels, 6
+
+
+def test_tuple_rule_adds_random_triplets_at_synthetic_rows():
+    x, labels, n = _tuple_rule_batch()
+    outer = tuple(
+        t.repeat(20).to(DEVICE)
+        for t in (
+            torch.tensor([0, 2, 1]),
+            torch.tensor([1, 3, 0]),
+            torch.tensor([4, 5, 2]),
+        )
+    )  # 60 triplets on the real rows
+    rule = sft_loss.SFTLoss(losses.TripletMarginLoss(), warmup_iterations=0)
+    a, p, neg = rule.create_indices_tuple(x, labels, outer, n)
+    assert all(torch.equal(t[:60], o) for t, o in zip((a, p, neg), outer))
+    a, p, neg = a[60:], p[60:], neg[60:]
+    assert len(a) == 40  # 60 * 4 / 6
+    assert (a >= n).all() and set(a.tolist()) == {6, 7, 8, 9}
     assert (labels[a] == labels[p]).all() and (a != p).all()
-    assert (labels[a] != labels[n]).all()
+    assert (labels[a] != labels[neg]).all()
+    # nothing to add: no synthetic rows, or no outer tuples
+    assert rule.create_indices_tuple(x[:n], labels[:n], outer, n) is outer
+    assert rule.create_indices_tuple(x, labels, None, n) is None
+
+
+def test_tuple_rule_adds_random_pairs_and_keeps_a_miner():
+    x, labels, n = _tuple_rule_batch()
+    outer = (
+        torch.tensor([0, 2] * 15, device=DEVICE),
+        torch.tensor([1, 3] * 15, device=DEVICE),
+        torch.tensor([0, 4, 5] * 4, device=DEVICE),
+        torch.tensor([2, 0, 1] * 4, device=DEVICE),
+    )  # 30 positive and 12 negative pairs
+
+    def make():
+        return pml_sft.SFTLoss(
+            losses.ContrastiveLoss(),
+            warmup_iterations=0,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    tuples = make().create_indices_tuple(x, labels, outer, n)
+    a1, p, a2, q = (t[len(o) :] for t, o in zip(tuples, outer))
+    assert len(a1) == 20 and len(a2) == 8  # 30 * 4 / 6 and 12 * 4 / 6
+    assert (a1 >= n).all() and (a2 >= n).all()
+    assert (labels[a1] == labels[p]).all() and (a1 != p).all()
+    assert (labels[a2] != labels[q]).all()
+    again = make().create_indices_tuple(x, labels, outer, n)  # same generator seed
+    assert all(torch.equal(s, t) for s, t in zip(tuples, again))
+    # with a miner: its tuples on the whole batch, plus the outer ones
+    miner = miners.PairMarginMiner(pos_margin=0, neg_margin=100)
+    rule = sft_loss.SFTLoss(losses.ContrastiveLoss(), miner, warmup_iterations=0)
+    mined = miner(x, labels)
+    tuples = rule.create_indices_tuple(x, labels, outer, n)
+    for t, m, o in zip(tuples, mined, outer):
+        assert torch.equal(t, torch.cat([m, o]))
 
 
 def test_proxy_centres_do_not_log_the_loss_twice():

@@ -245,13 +245,25 @@ def test_das_changes_the_losses_it_is_compared_on(loss):
 def test_das_is_exported_and_follows_the_schedule():
     for name in ("DenselyAnchoredSampling", "DenselyAnchoredSamplingLoss"):
         assert name in pml_sft.__all__ and hasattr(pml_sft, name)
+    # total_iterations=8: warm-up 4, then the weight ramps up over 2
     wrapped = DenselyAnchoredSamplingLoss(
         losses.ContrastiveLoss(), 3, 6, total_iterations=8
     ).to(DEVICE)
     x, y = batch(0, dtype=torch.float32)
-    seen = []
+    seen, weights = [], []
     for _ in range(8):
         wrapped(x.clone().requires_grad_(), y)
         seen.append(wrapped.num_augmented)
-    assert seen[:4] == [0] * 4 and min(seen[5:]) == 36
+        weights.append(wrapped.current_aug_weight)
+    assert weights == [0.0] * 4 + [0.5] + [1.0] * 3
+    assert seen[:4] == [0] * 4 and min(seen[4:]) == 36
     assert int(wrapped.augmenter.dim_counts.sum()) > 0
+
+
+def test_das_loss_needs_a_schedule():
+    with pytest.raises(ValueError, match="total_iterations.*warmup_iterations"):
+        DenselyAnchoredSamplingLoss(losses.ContrastiveLoss(), 3, 6)
+    wrapped = DenselyAnchoredSamplingLoss(
+        losses.ContrastiveLoss(), 3, 6, warmup_iterations=0
+    )
+    assert wrapped.warmup_iterations == 0 and wrapped.ramp_iterations == 0

@@ -265,13 +265,32 @@ def test_family_is_exported_and_follows_the_schedule():
         "IconThemesDataset",
     ):
         assert name in pml_sft.__all__ and hasattr(pml_sft, name)
+    # total_iterations=8: warm-up 4, then the weight ramps up over 2
     wrapped = EmbeddingExpansionLoss(losses.ContrastiveLoss(), total_iterations=8)
     x, y = batch(0, dtype=torch.float32)
-    seen = []
+    seen, weights = [], []
     for _ in range(8):
         wrapped(x.clone().requires_grad_(), y)
         seen.append(wrapped.num_augmented)
-    assert seen[:4] == [0] * 4 and min(seen[5:]) > 0
+        weights.append(wrapped.current_aug_weight)
+    assert weights == [0.0] * 4 + [0.5] + [1.0] * 3
+    assert seen[:4] == [0] * 4 and min(seen[4:]) > 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: EmbeddingExpansionLoss(losses.ContrastiveLoss(), **kw),
+        lambda **kw: SymmetricalSynthesisLoss(losses.ContrastiveLoss(), **kw),
+        lambda **kw: ProxySynthesisLoss(losses.ProxyAnchorLoss(3, 6), **kw),
+    ],
+    ids=["EmbeddingExpansionLoss", "SymmetricalSynthesisLoss", "ProxySynthesisLoss"],
+)
+def test_family_wrappers_need_a_schedule(make):
+    with pytest.raises(ValueError, match="total_iterations.*warmup_iterations"):
+        make()
+    assert make(warmup_iterations=0).warmup_iterations == 0
+    assert make(total_iterations=8).warmup_iterations == 4
 
 
 def test_proxy_synthesis_composes_with_the_proxy_losses_and_refuses_the_rest():

@@ -4,10 +4,14 @@ import pytest
 import torch
 
 from pml_sft.utils.target_sampling import (
+    draw_seed,
     draw_targets,
+    generator_state,
     keyed_scores,
+    load_generator_state,
     random_scores,
     row_keys,
+    target_scores,
 )
 
 from .helpers import DEVICE
@@ -93,3 +97,44 @@ def test_keyed_scores_follow_the_rows_not_their_positions():
     assert torch.equal(keyed_scores(keys[perm], labels, seed=5), scores[perm])
     assert not torch.equal(keyed_scores(keys, labels, seed=6), scores)
     assert ((scores >= 0) & (scores < 1)).all()
+
+
+def test_negative_scores_rule_targets_out():
+    allowed = torch.ones(50, 4, dtype=torch.bool, device=DEVICE)
+    scores = random_scores((50, 4), DEVICE, torch.Generator().manual_seed(0))
+    scores[:, 1] = -1.0  # as restrict_scores marks a target it rules out
+    positions, targets = draw_targets(allowed, 3, scores)
+    assert (targets != 1).all() and len(targets) == 50 * 3
+    assert torch.equal(positions, torch.arange(50, device=DEVICE).repeat_interleave(3))
+
+
+def test_target_scores_plain_and_keyed():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 6, generator=g).to(DEVICE)
+    labels = torch.tensor([3, 8, 11], device=DEVICE)
+
+    def gen():
+        return torch.Generator().manual_seed(4)
+
+    # plain: one (N, K) draw from the generator
+    plain = target_scores(x, labels, False, gen())
+    assert plain.shape == (10, 3)
+    assert torch.equal(plain, random_scores((10, 3), DEVICE, gen()))
+    # keyed: the rows' keys and one seed drawn per call
+    keyed = target_scores(x, labels, True, gen())
+    assert torch.equal(keyed, keyed_scores(row_keys(x), labels, draw_seed(gen())))
+    perm = torch.randperm(10, generator=g).to(DEVICE)
+    assert torch.equal(target_scores(x[perm], labels, True, gen()), keyed[perm])
+
+
+def test_generator_states_load_only_alike():
+    g = torch.Generator().manual_seed(5)
+    state = generator_state(g)
+    expected = torch.rand(3, generator=g)
+    load_generator_state(g, state, "Owner")
+    assert torch.equal(torch.rand(3, generator=g), expected)
+    load_generator_state(None, generator_state(None), "Owner")
+    with pytest.raises(ValueError, match="^cannot load the random draws of Owner: "):
+        load_generator_state(None, state, "Owner")
+    with pytest.raises(ValueError, match="^cannot load the random draws of Owner: "):
+        load_generator_state(g, generator_state(None), "Owner")

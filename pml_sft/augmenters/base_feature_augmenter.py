@@ -148,11 +148,20 @@ class BaseFeatureAugmenter(BaseAugmenter):
         centers = self.estimate_centers(unit, labels, keys, ref_emb, ref_labels)
         table_labels, table = centers.labels, centers.centers
         if self.target_pool == "batch":
-            table_labels, table = table_labels[centers.in_batch], table[centers.in_batch]
+            table_labels, table = (
+                table_labels[centers.in_batch],
+                table[centers.in_batch],
+            )
         scores = target_scores(embeddings, table_labels, keyed, self.generator)
         scores = self.restrict_scores(scores, unit, labels, table_labels, table)
         aug, sources, src_rows, dst_rows = _transform(
-            embeddings, labels, table_labels, table, scores, self.moved, self.num_targets
+            embeddings,
+            labels,
+            table_labels,
+            table,
+            scores,
+            self.moved,
+            self.num_targets,
         )
         nearest = None
         if self.collect_stats:

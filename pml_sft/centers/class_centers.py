@@ -11,8 +11,8 @@ class ClassCenters:
 
     Attributes:
         labels: (K,) class label of each centre row.
-        centers: (K, D) unit centres (float32 for half-precision input, else the
-            input's dtype).
+        centers: (K, D) unit centres, in the dtype of the rows they were computed
+            from (the augmenters pass float32 rows for half-precision embeddings).
         in_batch: (K,) True where the class has samples in the current batch.
         sample_rows: (N,) for each sample of the batch, the row of its own class's
             centre, or -1 when its class has no usable centre.

@@ -87,7 +87,9 @@ class AblationOptions:
     def keep(self, aug, table, target_rows, nearest):
         if not self.consistent_only:
             return None
-        return nearest_is_target(aug, table, target_rows) if nearest is None else nearest
+        return (
+            nearest_is_target(aug, table, target_rows) if nearest is None else nearest
+        )
 
     def finish(self, aug):
         if self.normalize_embeddings:

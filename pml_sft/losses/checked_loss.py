@@ -1,7 +1,6 @@
 import torch
 
 from ..utils.checks import check_batch, check_directions
-from ..utils.target_sampling import random_scores
 
 
 class CheckedLoss:
@@ -9,9 +8,8 @@ class CheckedLoss:
     :class:`pml_sft.upstream.sft_loss.SFTLoss` (a mixin placed before it): the
     inputs checked once, at the entry (shapes, dtypes, labels, NaN/inf, zero rows,
     ``indices_tuple``), so that a bad batch fails at the first call and not when
-    augmentation starts; a zero loss for an empty batch; a ``FloatingPointError``
-    instead of a silent non-finite loss from finite inputs; and the random draws
-    from :meth:`draw_generator` (a ``torch.Generator``, or the global RNG)."""
+    augmentation starts; a zero loss for an empty batch; and a ``FloatingPointError``
+    instead of a silent non-finite loss from finite inputs."""
 
     def forward(
         self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None
@@ -38,13 +36,6 @@ class CheckedLoss:
                 "for finite embeddings"
             )
         return loss
-
-    def draw_generator(self):
-        """The generator of the random draws (None: torch's global RNG)."""
-        return None
-
-    def random_scores(self, size, device):
-        return random_scores(size, device, self.draw_generator())
 
 
 def check_indices_tuple(indices_tuple, n):

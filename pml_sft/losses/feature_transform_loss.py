@@ -27,7 +27,6 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss):
         loss: the PML loss to wrap (its ``distance``/``reducer`` apply).
         augmenter: a built :class:`~pml_sft.augmenters.BaseAugmenter`, e.g.
             ``SphericalFeatureTransform(centers=MovingAverageClassCenters(...))``.
-            Its generator (if any) also draws the extra tuples.
         miner: optional miner, run on the enlarged batch (see
             :class:`~pml_sft.SFTLoss` for an outer ``indices_tuple``).
         total_iterations, warmup_iterations, ramp_iterations: the schedule of
@@ -68,9 +67,6 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss):
         if self.collect_stats:  # the wrapper's statistics come from the augmenter
             augmenter.collect_stats = True
         self.add_to_recordable_attributes(name="share_nearest_target", is_stat=True)
-
-    def draw_generator(self):
-        return getattr(self.augmenter, "generator", None)
 
     def augment(self, embeddings, labels):
         aug, aug_labels, _ = self.augmenter.augment(embeddings, labels)

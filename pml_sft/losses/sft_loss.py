@@ -29,8 +29,7 @@ class SFTLoss(CheckedLoss, sft_loss.SFTLoss):
             ``total_iterations`` is required.
         ramp_iterations: iterations of the ramp (default a quarter of
             ``total_iterations``, else 0).
-        generator: a ``torch.Generator`` for the random draws (targets and extra
-            tuples); its state is saved in ``state_dict``, so a resumed run draws
+        generator: a ``torch.Generator`` for the target draws; its state is saved in ``state_dict``, so a resumed run draws
             the same. Without one, torch's global RNG.
         keyed_draws: draw targets by a hash of each sample's content and a per-call
             seed (rank 0's under torch.distributed), so that every rank of
@@ -71,9 +70,6 @@ class SFTLoss(CheckedLoss, sft_loss.SFTLoss):
         )
         self.generator = target_sampling.checked_generator(generator)
         self.keyed_draws = keyed_draws
-
-    def draw_generator(self):
-        return self.generator
 
     def target_scores(self, embeddings, center_labels):
         keyed = target_sampling.is_keyed(self.keyed_draws)

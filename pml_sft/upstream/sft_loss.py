@@ -3,6 +3,7 @@
 import math
 
 import torch
+from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.losses.base_loss_wrapper import BaseLossWrapper
 from pytorch_metric_learning.losses.base_metric_loss_function import (
     BaseMetricLossFunction,
@@ -122,16 +123,20 @@ def _batch_class_centers(unit, labels, min_samples=2):
     return unique[valid], sums[valid] / norms[valid].unsqueeze(1), row[inverse]
 
 
+def _top_columns(scores, allowed, k):
+    """The columns of the (up to) k highest allowed scores of each row: (columns
+    (R, k), valid (R, k))."""
+    top = scores.masked_fill(~allowed, -float("inf")).topk(min(k, scores.shape[1]), 1)
+    return top.indices, top.values > -float("inf")
+
+
 def _draw_targets(allowed, num_targets, scores):
     """For each row of the (N, K) bool ``allowed``, up to ``num_targets`` distinct
     allowed columns: those of highest score (scores in [0, 1); a negative score
     also disallows). Returns (row positions (M,), columns (M,))."""
-    k = min(num_targets, allowed.shape[1])
-    top = scores.masked_fill(~allowed, -1.0).topk(k, dim=1)
-    keep = (top.values >= 0).reshape(-1)
-    positions = torch.arange(allowed.shape[0], device=allowed.device)
-    positions = positions.unsqueeze(1).expand(-1, k).reshape(-1)
-    return positions[keep], top.indices.reshape(-1)[keep]
+    columns, valid = _top_columns(scores, allowed & (scores >= 0), num_targets)
+    positions = torch.arange(len(allowed), device=allowed.device).unsqueeze(1)
+    return positions.expand_as(columns)[valid], columns[valid]
 
 
 def _transform(embeddings, labels, center_labels, centers, scores, move, k=1):
@@ -147,18 +152,6 @@ def _transform(embeddings, labels, center_labels, centers, scores, move, k=1):
     table = centers.to(x.dtype)
     moved = move(x, table[own_rows], table[targets])
     return moved.to(embeddings.dtype), sources, own_rows, targets
-
-
-def _random_partners(labels, anchors, same, scores):
-    """For each anchor a random row with its label (``same``, never itself) or with
-    another label, from (A, N) scores; -1 where there is none. (Not
-    lmu.get_random_triplet_indices: it takes every row as an anchor and loops over
-    the labels.)"""
-    match = labels[anchors].unsqueeze(1) == labels.unsqueeze(0)
-    if same:
-        match[torch.arange(len(anchors), device=labels.device), anchors] = False
-    best = scores.masked_fill(~match if same else match, -1.0).max(dim=1)
-    return best.indices.masked_fill(best.values < 0, -1)
 
 
 def _mix(plain, augmented, weight):
@@ -269,7 +262,7 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         labels = c_f.to_device(labels, embeddings)
         self.reset_stats()
         self.current_aug_weight = weight = self.next_weight()
-        n, aug = len(embeddings), embeddings[:0]
+        n, aug, self.num_augmented = len(embeddings), embeddings[:0], 0
         if weight > 0:
             aug, aug_labels = self.augment(embeddings, labels)
             self.num_augmented = len(aug)
@@ -310,14 +303,9 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         tuples = self.create_indices_tuple(embeddings, labels, indices_tuple, n)
         return self.loss(embeddings, labels, tuples)
 
-    def random_scores(self, size, device):
-        """Uniform scores in [0, 1) for the random draws (targets and tuples)."""
-        return torch.rand(size, device=device)
-
     def target_scores(self, embeddings, center_labels):
-        """(N, K) scores ranking each sample's target classes."""
-        size = (len(embeddings), len(center_labels))
-        return self.random_scores(size, embeddings.device)
+        """(N, K) scores in [0, 1) ranking each sample's target classes: random."""
+        return torch.rand(len(embeddings), len(center_labels), device=embeddings.device)
 
     def augment(self, embeddings, labels):
         """Up to ``num_targets`` moved copies of each sample whose class has a batch
@@ -336,8 +324,10 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
 
     def create_indices_tuple(self, embeddings, labels, indices_tuple, n):
         """The miner's tuples on the batch, plus ``indices_tuple`` (mined on the n
-        real rows). Without a miner, ``indices_tuple`` plus as many random tuples
-        per synthetic row as it holds per real row, anchored at synthetic rows."""
+        real rows). Without a miner, ``indices_tuple`` plus, for each synthetic row,
+        as many tuples as it holds per real row (at least one): its hardest
+        partners by the wrapped loss's distance, the farthest positives and the
+        nearest negatives."""
         if self.miner is not None:
             mined = self.miner(embeddings, labels)
             if indices_tuple is None:
@@ -347,27 +337,29 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
                 convert = lmu.convert_to_pairs if pairs else lmu.convert_to_triplets
                 indices_tuple = convert(indices_tuple, labels)
             return c_f.concatenate_indices_tuples(mined, indices_tuple)
-        m = len(labels) - n
-        if indices_tuple is None or m == 0:
+        if indices_tuple is None or len(labels) == n:
             return indices_tuple
-        device = labels.device
+        distance = getattr(self.loss, "distance", None) or LpDistance()
+        with torch.no_grad():
+            farther = distance(embeddings[n:], embeddings)
+        farther = -farther if distance.is_inverted else farther
+        same = labels[n:].unsqueeze(1) == labels.unsqueeze(0)
+        other = ~same
+        rows = torch.arange(len(labels) - n, device=labels.device)
+        same[rows, rows + n] = False  # not itself
 
-        def anchors(mined):  # len(mined) * m / n synthetic rows, at random
-            count = int(round(len(mined) * m / max(n, 1)))
-            draws = self.random_scores((count,), device) * m
-            return n + draws.long().clamp(max=m - 1)
+        def per_row(mined):
+            return -(-len(mined) // n)  # ceil: at least one when any were mined
 
-        def partners(a, same):
-            scores = self.random_scores((len(a), len(labels)), device)
-            return _random_partners(labels, a, same, scores)
-
+        p, has_p = _top_columns(farther, same, per_row(indices_tuple[0]))
+        q, has_q = _top_columns(-farther, other, per_row(indices_tuple[-1]))
+        anchors = (rows + n).unsqueeze(1)
         if len(indices_tuple) == 4:
-            a1, a2 = anchors(indices_tuple[0]), anchors(indices_tuple[2])
-            p, q = partners(a1, True), partners(a2, False)
-            extra = a1[p >= 0], p[p >= 0], a2[q >= 0], q[q >= 0]
-        else:
-            a = anchors(indices_tuple[0])
-            p, q = partners(a, True), partners(a, False)
-            keep = (p >= 0) & (q >= 0)
-            extra = a[keep], p[keep], q[keep]
+            a1, a2 = anchors.expand_as(p)[has_p], anchors.expand_as(q)[has_q]
+            extra = a1, p[has_p], a2, q[has_q]
+        else:  # the i-th hardest positive with the i-th hardest negative
+            k = min(p.shape[1], q.shape[1])
+            valid = has_p[:, :k] & has_q[:, :k]
+            p, q = p[:, :k][valid], q[:, :k][valid]
+            extra = anchors.expand_as(valid)[valid], p, q
         return c_f.concatenate_indices_tuples(indices_tuple, extra)

@@ -2,7 +2,7 @@ import unittest
 
 import torch
 from pytorch_metric_learning import losses
-from pytorch_metric_learning.distances import DotProductSimilarity
+from pytorch_metric_learning.distances import DotProductSimilarity, LpDistance
 from pytorch_metric_learning.losses.sft_loss import (
     NO_TUPLES,
     SFTLoss,
@@ -175,20 +175,29 @@ class TestSFTLoss(unittest.TestCase):
                     cos = torch.nn.functional.cosine_similarity(grad, aug_grad, 0)
                     self.assertLess(cos.item(), 1 - 1e-6, name)
 
-    def test_outer_tuples_keep_their_size(self):
-        emb, labels = batch(torch.float32)
-        inner = losses.ContrastiveLoss()
-        loss_func = SFTLoss(inner, warmup_iterations=0)
-        pairs = [t[:5] for t in lmu.get_all_pairs_indices(labels)]
-        all_labels = torch.cat([labels, labels])
-        enlarged = torch.cat([emb, emb])
-        kept = loss_func.create_indices_tuple(enlarged, all_labels, pairs, len(emb))
-        for given, got in zip(pairs, kept):
-            self.assertTrue(torch.equal(got[:5], given))
-            self.assertLessEqual(len(got), 10)  # as many per synthetic row
-        a1, p, a2, n = kept
-        self.assertTrue((all_labels[a1] == all_labels[p]).all())
-        self.assertTrue((all_labels[a2] != all_labels[n]).all())
+    def test_outer_tuples_gain_the_hardest_per_synthetic_row(self):
+        emb, labels = batch(torch.float64)
+        loss_func = SFTLoss(losses.ContrastiveLoss(), warmup_iterations=0)
+        aug, aug_labels = loss_func.augment(emb, labels)
+        all_emb, all_labels = torch.cat([emb, aug]), torch.cat([labels, aug_labels])
+        n, m = len(emb), len(aug)
+        dist = LpDistance()(all_emb).detach()
+        for pairs in [True, False]:
+            get = lmu.get_all_pairs_indices if pairs else lmu.get_all_triplets_indices
+            given = [t[: 2 * n + 1] for t in get(labels)]  # 3 per real row, rounded up
+            kept = loss_func.create_indices_tuple(all_emb, all_labels, given, n)
+            for g, k in zip(given, kept):
+                self.assertTrue(torch.equal(k[: len(g)], g))
+            extra = [t[len(given[0]) :] for t in kept]
+            self.assertEqual(len(extra[0]), 3 * m)
+            for j in range(n, n + m):
+                same = (all_labels == all_labels[j]).nonzero().flatten().tolist()
+                same.remove(j)
+                farthest = sorted(same, key=lambda i: -dist[j, i])[:3]
+                positives = extra[1][extra[0] == j].tolist()
+                self.assertEqual(sorted(positives), sorted(farthest))
+                negatives = extra[-1][extra[-2] == j]
+                self.assertTrue((all_labels[negatives] != all_labels[j]).all())
 
     def test_schedule_and_do_nothing_reducer(self):
         for dtype in TEST_DTYPES:
