@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
+from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 import pml_sft
@@ -348,52 +349,58 @@ def _tuple_rule_batch():
     return torch.randn(10, 4, device=DEVICE), labels, 6
 
 
-def test_tuple_rule_adds_random_triplets_at_synthetic_rows():
+def _hardest(x, labels, j, same):
+    """Row j's partners ordered hardest first (LpDistance, the losses' default)."""
+    dist = LpDistance()(x[j : j + 1], x)[0]
+    rows = [
+        i for i in range(len(labels)) if (labels[i] == labels[j]) == same and i != j
+    ]
+    return sorted(rows, key=lambda i: -float(dist[i]) if same else float(dist[i]))
+
+
+def test_tuple_rule_adds_the_hardest_triplets_at_synthetic_rows():
     x, labels, n = _tuple_rule_batch()
     outer = tuple(
-        t.repeat(20).to(DEVICE)
+        t.repeat(4).to(DEVICE)
         for t in (
             torch.tensor([0, 2, 1]),
             torch.tensor([1, 3, 0]),
             torch.tensor([4, 5, 2]),
         )
-    )  # 60 triplets on the real rows
+    )  # 12 triplets on the 6 real rows: 2 per synthetic row where it has them
     rule = sft_loss.SFTLoss(losses.TripletMarginLoss(), warmup_iterations=0)
     a, p, neg = rule.create_indices_tuple(x, labels, outer, n)
-    assert all(torch.equal(t[:60], o) for t, o in zip((a, p, neg), outer))
-    a, p, neg = a[60:], p[60:], neg[60:]
-    assert len(a) == 40  # 60 * 4 / 6
-    assert (a >= n).all() and set(a.tolist()) == {6, 7, 8, 9}
-    assert (labels[a] == labels[p]).all() and (a != p).all()
-    assert (labels[a] != labels[neg]).all()
+    assert all(torch.equal(t[:12], o) for t, o in zip((a, p, neg), outer))
+    a, p, neg = a[12:], p[12:], neg[12:]
+    for j in range(n, len(labels)):  # rows 8 and 9 have a single positive
+        mine = (a == j).nonzero().flatten()
+        k = min(2, len(_hardest(x, labels, j, True)))
+        assert p[mine].tolist() == _hardest(x, labels, j, True)[:k]
+        assert neg[mine].tolist() == _hardest(x, labels, j, False)[:k]
+    assert len(a) == 2 + 2 + 1 + 1
     # nothing to add: no synthetic rows, or no outer tuples
     assert rule.create_indices_tuple(x[:n], labels[:n], outer, n) is outer
     assert rule.create_indices_tuple(x, labels, None, n) is None
 
 
-def test_tuple_rule_adds_random_pairs_and_keeps_a_miner():
+def test_tuple_rule_adds_the_hardest_pairs_and_keeps_a_miner():
     x, labels, n = _tuple_rule_batch()
     outer = (
-        torch.tensor([0, 2] * 15, device=DEVICE),
-        torch.tensor([1, 3] * 15, device=DEVICE),
+        torch.tensor([0, 2] * 3, device=DEVICE),
+        torch.tensor([1, 3] * 3, device=DEVICE),
         torch.tensor([0, 4, 5] * 4, device=DEVICE),
         torch.tensor([2, 0, 1] * 4, device=DEVICE),
-    )  # 30 positive and 12 negative pairs
-
-    def make():
-        return pml_sft.SFTLoss(
-            losses.ContrastiveLoss(),
-            warmup_iterations=0,
-            generator=torch.Generator().manual_seed(0),
-        )
-
-    tuples = make().create_indices_tuple(x, labels, outer, n)
+    )  # 6 positive (1 per row) and 12 negative pairs (2 per row)
+    rule = pml_sft.SFTLoss(losses.ContrastiveLoss(), warmup_iterations=0)
+    tuples = rule.create_indices_tuple(x, labels, outer, n)
     a1, p, a2, q = (t[len(o) :] for t, o in zip(tuples, outer))
-    assert len(a1) == 20 and len(a2) == 8  # 30 * 4 / 6 and 12 * 4 / 6
-    assert (a1 >= n).all() and (a2 >= n).all()
-    assert (labels[a1] == labels[p]).all() and (a1 != p).all()
-    assert (labels[a2] != labels[q]).all()
-    again = make().create_indices_tuple(x, labels, outer, n)  # same generator seed
+    assert a1.tolist() == [6, 7, 8, 9] and a2.tolist() == [6, 6, 7, 7, 8, 8, 9, 9]
+    for j in range(n, len(labels)):
+        assert p[a1 == j].tolist() == _hardest(x, labels, j, True)[:1]
+        assert q[a2 == j].tolist() == _hardest(x, labels, j, False)[:2]
+    # deterministic: the same batch gives the same tuples, whatever the RNG
+    torch.manual_seed(123)
+    again = rule.create_indices_tuple(x, labels, outer, n)
     assert all(torch.equal(s, t) for s, t in zip(tuples, again))
     # with a miner: its tuples on the whole batch, plus the outer ones
     miner = miners.PairMarginMiner(pos_margin=0, neg_margin=100)
