@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from pytorch_metric_learning import distances, losses, miners, reducers, regularizers
@@ -11,6 +13,7 @@ from pml_sft import (
     SphericalFeatureTransform,
 )
 from pml_sft.contrib import AblationLoss
+from pml_sft.upstream import sft_loss as upstream
 
 from .helpers import DEVICE
 
@@ -24,6 +27,23 @@ def _batch(dtype=torch.float32, classes=4, per_class=4, d=8, seed=0):
 
 def _gen(seed=0):
     return torch.Generator(device=DEVICE).manual_seed(seed)
+
+
+def _recording(loss):
+    """``loss`` (a supported PML loss, so that the wrappers accept it), remembering
+    in ``loss.seen`` the indices_tuple of its last call, in ``loss.embeddings`` its
+    embeddings and in ``loss.calls`` the (labels, indices_tuple, output) of every
+    call."""
+    original, loss.calls = loss.forward, []
+
+    def forward(embeddings, labels, indices_tuple=None, *args):
+        loss.seen, loss.embeddings = indices_tuple, embeddings.detach()
+        out = original(embeddings, labels, indices_tuple, *args)
+        loss.calls.append((labels, indices_tuple, out))
+        return out
+
+    loss.forward = forward
+    return loss
 
 
 def test_equals_inner_loss_on_the_enlarged_batch(dtype):
@@ -43,7 +63,7 @@ def test_single_class_batch_returns_plain_loss():
     inner = losses.ContrastiveLoss()
     wrapped = SFTLoss(inner, collect_stats=True, warmup_iterations=0)
     assert torch.equal(wrapped(x, y), inner(x, y))
-    assert wrapped.num_augmented == 0 and wrapped.augmenter.num_augmented == 0
+    assert wrapped.num_augmented == 0 and wrapped.current_aug_weight == 1.0
 
 
 def test_warmup_ramp_and_weight():
@@ -70,59 +90,114 @@ def test_warmup_ramp_and_weight():
     assert wrapped.current_aug_weight == pytest.approx(0.8)
 
 
-def test_eval_mode_does_not_augment_or_count():
+def test_eval_mode_and_no_grad_do_not_augment_or_count():
     x, y = _batch()
     inner = losses.TripletMarginLoss()
-    wrapped = SFTLoss(inner, warmup_iterations=0).eval()
+    generator = _gen()
+    wrapped = SFTLoss(inner, warmup_iterations=0, generator=generator).eval()
+    draws = generator.get_state()
     assert torch.equal(wrapped(x, y), inner(x, y))
-    assert int(wrapped.iteration) == 0
+    assert int(wrapped.iteration) == 0 and wrapped.current_aug_weight == 0
+    wrapped.train()
+    with torch.no_grad():
+        assert torch.equal(wrapped(x, y), inner(x, y))
+    assert int(wrapped.iteration) == 0 and wrapped.current_aug_weight == 0
+    assert torch.equal(generator.get_state(), draws)  # nor draw
+    wrapped(x, y)  # the first iteration
+    assert int(wrapped.iteration) == 1 and wrapped.num_augmented == len(x)
+
+
+def test_a_call_that_does_not_augment_records_no_augmented_samples():
+    x, y = _batch()
+    wrapped = SFTLoss(losses.ContrastiveLoss(), warmup_iterations=0)
+    wrapped(x, y)
+    assert (wrapped.num_augmented, wrapped.current_aug_weight) == (len(x), 1.0)
+    wrapped.eval()
+    wrapped(x, y)  # num_augmented is always recorded, so not left from the last call
+    assert (wrapped.num_augmented, wrapped.current_aug_weight) == (0, 0.0)
 
 
 def test_inner_miner_mines_the_enlarged_batch_and_keeps_outer_indices():
     x, y = _batch()
-    seen = {}
-
-    class Recording(losses.ContrastiveLoss):
-        def forward(self, embeddings, labels, indices_tuple=None, *args):
-            seen["n"], seen["indices"] = len(embeddings), indices_tuple
-            return super().forward(embeddings, labels, indices_tuple, *args)
-
+    inner = _recording(losses.ContrastiveLoss())
     outer = miners.TripletMarginMiner(margin=10)(x, y)
     miner = miners.MultiSimilarityMiner(epsilon=10)
-    wrapped = SFTLoss(Recording(), miner=miner, warmup_iterations=0)
+    wrapped = SFTLoss(inner, miner=miner, warmup_iterations=0)
     wrapped(x, y, outer)
-    a1, p, a2, n = seen["indices"]
-    assert seen["n"] == 2 * len(x)
+    labels, (a1, p, a2, n), _ = inner.calls[-1]
+    assert len(labels) == 2 * len(x)
     assert (a1 >= len(x)).any() and (p >= len(x)).any()
     # the outer triplets, converted to pairs, are at the end
     k = len(outer[0])
     assert torch.equal(a1[-k:], outer[0]) and torch.equal(n[-k:], outer[2])
 
 
-def test_outer_indices_without_miner_add_all_tuples_with_augmented_rows():
+def _hardest_partners(inner, labels, n, k, positives):
+    """By hand, for each synthetic row (>= n) of the inner loss's last call: its k
+    farthest positives (not itself) or k nearest negatives, hardest first, by the
+    inner loss's distance."""
+    emb = inner.embeddings
+    out = []
+    for r in range(n, len(labels)):
+        d = inner.distance(emb[r : r + 1], emb)[0].tolist()
+        if inner.distance.is_inverted:  # a similarity: far is small
+            d = [-v for v in d]
+        same = [c for c in range(len(labels)) if labels[c] == labels[r] and c != r]
+        cols = same if positives else [c for c in range(len(labels)) if c not in same]
+        cols = [c for c in cols if c != r]
+        out.append(sorted(cols, key=lambda c: -d[c] if positives else d[c])[:k])
+    return out
+
+
+@pytest.mark.parametrize("num_targets", [1, 2])
+@pytest.mark.parametrize("num_outer", [16, 40])
+def test_outer_triplets_without_miner_get_each_synthetic_rows_hardest_partners(
+    num_targets, num_outer
+):
     x, y = _batch()
-    seen = {}
+    inner = _recording(losses.TripletMarginLoss())
+    outer = tuple(t[:num_outer] for t in miners.TripletMarginMiner(margin=10)(x, y))
+    wrapped = SFTLoss(inner, None, num_targets, warmup_iterations=0, generator=_gen())
+    wrapped(x, y, outer)
+    labels, (a, p, neg), _ = inner.calls[-1]
+    k, n = len(outer[0]), len(x)
+    assert len(labels) == (1 + num_targets) * n
+    assert all(torch.equal(t[:k], o) for t, o in zip((a, p, neg), outer))  # as given
+    # every synthetic row anchors as many triplets as the outer set holds per real
+    # row (rounded up), its i-th farthest positive with its i-th nearest negative
+    per_row = -(-k // n)
+    rows = torch.arange(n, len(labels)).repeat_interleave(per_row)
+    assert torch.equal(a[k:], rows)
+    labels = labels.tolist()
+    expected_p = _hardest_partners(inner, labels, n, per_row, positives=True)
+    expected_n = _hardest_partners(inner, labels, n, per_row, positives=False)
+    assert p[k:].tolist() == sum(expected_p, [])
+    assert neg[k:].tolist() == sum(expected_n, [])
 
-    class Recording(losses.TripletMarginLoss):
-        def forward(self, embeddings, labels, indices_tuple=None, *args):
-            seen["indices"] = indices_tuple
-            return super().forward(embeddings, labels, indices_tuple, *args)
 
-    outer = miners.BatchHardMiner()(x, y)
-    SFTLoss(Recording(), warmup_iterations=0)(x, y, outer)
-    a, p, n = seen["indices"]
-    k = len(outer[0])
-    assert torch.equal(a[:k], outer[0])
-    extra = torch.stack([a[k:], p[k:], n[k:]])
-    assert ((extra >= len(x)).any(dim=0)).all() and extra.shape[1] > 0
-
-
-class RecordingContrastive(losses.ContrastiveLoss):
-    """Remembers the indices_tuple it was called with."""
-
-    def forward(self, embeddings, labels, indices_tuple=None, *args):
-        self.seen = indices_tuple
-        return super().forward(embeddings, labels, indices_tuple, *args)
+def test_outer_pairs_without_miner_count_positive_and_negative_pairs_apart():
+    x, y = _batch()
+    inner = _recording(losses.ContrastiveLoss())
+    a1, p, a2, n = miners.MultiSimilarityMiner(epsilon=10)(x, y)
+    outer = (a1[:6], p[:6], a2[:20], n[:20])  # 6 positive and 20 negative pairs
+    SFTLoss(inner, num_targets=2, warmup_iterations=0, generator=_gen())(x, y, outer)
+    labels, (b1, q, b2, m_), _ = inner.calls[-1]
+    assert len(labels) == 3 * len(x)
+    assert all(torch.equal(t[: len(o)], o) for t, o in zip((b1, q, b2, m_), outer))
+    b1, q, b2, m_ = b1[6:], q[6:], b2[20:], m_[20:]
+    # per synthetic row: ceil(6 / 16) = 1 positive pair, ceil(20 / 16) = 2 negative
+    # pairs, with its farthest positive and its nearest negatives
+    rows = torch.arange(len(x), len(labels))
+    assert torch.equal(b1, rows) and torch.equal(b2, rows.repeat_interleave(2))
+    labels = labels.tolist()
+    expected_q = _hardest_partners(inner, labels, len(x), 1, positives=True)
+    expected_m = _hardest_partners(inner, labels, len(x), 2, positives=False)
+    assert q.tolist() == sum(expected_q, [])
+    assert m_.tolist() == sum(expected_m, [])
+    # deterministic given the batch: the same targets give the same tuples
+    again = _recording(losses.ContrastiveLoss())
+    SFTLoss(again, num_targets=2, warmup_iterations=0, generator=_gen())(x, y, outer)
+    assert all(torch.equal(u, v) for u, v in zip(again.seen, inner.seen))
 
 
 @pytest.mark.parametrize("with_miner", [False, True])
@@ -130,7 +205,7 @@ def test_synthetic_roles(with_miner):
     x, y = _batch()
     n = len(x)
     miner = miners.MultiSimilarityMiner(epsilon=10) if with_miner else None
-    inner = RecordingContrastive()
+    inner = _recording(losses.ContrastiveLoss())
     sft, start = SphericalFeatureTransform(), dict(warmup_iterations=0)
     AblationLoss(inner, sft, miner, synthetic_role="partner", **start)(x, y)
     a1, p, a2, neg = inner.seen
@@ -164,40 +239,38 @@ def test_role_restriction_of_triplets():
 def test_separate_objective():
     x, y = _batch()
     gen = torch.Generator().manual_seed(0)
-    inner = RecordingContrastive()
+    inner = _recording(losses.ContrastiveLoss())
     sft = SphericalFeatureTransform(generator=gen)
     wrapped = AblationLoss(
         inner, sft, objective="separate", aug_weight=0.5, warmup_iterations=0
     )
-    calls = []
-    original = inner.forward
-
-    def recording(*args, **kwargs):
-        out = original(*args, **kwargs)
-        calls.append((args[0].shape[0], inner.seen, out))
-        return out
-
-    inner.forward = recording
     total = wrapped(x, y)
-    (n_plain, seen_plain, plain), (n_all, seen_aug, extra) = calls
-    assert n_plain == len(x) and seen_plain is None and n_all == 2 * len(x)
+    (y_plain, seen_plain, plain), (y_all, seen_aug, extra) = inner.calls
+    assert len(y_plain) == len(x) and seen_plain is None and len(y_all) == 2 * len(x)
     a1, p, a2, neg = seen_aug  # every tuple involves an augmented row
     assert ((a1 >= len(x)) | (p >= len(x))).all()
     assert ((a2 >= len(x)) | (neg >= len(x))).all()
     assert torch.allclose(total, plain + 0.5 * extra)
     with pytest.raises(ValueError, match="objective"):
         AblationLoss(
-            losses.ContrastiveLoss(), SphericalFeatureTransform(), objective="both"
+            losses.ContrastiveLoss(),
+            SphericalFeatureTransform(),
+            objective="both",
+            warmup_iterations=0,
         )
     AblationLoss(
         losses.ContrastiveLoss(),
         SphericalFeatureTransform(),
         objective="separate",
         aug_weight=2.0,
+        warmup_iterations=0,
     )
     with pytest.raises(ValueError, match="aug_weight"):
         AblationLoss(
-            losses.ContrastiveLoss(), SphericalFeatureTransform(), aug_weight=2.0
+            losses.ContrastiveLoss(),
+            SphericalFeatureTransform(),
+            aug_weight=2.0,
+            warmup_iterations=0,
         )
 
 
@@ -208,36 +281,69 @@ def test_inner_loss_options_are_refused(option):
         "distance": distances.LpDistance(),
         "embedding_regularizer": regularizers.LpRegularizer(),
     }[option]
+    start = dict(warmup_iterations=0)
+    with pytest.raises(TypeError, match=rf"set \['{option}'\] on the wrapped loss"):
+        upstream.SFTLoss(losses.ContrastiveLoss(), **start, **{option: value})
+    for wrapper in (SFTLoss, FeatureTranslationLoss):
+        with pytest.raises(TypeError, match=option):
+            wrapper(losses.ContrastiveLoss(), **start, **{option: value})
     with pytest.raises(TypeError, match=option):
-        SFTLoss(losses.ContrastiveLoss(), **{option: value})
-    wrapped = SFTLoss(losses.ContrastiveLoss())
+        FeatureTransformLoss(
+            losses.ContrastiveLoss(),
+            SphericalFeatureTransform(),
+            **start,
+            **{option: value},
+        )
+    wrapped = SFTLoss(losses.ContrastiveLoss(), **start)
     assert not hasattr(wrapped, "reducer") and not hasattr(wrapped, "distance")
 
 
 def test_unknown_option_is_refused():
     with pytest.raises(TypeError, match="num_targetz"):
-        SFTLoss(losses.ContrastiveLoss(), num_targetz=2)
+        SFTLoss(losses.ContrastiveLoss(), num_targetz=2, warmup_iterations=0)
 
 
-def test_supported_losses_follow_pml_contract():
-    from pml_sft.losses.feature_transform_loss import UNSUPPORTED_LOSSES
-
-    supported = SFTLoss.supported_losses()
+@pytest.mark.parametrize(
+    "wrapper", [SFTLoss, FeatureTranslationLoss, FeatureTransformLoss, AblationLoss]
+)
+def test_supported_losses_follow_pml_contract(wrapper):
+    supported = wrapper.supported_losses()
+    assert supported == upstream.SUPPORTED_LOSSES  # the one explicit list
     assert "MultiSimilarityLoss" in supported and "ProxyAnchorLoss" in supported
-    assert not set(supported) & set(UNSUPPORTED_LOSSES)
+    assert not set(supported) & set(upstream.UNSUPPORTED_LOSSES)
     for name in supported:
-        SFTLoss.check_loss_support(name)
-    for name in UNSUPPORTED_LOSSES:
-        with pytest.raises(ValueError, match="cannot wrap " + name):
-            SFTLoss.check_loss_support(name)
+        wrapper.check_loss_support(name)
+    for name, reason in upstream.UNSUPPORTED_LOSSES.items():
+        with pytest.raises(
+            ValueError, match=f"cannot wrap {name}: {re.escape(reason)}"
+        ):
+            wrapper.check_loss_support(name)
+    # anything else, a subclass of a supported loss included, is refused by name
+    with pytest.raises(ValueError, match="cannot wrap MyLoss: it is not a tested"):
+        wrapper.check_loss_support("MyLoss")
+
+
+def test_loss_outside_the_list_and_nesting_are_refused():
+    class MyContrastiveLoss(losses.ContrastiveLoss):
+        pass
+
+    with pytest.raises(ValueError, match="MyContrastiveLoss: it is not a tested loss"):
+        SFTLoss(MyContrastiveLoss(), warmup_iterations=0)
+    once = SFTLoss(losses.ContrastiveLoss(), warmup_iterations=0)
+    for outer in (SFTLoss, FeatureTranslationLoss):
+        with pytest.raises(ValueError, match="cannot wrap SFTLoss: it is SFTLoss"):
+            outer(once, warmup_iterations=0)
+    with pytest.raises(ValueError, match="cannot wrap SFTLoss"):
+        FeatureTransformLoss(once, FeatureTranslation(), warmup_iterations=0)
 
 
 def test_cross_batch_memory_is_refused_both_ways():
     memory = losses.CrossBatchMemory(losses.ContrastiveLoss(), 8, memory_size=64)
     with pytest.raises(ValueError, match="memory bank"):
-        SFTLoss(memory)
+        SFTLoss(memory, warmup_iterations=0)
     with pytest.raises(Exception, match="not supported for SFTLoss"):
-        losses.CrossBatchMemory(SFTLoss(losses.ContrastiveLoss()), 8)
+        wrapped = SFTLoss(losses.ContrastiveLoss(), warmup_iterations=0)
+        losses.CrossBatchMemory(wrapped, 8)
     assert memory.queue_idx == 0
 
 
@@ -261,87 +367,70 @@ def test_state_dict_holds_iteration_and_centers():
         losses.ArcFaceLoss(4, 8), _ema_sft(4, 8), warmup_iterations=1
     )
     fresh.load_state_dict(state)
-    assert fresh.step_weight() == 1.0
+    assert fresh.step == 2 and fresh.next_weight() == 1.0
     assert torch.equal(
         fresh.augmenter.centers.centers, wrapped.augmenter.centers.centers
     )
-
-
-def test_wrappers_take_built_augmenters():
-    wrapped = SFTLoss(losses.ContrastiveLoss(), num_targets=3, warmup_iterations=0)
-    assert isinstance(wrapped.augmenter, SphericalFeatureTransform)
-    assert wrapped.augmenter.num_targets == wrapped.num_targets == 3
-    translation = FeatureTranslationLoss(losses.ContrastiveLoss(), warmup_iterations=0)
-    assert isinstance(translation.augmenter, FeatureTranslation)
-    with pytest.raises(TypeError, match="build the augmenter"):
-        SFTLoss(losses.ContrastiveLoss(), centers=MovingAverageClassCenters(4, 8))
-    with pytest.raises(TypeError, match="augmenter must be"):
-        FeatureTransformLoss(losses.ContrastiveLoss(), torch.nn.Identity())
-
-
-class FallingThenFlat(torch.nn.Module):
-    """A stand-in loss: 1/step for ``falling`` steps, then flat (plus noise of 1 %)."""
-
-    def __init__(self, falling):
-        super().__init__()
-        self.falling, self.step = falling, 0
-
-    def forward(self, embeddings, labels, indices_tuple=None):
-        self.step += int(torch.is_grad_enabled())
-        value = (
-            1.0 / min(max(self.step, 1), self.falling) * (1 + 0.01 * (-1) ** self.step)
+    # a state made with another schedule is refused, not silently re-timed
+    for schedule in (dict(warmup_iterations=2), dict(total_iterations=4)):
+        other = FeatureTransformLoss(
+            losses.ArcFaceLoss(4, 8), _ema_sft(4, 8), **schedule
         )
-        return embeddings.sum() * 0 + value
+        with pytest.raises(ValueError, match=r"the state's schedule .* \[1, 0\]"):
+            other.load_state_dict(state)
+        assert other.step == 0 and int(other.iteration) == 0
 
 
-@pytest.mark.parametrize("wrapper", ["sft", "translation", "transform", "ablation"])
-def test_without_a_schedule_augmentation_starts_once_the_loss_stops_falling(wrapper):
-    from pml_sft.upstream.sft_loss import PLATEAU_WINDOW
-
-    inner = losses.ContrastiveLoss()
-    make = {
-        "sft": lambda: SFTLoss(inner),
-        "translation": lambda: FeatureTranslationLoss(inner),
-        "transform": lambda: FeatureTransformLoss(inner, FeatureTranslation()),
-        "ablation": lambda: AblationLoss(
-            inner, FeatureTranslation(), objective="separate"
-        ),
-    }[wrapper]
-    built = make()
-    stand_in = FallingThenFlat(falling=450)  # 1/step: falls > 5 % per window
-    built.loss = stand_in
-    emb = torch.randn(16, 8, requires_grad=True)
-    labels = torch.arange(4).repeat_interleave(4)
-    weights = []
-    for step in range(1, 1001):
-        with torch.no_grad():  # evaluation-style calls neither count nor observe
-            built(emb, labels)
-        built(emb, labels)
-        weights.append(built.current_aug_weight)
-    # the windows ending at 500 (mean over 401..500) still fell by > 5 %; the one
-    # ending at 600 is flat: start after step 600, ramp over 300 steps
-    assert built.warmup_iterations == 6 * PLATEAU_WINDOW
-    assert built.ramp_iterations == 300
-    assert max(weights[:600]) == 0 and weights[600] == pytest.approx(1 / 300)
-    assert weights[899] == 1.0
-    # the schedule found is in the state_dict: a resumed run keeps it
-    resumed = make()
-    resumed.load_state_dict(built.state_dict())
-    resumed(emb, labels)
-    assert resumed.warmup_iterations == 600 and resumed.current_aug_weight == 1.0
+def test_sft_runs_the_upstream_step_and_only_feature_transform_takes_augmenters():
+    x, y = _batch()
+    start = dict(warmup_iterations=0)
+    wrapped = SFTLoss(losses.ContrastiveLoss(), num_targets=3, **start)
+    assert not hasattr(wrapped, "augmenter")
+    assert (wrapped.num_targets, wrapped.transform) == (3, "rotation")
+    translation = FeatureTranslationLoss(
+        losses.ContrastiveLoss(), generator=_gen(), **start
+    )
+    assert not hasattr(translation, "augmenter")
+    same = SFTLoss(
+        losses.ContrastiveLoss(), transform="translation", generator=_gen(), **start
+    )
+    assert torch.equal(translation(x, y), same(x, y))
+    with pytest.raises(TypeError, match="takes no transform"):
+        FeatureTranslationLoss(losses.ContrastiveLoss(), transform="rotation", **start)
+    with pytest.raises(ValueError, match="transform must be"):
+        SFTLoss(losses.ContrastiveLoss(), transform="scale", **start)
+    with pytest.raises(TypeError, match="centers"):  # centres go to an augmenter
+        SFTLoss(
+            losses.ContrastiveLoss(), centers=MovingAverageClassCenters(4, 8), **start
+        )
+    with pytest.raises(TypeError, match="augmenter must be"):
+        FeatureTransformLoss(losses.ContrastiveLoss(), torch.nn.Identity(), **start)
 
 
-def test_plateau_start_keeps_a_given_ramp_and_a_given_warmup_wins():
-    wrapped = SFTLoss(losses.ContrastiveLoss(), ramp_iterations=0)
-    wrapped.loss = FallingThenFlat(falling=1)
-    emb, labels = torch.randn(8, 4, requires_grad=True), torch.arange(8) % 2
-    for _ in range(201):
-        wrapped(emb, labels)
-    assert (wrapped.warmup_iterations, wrapped.ramp_iterations) == (200, 0)
-    assert wrapped.current_aug_weight == 1.0
-    fixed = SFTLoss(losses.ContrastiveLoss(), warmup_iterations=3)
+WRAPPERS = {
+    "sft": lambda inner, **kw: SFTLoss(inner, **kw),
+    "translation": lambda inner, **kw: FeatureTranslationLoss(inner, **kw),
+    "transform": lambda inner, **kw: FeatureTransformLoss(
+        inner, FeatureTranslation(), **kw
+    ),
+    "ablation": lambda inner, **kw: AblationLoss(
+        inner, FeatureTranslation(), objective="separate", **kw
+    ),
+}
+
+
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_a_schedule_is_required(wrapper):
+    make = WRAPPERS[wrapper]
+    # no start found from the loss curve any more: the user states the schedule
+    for kwargs in ({}, dict(ramp_iterations=10)):
+        with pytest.raises(ValueError, match="total_iterations .*warmup_iterations"):
+            make(losses.ContrastiveLoss(), **kwargs)
+    fixed = make(losses.ContrastiveLoss(), warmup_iterations=3)
     assert (fixed.warmup_iterations, fixed.ramp_iterations) == (3, 0)
-    by_length = SFTLoss(losses.ContrastiveLoss(), total_iterations=100)
+    ramped = make(losses.ContrastiveLoss(), warmup_iterations=3, ramp_iterations=5)
+    assert (ramped.warmup_iterations, ramped.ramp_iterations) == (3, 5)
+    by_length = make(losses.ContrastiveLoss(), total_iterations=100)
     assert (by_length.warmup_iterations, by_length.ramp_iterations) == (50, 25)
 
 
@@ -349,21 +438,37 @@ def test_plateau_start_keeps_a_given_ramp_and_a_given_warmup_wins():
     "kwargs,match",
     [
         (dict(warmup_iterations=-1), "warmup_iterations"),
-        (dict(ramp_iterations=0.5), "ramp_iterations"),
-        (dict(num_targets=0), "num_targets"),
-        (dict(miner=miners.EmbeddingsAlreadyPackagedAsTriplets()), "batch layout"),
+        (dict(warmup_iterations=0, ramp_iterations=0.5), "ramp_iterations"),
+        (dict(total_iterations=10.0), "total_iterations"),
+        (dict(warmup_iterations=0, num_targets=0), "num_targets"),
+        (dict(warmup_iterations=0, transform="scale"), "transform"),
+        (dict(warmup_iterations=0, miner=miners.TripletMarginMiner()), "no miner"),
     ],
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        SFTLoss(losses.ContrastiveLoss(), **kwargs)
+        SFTLoss(losses.PNPLoss(), **kwargs)
+
+
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_miner_that_reads_the_batch_layout_is_refused(wrapper):
+    # it would read triplets from (a, p, n, a, p, n, ...) rows of the enlarged batch
+    with pytest.raises(ValueError, match="batch layout"):
+        WRAPPERS[wrapper](
+            losses.ContrastiveLoss(),
+            miner=miners.EmbeddingsAlreadyPackagedAsTriplets(),
+            warmup_iterations=0,
+        )
 
 
 @pytest.mark.parametrize("aug_weight", [1.5, -0.1])
 def test_bad_ablation_weight(aug_weight):
     with pytest.raises(ValueError, match="aug_weight"):
         AblationLoss(
-            losses.ContrastiveLoss(), SphericalFeatureTransform(), aug_weight=aug_weight
+            losses.ContrastiveLoss(),
+            SphericalFeatureTransform(),
+            aug_weight=aug_weight,
+            warmup_iterations=0,
         )
 
 
@@ -378,10 +483,25 @@ def test_bad_input_is_refused_before_the_inner_loss():
         wrapped(torch.zeros_like(x), y)
 
 
-def test_do_nothing_reducer_needs_full_weight():
+def test_do_nothing_reducer_keeps_both_terms_during_the_ramp():
     x, y = _batch()
     inner = losses.ContrastiveLoss(reducer=reducers.DoNothingReducer())
-    assert isinstance(SFTLoss(inner, warmup_iterations=0)(x, y), dict)
+    plain = inner(x, y)
+    full = SFTLoss(inner, warmup_iterations=0, generator=_gen())(x, y)
+    assert set(full) == set(plain)  # full weight: the augmented loss's entries
+    ramped = SFTLoss(inner, warmup_iterations=0, ramp_iterations=4, generator=_gen())
+    mixed = ramped(x, y)
+    w = ramped.current_aug_weight
+    assert w == pytest.approx(1 / 4)
+    assert set(mixed) == set(plain) | {k + "_plain" for k in plain}
+    for name in plain:
+        assert torch.allclose(mixed[name]["losses"], w * full[name]["losses"])
+        got = mixed[name + "_plain"]
+        assert torch.allclose(got["losses"], (1 - w) * plain[name]["losses"])
+        assert got["reduction_type"] == plain[name]["reduction_type"]
+        assert all(
+            torch.equal(a, b) for a, b in zip(got["indices"], plain[name]["indices"])
+        )
     sft = SphericalFeatureTransform()
     with pytest.raises(TypeError, match="DoNothingReducer"):
         AblationLoss(inner, sft, objective="separate", warmup_iterations=0)(x, y)

@@ -117,7 +117,10 @@ def test_loss_factory_nests_inner_loss_with_num_classes():
         },
         kwargs={"num_classes": 7},
     )
-    assert type(translation.augmenter).__name__ == "FeatureTranslation"
+    # (the translation wrapper runs the upstream step itself: no augmenter)
+    assert type(translation).__name__ == "FeatureTranslationLoss"
+    assert translation.transform == "translation"
+    assert not hasattr(translation, "augmenter") and translation.collect_stats
     # the experiment's length sets the schedule unless the config sets one
     timed = factory.create(
         {"SFTLoss": {"loss": {"ContrastiveLoss": {}}}},
@@ -251,8 +254,10 @@ def test_short_experiment_end_to_end(tmp_path, monkeypatch):
     assert sft_rows[0]["ramp_iterations"] == "0"
     assert float(sft_rows[0]["current_aug_weight"]) == 0.0
     assert int(sft_rows[0]["num_augmented"]) == 0
-    transform_log = next(csvs.glob("*SphericalFeatureTransform.csv"))
-    assert "mean_center_angle" in transform_log.read_text().splitlines()[0]
+    # SFTLoss runs the augmentation step itself, so its own log holds the step's
+    # statistics (no augmenter log)
+    assert "mean_center_angle" in sft_rows[0]
+    assert not list(csvs.glob("*SphericalFeatureTransform.csv"))
     assert list(
         (experiments / "sft_tiny" / "meta_logs" / "saved_csvs").glob(
             "MeanAggregator_*.csv"

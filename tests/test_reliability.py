@@ -148,10 +148,22 @@ def test_checkpoint_with_other_sizes_is_refused():
                 centers=pml_sft.MovingAverageClassCenters(classes, size),
                 generator=torch.Generator(device=DEVICE),  # as the saved one
             ),
-            warmup_iterations=0,
+            warmup_iterations=3,  # the saved schedule (another one is refused first)
+            ramp_iterations=4,
         )
         with pytest.raises(ValueError, match=match):
             other.load_state_dict(state, strict=False)
+    # the same sizes with another schedule: refused for the schedule
+    other = pml_sft.FeatureTransformLoss(
+        losses.ContrastiveLoss(),
+        pml_sft.SphericalFeatureTransform(
+            centers=pml_sft.MovingAverageClassCenters(C, D),
+            generator=torch.Generator(device=DEVICE),
+        ),
+        warmup_iterations=0,
+    )
+    with pytest.raises(ValueError, match=r"the state's schedule \(warmup, ramp\)"):
+        other.load_state_dict(state, strict=False)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -159,14 +171,15 @@ def test_checkpoint_with_other_sizes_is_refused():
 def test_non_finite_embeddings_never_give_a_silent_nan(training, value):
     x, y = _data(0)
     x[3, 2] = value
-    loss_fn = pml_sft.SFTLoss(losses.MultiSimilarityLoss()).train(training)
+    loss_fn = pml_sft.SFTLoss(losses.MultiSimilarityLoss(), warmup_iterations=0)
+    loss_fn.train(training)
     with pytest.raises(ValueError, match="NaN or inf"):
         loss_fn(x, y)
 
 
 def test_hostile_inputs_each_give_a_result_or_a_clear_error():
     x, y = _data(0)
-    loss_fn = pml_sft.SFTLoss(losses.MultiSimilarityLoss())
+    loss_fn = pml_sft.SFTLoss(losses.MultiSimilarityLoss(), warmup_iterations=0)
     with pytest.raises(ValueError, match="zero vector"):
         loss_fn(torch.cat([x[:-1], torch.zeros_like(x[:1])]), y)
     with pytest.raises(ValueError, match=r"shape \(N, D\)"):
@@ -194,7 +207,7 @@ def test_hostile_inputs_each_give_a_result_or_a_clear_error():
 def test_degenerate_batches_give_correct_results():
     x, y = _data(0)
     for inner in (losses.MultiSimilarityLoss(), losses.ArcFaceLoss(C, D)):
-        loss_fn = pml_sft.SFTLoss(inner)
+        loss_fn = pml_sft.SFTLoss(inner, warmup_iterations=0)
         empty = loss_fn(x[:0].requires_grad_(), y[:0])
         assert empty.item() == 0.0  # ArcFace alone returns NaN for an empty batch
         one_class = y[y == 0]
@@ -202,10 +215,14 @@ def test_degenerate_batches_give_correct_results():
             loss_fn(x[: len(one_class)], one_class),
             inner(x[: len(one_class)], one_class),
         )
+    start = dict(warmup_iterations=0)
     huge = y.long() * 10**15 + 10**17
-    assert torch.isfinite(pml_sft.SFTLoss(losses.MultiSimilarityLoss())(x, huge))
+    loss_fn = pml_sft.SFTLoss(losses.MultiSimilarityLoss(), **start)
+    assert torch.isfinite(loss_fn(x, huge)) and loss_fn.num_augmented == len(x)
     unnormalised = x * torch.logspace(-3, 3, len(x), device=DEVICE).unsqueeze(1)
-    assert torch.isfinite(pml_sft.SFTLoss(losses.ContrastiveLoss())(unnormalised, y))
+    loss_fn = pml_sft.SFTLoss(losses.ContrastiveLoss(), **start)
+    assert torch.isfinite(loss_fn(unnormalised, y))
+    assert loss_fn.num_augmented == len(x)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

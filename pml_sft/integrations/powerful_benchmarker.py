@@ -15,19 +15,23 @@ Usage::
     pb_sft.register(runner)   # applies the fixes, registers pml-sft's classes
     runner.run()
 
-In YAML, the wrappers nest an inner loss (and optionally a miner, a transform and
-class centres); ``num_classes`` reaches the inner loss and moving-average centres::
+In YAML, the wrappers nest an inner loss (and optionally a miner, or for
+``FeatureTransformLoss`` an augmenter with its class centres); ``num_classes`` reaches
+the inner loss and moving-average centres, and ``total_iterations`` (the schedule) is
+the experiment's length unless the config sets a schedule::
 
     loss_funcs:
       metric_loss:
-        SFTLoss:
+        FeatureTransformLoss:
           loss:
             MultiSimilarityLoss: {alpha: 2, beta: 50, base: 0.5}
           miner:
             MultiSimilarityMiner: {epsilon: 0.1}
-          centers:
-            MovingAverageClassCenters: {embedding_size: 128, momentum: 0.9}
-          num_targets: 1
+          augmenter:
+            SphericalFeatureTransform:
+              centers:
+                MovingAverageClassCenters: {embedding_size: 128, momentum: 0.9}
+              num_targets: 1
 """
 
 import copy

@@ -2,15 +2,9 @@ from ..augmenters import BaseAugmenter
 from ..upstream import sft_loss
 from .checked_loss import CheckedLoss
 
-# Every PML loss the upstream SFTLoss refuses, and why; every other one is supported.
+# The PML losses and miners the upstream SFTLoss refuses, and why.
 UNSUPPORTED_LOSSES = sft_loss.UNSUPPORTED_LOSSES
-
-# Miners the wrapper cannot run on the enlarged batch, and why.
-UNSUPPORTED_MINERS = {
-    "EmbeddingsAlreadyPackagedAsTriplets": "it reads triplets from the batch layout "
-    "(a, p, n, a, p, n, ...), which appended augmented samples do not follow; use it "
-    "as the outer miner instead (indices_tuple), whose triplets stay valid",
-}
+UNSUPPORTED_MINERS = sft_loss.UNSUPPORTED_MINERS
 
 
 class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss):
@@ -48,11 +42,6 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss):
         if not isinstance(augmenter, BaseAugmenter):
             raise TypeError(
                 f"augmenter must be a pml_sft augmenter, got {type(augmenter).__name__}"
-            )
-        if miner is not None and type(miner).__name__ in UNSUPPORTED_MINERS:
-            raise ValueError(
-                f"{type(self).__name__} cannot mine with {type(miner).__name__}: "
-                f"{UNSUPPORTED_MINERS[type(miner).__name__]}"
             )
         super().__init__(
             loss,

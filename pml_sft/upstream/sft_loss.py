@@ -37,6 +37,11 @@ SUPPORTED_LOSSES = (
     "SubCenterArcFaceLoss SupConLoss ThresholdConsistentMarginLoss "
     "TripletMarginLoss TupletMarginLoss"
 ).split()
+UNSUPPORTED_MINERS = {
+    "EmbeddingsAlreadyPackagedAsTriplets": "it reads triplets from the batch layout "
+    "(a, p, n, a, p, n, ...), which appended samples do not follow; use it as the "
+    "outer miner instead (indices_tuple), whose triplets stay valid",
+}
 # losses that take no indices_tuple, so no miner can act on them
 NO_TUPLES = ("InstanceLoss", "P2SGradLoss", "PNPLoss", "RankedListLoss")
 TRANSFORMS = ("rotation", "translation")
@@ -108,6 +113,7 @@ def _class_sums(unit, labels):
     """(labels (K,), inverse (N,), per-class sums (K, D), counts (K,)) of the
     classes present. Differentiable."""
     unique, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
+    unit = unit.to(_compute_dtype(unit.dtype))  # half precision: summed in float32
     sums = unit.new_zeros(len(unique), unit.shape[1]).index_add(0, inverse, unit)
     return unique, inverse, sums, counts
 
@@ -220,6 +226,9 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
             )
         if miner is not None and type(loss).__name__ in NO_TUPLES:
             raise ValueError(f"{type(loss).__name__} takes no indices_tuple: no miner")
+        if type(miner).__name__ in UNSUPPORTED_MINERS:
+            name = type(miner).__name__
+            raise ValueError(f"cannot mine with {name}: {UNSUPPORTED_MINERS[name]}")
         total = total_iterations or 0
         self.warmup_iterations = (
             total // 2 if warmup_iterations is None else warmup_iterations
