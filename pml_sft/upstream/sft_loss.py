@@ -227,8 +227,11 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         if miner is not None and type(loss).__name__ in NO_TUPLES:
             raise ValueError(f"{type(loss).__name__} takes no indices_tuple: no miner")
         if type(miner).__name__ in UNSUPPORTED_MINERS:
-            name = type(miner).__name__
-            raise ValueError(f"cannot mine with {name}: {UNSUPPORTED_MINERS[name]}")
+            name, reason = (
+                type(miner).__name__,
+                UNSUPPORTED_MINERS[type(miner).__name__],
+            )
+            raise ValueError(f"{type(self).__name__} cannot mine with {name}: {reason}")
         total = total_iterations or 0
         self.warmup_iterations = (
             total // 2 if warmup_iterations is None else warmup_iterations
