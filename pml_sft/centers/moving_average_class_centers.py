@@ -101,6 +101,12 @@ class MovingAverageClassCenters(BaseClassCenters):
                 f"embeddings have size {embeddings.shape[1]} but "
                 f"{type(self).__name__} was built with embedding_size={self.embedding_size}"
             )
+        if self.centers.device != embeddings.device:
+            raise ValueError(
+                f"{type(self).__name__}'s centres are on {self.centers.device} but the "
+                f"embeddings are on {embeddings.device}: move it (or the loss or "
+                f"augmenter that holds it) with .to({str(embeddings.device)!r})"
+            )
         labels = labels.long()
         if not (self.update and self.training):
             if not bool((self.num_updates > 0).any()):

@@ -126,7 +126,9 @@ def _batch_class_centers(unit, labels, min_samples=2):
     norms = sums.norm(dim=1)
     valid = (counts >= min_samples) & (norms > torch.finfo(sums.dtype).eps)
     row = torch.where(valid, valid.cumsum(0) - 1, torch.full_like(counts, -1))
-    return unique[valid], sums[valid] / norms[valid].unsqueeze(1), row[inverse]
+    keep = valid.nonzero(as_tuple=False).squeeze(1)  # one host sync
+    centers = sums[keep] / norms[keep].unsqueeze(1)
+    return unique[keep], centers, row[inverse]
 
 
 def _top_columns(scores, allowed, k):
@@ -141,8 +143,8 @@ def _draw_targets(allowed, num_targets, scores):
     allowed columns: those of highest score (scores in [0, 1); a negative score
     also disallows). Returns (row positions (M,), columns (M,))."""
     columns, valid = _top_columns(scores, allowed & (scores >= 0), num_targets)
-    positions = torch.arange(len(allowed), device=allowed.device).unsqueeze(1)
-    return positions.expand_as(columns)[valid], columns[valid]
+    rows, k = valid.nonzero(as_tuple=True)  # one host sync
+    return rows, columns[rows, k]
 
 
 def _transform(embeddings, labels, center_labels, centers, scores, move, k=1):

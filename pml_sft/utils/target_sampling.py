@@ -114,7 +114,8 @@ def load_generator_state(generator, state, owner):
             f"{'without' if saved is None else 'with'} a generator, and this one has "
             f"{'one' if saved is None else 'none'}. Build both alike (without a "
             "generator the draws come from torch's global RNG: save "
-            "torch.get_rng_state() with the checkpoint to resume them)"
+            "torch.get_rng_state(), and on CUDA torch.cuda.get_rng_state(), with the "
+            "checkpoint to resume them)"
         )
     if saved is not None:
         generator.set_state(saved)
