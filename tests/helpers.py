@@ -35,7 +35,7 @@ def rotation_matrix(a, b):
     w = b - c * a
     if w.norm() < 1e-12:
         if c > 0:
-            return torch.eye(a.shape[0], dtype=torch.float64)
+            return torch.eye(a.shape[0], dtype=torch.float64, device=a.device)
         raise ValueError("antipodal: no unique reference")
     v = w / w.norm()
     theta = math.acos(c.item())

@@ -43,8 +43,8 @@ def test_sft_rotates_each_sample_onto_its_target_class(dtype):
         source_label, target_label = y[src[i]].item(), aug_labels[i].item()
         assert source_label != target_label
         r = rotation_matrix(means[source_label], means[target_label])
-        expected = r @ x[src[i]].double().cpu()
-        assert torch.allclose(aug[i].double().cpu(), expected, atol=tol(dtype) * 100)
+        expected = r @ x[src[i]].double()
+        assert torch.allclose(aug[i].double(), expected, atol=tol(dtype) * 100)
     norms = aug.double().norm(dim=1)
     assert torch.allclose(norms, x[src].double().norm(dim=1), rtol=tol(dtype) * 10)
     assert (norms - 1).abs().max() > 0.05  # not unit rows
@@ -115,7 +115,8 @@ def test_single_class_batch_gives_nothing_and_records_it():
 def test_singleton_classes_are_skipped_with_batch_centers_not_with_moving_average():
     x, y = _batch(per_class=1, classes=(0, 1, 2, 3))
     assert len(SphericalFeatureTransform()(x, y)[0]) == 0
-    sft = SphericalFeatureTransform(centers=MovingAverageClassCenters(4, x.shape[1]))
+    centres = MovingAverageClassCenters(4, x.shape[1]).to(DEVICE)
+    sft = SphericalFeatureTransform(centers=centres)
     aug, aug_labels, src = sft(x, y)
     assert len(aug) == 4 and (aug_labels != y[src]).all()
     xs, ys = _batch(per_class=2, classes=(0, 1))
@@ -126,7 +127,7 @@ def test_singleton_classes_are_skipped_with_batch_centers_not_with_moving_averag
 
 
 def test_target_pool_all_reaches_classes_absent_from_the_batch():
-    centres = MovingAverageClassCenters(30, 6)
+    centres = MovingAverageClassCenters(30, 6).to(DEVICE)
     sft = SphericalFeatureTransform(centers=centres, target_pool="all", num_targets=3)
     x1, y1 = _batch(classes=(21, 22, 23, 24))
     sft(x1, y1)
@@ -260,8 +261,8 @@ def test_half_precision_augmentation(dtype):
     means = _class_means(xh.double(), y)
     for i in range(len(aug)):
         r = rotation_matrix(means[y[src[i]].item()], means[aug_labels[i].item()])
-        expected = r @ xh[src[i]].double().cpu()
-        assert torch.allclose(aug[i].double().cpu(), expected, atol=5e-2)
+        expected = r @ xh[src[i]].double()
+        assert torch.allclose(aug[i].double(), expected, atol=5e-2)
     # exactly the float32 computation, rounded once at the end
     ref, ref_labels, ref_src = SphericalFeatureTransform(
         generator=torch.Generator().manual_seed(0)

@@ -98,12 +98,12 @@ def test_moving_average_update_rule():
 
 
 def test_moving_average_state_follows_to_and_state_dict():
-    centres = MovingAverageClassCenters(3, 5)
+    centres = MovingAverageClassCenters(3, 5).to(DEVICE)
     x, y = _batch(torch.float32, [0, 1, 1])
     centres(x, y)
     state = centres.state_dict()
     assert set(state) >= {"centers", "num_updates"}
-    other = MovingAverageClassCenters(3, 5)
+    other = MovingAverageClassCenters(3, 5).to(DEVICE)
     other.load_state_dict(state)
     assert torch.equal(other.centers, centres.centers)
     assert other.to(torch.float64).centers.dtype == torch.float64
@@ -115,11 +115,11 @@ def test_moving_average_state_follows_to_and_state_dict():
 
 def test_moving_average_frozen():
     # a frozen table that knows no centre would silently give no augmentation
-    centres = MovingAverageClassCenters(3, 5, update=False)
+    centres = MovingAverageClassCenters(3, 5, update=False).to(DEVICE)
     x, y = _batch(torch.float32, [0, 1, 1])
     with pytest.raises(ValueError, match="knows no centre and does not update"):
         centres(x, y)
-    trained = MovingAverageClassCenters(3, 5)
+    trained = MovingAverageClassCenters(3, 5).to(DEVICE)
     trained(x, y)
     centres.load_state_dict(trained.state_dict())
     assert len(centres(x, y)) == 2
@@ -127,7 +127,7 @@ def test_moving_average_frozen():
 
 
 def test_moving_average_follows_eval_mode():
-    centres = MovingAverageClassCenters(3, 5)
+    centres = MovingAverageClassCenters(3, 5).to(DEVICE)
     x, y = _batch(torch.float32, [0, 1, 1])
     centres(x, y)
     before = centres.centers.clone()
@@ -135,14 +135,14 @@ def test_moving_average_follows_eval_mode():
     centres(x * -1, y)
     assert torch.equal(centres.centers, before) and centres.num_updates.sum() == 2
     with pytest.raises(ValueError, match="training=False"):
-        MovingAverageClassCenters(3, 5).eval()(x, y)
+        MovingAverageClassCenters(3, 5).to(DEVICE).eval()(x, y)
 
 
 @pytest.mark.parametrize("labels", [[0, 3], [-1, 0], [0, 10**12]])
 def test_moving_average_labels_out_of_range(labels):
     x, y = _batch(torch.float32, labels)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
-        MovingAverageClassCenters(3, 5)(x, y)
+        MovingAverageClassCenters(3, 5).to(DEVICE)(x, y)
 
 
 def test_center_input_errors():
@@ -152,7 +152,7 @@ def test_center_input_errors():
     with pytest.raises(TypeError, match="integer"):
         BatchClassCenters()(x, y.float())
     with pytest.raises(ValueError, match="embedding_size=6"):
-        MovingAverageClassCenters(3, 6)(x, y)
+        MovingAverageClassCenters(3, 6).to(DEVICE)(x, y)
     x[0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN or inf"):
         BatchClassCenters()(x, y)
@@ -169,7 +169,7 @@ def test_empty_batch():
     x = torch.zeros(0, 5, device=DEVICE)
     y = torch.zeros(0, dtype=torch.long, device=DEVICE)
     assert len(BatchClassCenters()(x, y)) == 0
-    assert len(MovingAverageClassCenters(3, 5)(x, y)) == 0
+    assert len(MovingAverageClassCenters(3, 5).to(DEVICE)(x, y)) == 0
 
 
 def test_dataset_centers_are_the_class_means_of_the_full_pass():

@@ -137,11 +137,15 @@ def test_resume_without_a_generator_with_the_rng_state():
         optimizer=optimizer.state_dict(),
         rng=torch.get_rng_state(),  # what the docs say to save without a generator
     )
+    if DEVICE.type == "cuda":  # the draws on CUDA come from the CUDA generator
+        checkpoint["cuda_rng"] = torch.cuda.get_rng_state(DEVICE)
     model, loss_fn, optimizer = _readme_setup()
     model.load_state_dict(checkpoint["model"])
     loss_fn.load_state_dict(checkpoint["loss"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["rng"])
+    if DEVICE.type == "cuda":
+        torch.cuda.set_rng_state(checkpoint["cuda_rng"], DEVICE)
     assert _steps(model, loss_fn, optimizer, range(4, 8)) == straight[4:]
 
 

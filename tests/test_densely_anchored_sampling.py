@@ -137,10 +137,14 @@ def test_copies_are_detached_unit_and_keep_the_input_dtype():
     x.requires_grad_()
     aug, _, _ = DenselyAnchoredSampling(3, 6).to(DEVICE)(x, y)
     assert not aug.requires_grad
-    assert torch.allclose(aug.norm(dim=1), torch.ones(len(aug), dtype=aug.dtype))
+    assert torch.allclose(
+        aug.norm(dim=1), torch.ones(len(aug), dtype=aug.dtype, device=aug.device)
+    )
     half = DenselyAnchoredSampling(3, 6).to(DEVICE)(x.detach().half(), y)[0]
     assert half.dtype == torch.float16 and torch.isfinite(half).all()
-    assert torch.allclose(half.float().norm(dim=1), torch.ones(len(half)), atol=1e-3)
+    assert torch.allclose(
+        half.float().norm(dim=1), torch.ones(len(half), device=DEVICE), atol=1e-3
+    )
 
 
 def test_eval_mode_reads_the_memory_without_updating_it():

@@ -66,10 +66,12 @@ def test_symmetrical_synthesis_matches_explicit_reflection_matrices():
         assert torch.allclose(aug[row], point, atol=1e-12)
         assert sources[row] == source and aug_labels[row] == y[source]
     # reflections keep norms and the angle to the axis, and are involutions
-    assert torch.allclose(aug.norm(dim=1), torch.ones(len(aug), dtype=aug.dtype))
+    ones = torch.ones(len(aug), dtype=aug.dtype, device=aug.device)
+    assert torch.allclose(aug.norm(dim=1), ones)
     a, b = unit(x[pairs[0][0]]), unit(x[pairs[0][1]])
     assert torch.allclose(aug[0] @ a, b @ a)
-    twice = SymmetricalSynthesis()(torch.stack([a, aug[0]]), torch.tensor([0, 0]))[0]
+    pair = torch.stack([a, aug[0]])
+    twice = SymmetricalSynthesis()(pair, torch.tensor([0, 0], device=DEVICE))[0]
     assert torch.allclose(twice[0], b, atol=1e-12)
 
 
@@ -173,7 +175,7 @@ def test_proxy_synthesis_loss_is_the_loss_over_real_and_synthetic_classes(make):
     torch.manual_seed(1)
     inner = make()
     x, y = batch(4, n=8, classes=4, dtype=torch.float32)
-    wrapped = ProxySynthesisLoss(inner, warmup_iterations=0)
+    wrapped = ProxySynthesisLoss(inner, warmup_iterations=0).to(DEVICE)
     torch.manual_seed(5)
     e = x.clone().requires_grad_()
     loss = wrapped(e, y)
@@ -181,9 +183,9 @@ def test_proxy_synthesis_loss_is_the_loss_over_real_and_synthetic_classes(make):
     torch.manual_seed(5)  # the same draws: the same partners and mix weight
     e_ref = x.clone().requires_grad_()
     aug, aug_proxies, _ = ProxySynthesis().augment(e_ref, y, inner.proxies)
-    reference = type(inner)(4 + len(aug), 6)
+    reference = type(inner)(4 + len(aug), 6).to(DEVICE)
     reference.proxies.data = torch.cat([inner.proxies, aug_proxies]).detach()
-    labels = torch.cat([y, 4 + torch.arange(len(aug))])
+    labels = torch.cat([y, 4 + torch.arange(len(aug), device=DEVICE)])
     expected = reference(torch.cat([e_ref, aug]), labels)
     expected.backward()
     assert torch.allclose(loss, expected, atol=1e-5)
@@ -200,10 +202,12 @@ def test_proxy_synthesis_loss_refuses_losses_without_known_proxies():
     with pytest.raises(ValueError, match="NaN or inf"):
         x, y = batch(0, dtype=torch.float32)
         x[0, 0] = float("nan")
-        ProxySynthesisLoss(losses.ProxyAnchorLoss(3, 6), warmup_iterations=0)(x, y)
+        wrapped = ProxySynthesisLoss(losses.ProxyAnchorLoss(3, 6), warmup_iterations=0)
+        wrapped.to(DEVICE)(x, y)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         x, y = batch(0, dtype=torch.float32)
-        ProxySynthesisLoss(losses.ProxyAnchorLoss(3, 6), warmup_iterations=0)(x, y + 1)
+        wrapped = ProxySynthesisLoss(losses.ProxyAnchorLoss(3, 6), warmup_iterations=0)
+        wrapped.to(DEVICE)(x, y + 1)
 
 
 def augmentation_changes(wrapped, x, y):
@@ -249,6 +253,7 @@ def test_pair_augmentation_changes_the_losses_it_is_compared_on(wrapper, loss):
 def test_proxy_synthesis_changes_the_proxy_losses(make):
     torch.manual_seed(0)
     wrapped = ProxySynthesisLoss(make(), warmup_iterations=0, collect_stats=True)
+    wrapped.to(DEVICE)
     x, y = batch(6, n=16, d=8, classes=4, dtype=torch.float32)
     assert augmentation_changes(wrapped, x, y)
     assert wrapped.num_augmented == 16

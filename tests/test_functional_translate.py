@@ -64,7 +64,9 @@ def test_a_direction_translated_to_zero_gives_a_zero_row():
     # binary): the direction u = a - b translates to u - a + b = 0
     a = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]], device=DEVICE)
     b = torch.full((2, 4), 0.5, device=DEVICE)
-    x = torch.stack([3 * (a[0] - b[0]), torch.tensor([0.0, 1.0, 0.0, 0.0])])
+    x = torch.stack(
+        [3 * (a[0] - b[0]), torch.tensor([0.0, 1.0, 0.0, 0.0], device=DEVICE)]
+    )
     for renormalize in (True, False):
         out = translate(x, a, b, renormalize=renormalize)
         assert torch.equal(out[0], torch.zeros(4, device=DEVICE))

@@ -166,7 +166,7 @@ def test_outer_triplets_without_miner_get_each_synthetic_rows_hardest_partners(
     # every synthetic row anchors as many triplets as the outer set holds per real
     # row (rounded up), its i-th farthest positive with its i-th nearest negative
     per_row = -(-k // n)
-    rows = torch.arange(n, len(labels)).repeat_interleave(per_row)
+    rows = torch.arange(n, len(labels), device=DEVICE).repeat_interleave(per_row)
     assert torch.equal(a[k:], rows)
     labels = labels.tolist()
     expected_p = _hardest_partners(inner, labels, n, per_row, positives=True)
@@ -187,7 +187,7 @@ def test_outer_pairs_without_miner_count_positive_and_negative_pairs_apart():
     b1, q, b2, m_ = b1[6:], q[6:], b2[20:], m_[20:]
     # per synthetic row: ceil(6 / 16) = 1 positive pair, ceil(20 / 16) = 2 negative
     # pairs, with its farthest positive and its nearest negatives
-    rows = torch.arange(len(x), len(labels))
+    rows = torch.arange(len(x), len(labels), device=DEVICE)
     assert torch.equal(b1, rows) and torch.equal(b2, rows.repeat_interleave(2))
     labels = labels.tolist()
     expected_q = _hardest_partners(inner, labels, len(x), 1, positives=True)
@@ -356,7 +356,7 @@ def _ema_sft(num_classes, size):
 def test_state_dict_holds_iteration_and_centers():
     wrapped = FeatureTransformLoss(
         losses.ArcFaceLoss(4, 8), _ema_sft(4, 8), warmup_iterations=1
-    )
+    ).to(DEVICE)
     x, y = _batch()
     wrapped(x, y)
     wrapped(x, y)
@@ -365,7 +365,7 @@ def test_state_dict_holds_iteration_and_centers():
     assert "augmenter.centers.centers" in state and "loss.W" in state
     fresh = FeatureTransformLoss(
         losses.ArcFaceLoss(4, 8), _ema_sft(4, 8), warmup_iterations=1
-    )
+    ).to(DEVICE)
     fresh.load_state_dict(state)
     assert fresh.step == 2 and fresh.next_weight() == 1.0
     assert torch.equal(
@@ -514,7 +514,7 @@ def test_moving_average_centers_across_batches_and_translation():
     )
     wrapped = FeatureTransformLoss(
         losses.MultiSimilarityLoss(), translation, warmup_iterations=0
-    )
+    ).to(DEVICE)
     for seed in range(3):
         x, y = _batch(classes=2, per_class=2, seed=seed)
         loss = wrapped(x, y + 2 * seed)

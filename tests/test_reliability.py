@@ -197,7 +197,7 @@ def test_hostile_inputs_each_give_a_result_or_a_clear_error():
                 centers=pml_sft.MovingAverageClassCenters(C, D)
             ),
             warmup_iterations=0,
-        )(x, y + 1)
+        ).to(DEVICE)(x, y + 1)
     with pytest.raises(ValueError, match="too large to normalise"):
         loss_fn(torch.full_like(x, 1e37), y)  # finite values, overflowing norm
     with pytest.raises(ValueError, match="ref_emb"):
@@ -207,7 +207,7 @@ def test_hostile_inputs_each_give_a_result_or_a_clear_error():
 def test_degenerate_batches_give_correct_results():
     x, y = _data(0)
     for inner in (losses.MultiSimilarityLoss(), losses.ArcFaceLoss(C, D)):
-        loss_fn = pml_sft.SFTLoss(inner, warmup_iterations=0)
+        loss_fn = pml_sft.SFTLoss(inner, warmup_iterations=0).to(DEVICE)
         empty = loss_fn(x[:0].requires_grad_(), y[:0])
         assert empty.item() == 0.0  # ArcFace alone returns NaN for an empty batch
         one_class = y[y == 0]
@@ -233,7 +233,7 @@ def test_half_precision_losses_are_finite_and_centers_float32(dtype):
         losses.ContrastiveLoss(),
         pml_sft.SphericalFeatureTransform(centers=centres),
         warmup_iterations=0,
-    )
+    ).to(DEVICE)
     xh = x.to(dtype).requires_grad_()
     loss = loss_fn(xh, y)
     loss.backward()

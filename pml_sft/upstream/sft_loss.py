@@ -111,11 +111,12 @@ def _unit(x):
 
 def _class_sums(unit, labels):
     """(labels (K,), inverse (N,), per-class sums (K, D), counts (K,)) of the
-    classes present. Differentiable."""
+    classes present. Differentiable, and the same bits on every run."""
     unique, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
     unit = unit.to(_compute_dtype(unit.dtype))  # half precision: summed in float32
-    sums = unit.new_zeros(len(unique), unit.shape[1]).index_add(0, inverse, unit)
-    return unique, inverse, sums, counts
+    # a matrix product, not index_add: CUDA's atomic adds are not reproducible
+    members = unique.unsqueeze(1) == labels.unsqueeze(0)
+    return unique, inverse, members.to(unit.dtype) @ unit, counts
 
 
 def _batch_class_centers(unit, labels, min_samples=2):
