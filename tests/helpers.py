@@ -96,3 +96,60 @@ TINY_FAMILY_ARGS = [
     "--width",
     "8",
 ]
+
+
+def hardest_extra(x, labels, n, mined_pos, mined_neg, triplets, distance=None):
+    """By hand, the tuples the wrappers add for the synthetic rows x[n:] to an outer
+    indices_tuple of mined_pos positive and mined_neg negative pairs (or of
+    mined_pos triplets): per row round(mined * m / n) // m, the remainder to the rows
+    whose nearest negative is nearest; partners hardest first by ``distance`` (the
+    losses' default LpDistance): farthest positives, nearest negatives; a triplet
+    joins the i-th nearest negative with the positives in turn."""
+    from pytorch_metric_learning.distances import LpDistance
+
+    distance = distance or LpDistance()
+    labels = labels.tolist()
+    m = len(labels) - n
+    mat = distance(x[n:].detach(), x.detach()).double().cpu()
+    far = (-mat if distance.is_inverted else mat).tolist()
+    pos = [
+        sorted(
+            (
+                i
+                for i in range(len(labels))
+                if labels[i] == labels[n + j] and i != n + j
+            ),
+            key=lambda i: -far[j][i],
+        )
+        for j in range(m)
+    ]
+    neg = [
+        sorted(
+            (i for i in range(len(labels)) if labels[i] != labels[n + j]),
+            key=lambda i: far[j][i],
+        )
+        for j in range(m)
+    ]
+    order = sorted(
+        range(m), key=lambda j: far[j][neg[j][0]] if neg[j] else float("inf")
+    )
+
+    def counts(mined):
+        base, remainder = divmod(int(round(mined * m / n)), m)
+        return [base + (j in order[:remainder]) for j in range(m)]
+
+    if triplets:
+        a, p, q = [], [], []
+        for j, c in enumerate(counts(mined_pos)):
+            if pos[j]:
+                ps = pos[j][: min(c, len(pos[j]))]
+                for t, negative in enumerate(neg[j][:c]):
+                    a.append(n + j), p.append(ps[t % len(ps)]), q.append(negative)
+        return a, p, q
+    a1, p, a2, q = [], [], [], []
+    for j, (cp, cn) in enumerate(zip(counts(mined_pos), counts(mined_neg))):
+        a1 += [n + j] * len(pos[j][:cp])
+        p += pos[j][:cp]
+        a2 += [n + j] * len(neg[j][:cn])
+        q += neg[j][:cn]
+    return a1, p, a2, q

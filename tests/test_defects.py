@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
-from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 import pml_sft
@@ -21,7 +20,7 @@ from pml_sft.contrib import (
 from pml_sft.functional import rotate, slerp
 from pml_sft.upstream import sft_loss
 
-from .helpers import DEVICE, random_unit
+from .helpers import DEVICE, hardest_extra, random_unit
 
 
 def _batch(n=24, d=8, classes=6, seed=0):
@@ -353,15 +352,6 @@ def _tuple_rule_batch():
     return torch.randn(10, 4, device=DEVICE), labels, 6
 
 
-def _hardest(x, labels, j, same):
-    """Row j's partners ordered hardest first (LpDistance, the losses' default)."""
-    dist = LpDistance()(x[j : j + 1], x)[0]
-    rows = [
-        i for i in range(len(labels)) if (labels[i] == labels[j]) == same and i != j
-    ]
-    return sorted(rows, key=lambda i: -float(dist[i]) if same else float(dist[i]))
-
-
 def test_tuple_rule_adds_the_hardest_triplets_at_synthetic_rows():
     x, labels, n = _tuple_rule_batch()
     outer = tuple(
@@ -376,12 +366,11 @@ def test_tuple_rule_adds_the_hardest_triplets_at_synthetic_rows():
     a, p, neg = rule.create_indices_tuple(x, labels, outer, n)
     assert all(torch.equal(t[:12], o) for t, o in zip((a, p, neg), outer))
     a, p, neg = a[12:], p[12:], neg[12:]
-    for j in range(n, len(labels)):  # rows 8 and 9 have a single positive
-        mine = (a == j).nonzero().flatten()
-        k = min(2, len(_hardest(x, labels, j, True)))
-        assert p[mine].tolist() == _hardest(x, labels, j, True)[:k]
-        assert neg[mine].tolist() == _hardest(x, labels, j, False)[:k]
-    assert len(a) == 2 + 2 + 1 + 1
+    # round(12 * 4 / 6) = 8: two per synthetic row; rows 8 and 9 have a single
+    # positive, which serves both of their triplets
+    expected = hardest_extra(x, labels, n, 12, 12, triplets=True)
+    assert (a.tolist(), p.tolist(), neg.tolist()) == expected
+    assert len(a) == 8 and p[a == 8].tolist() == [4, 4]
     # nothing to add: no synthetic rows, or no outer tuples
     assert rule.create_indices_tuple(x[:n], labels[:n], outer, n) is outer
     assert rule.create_indices_tuple(x, labels, None, n) is None
@@ -398,10 +387,10 @@ def test_tuple_rule_adds_the_hardest_pairs_and_keeps_a_miner():
     rule = pml_sft.SFTLoss(losses.ContrastiveLoss(), warmup_iterations=0)
     tuples = rule.create_indices_tuple(x, labels, outer, n)
     a1, p, a2, q = (t[len(o) :] for t, o in zip(tuples, outer))
+    # round(6 * 4 / 6) = 4 positive pairs (one per row), 8 negative (two per row)
+    expected = hardest_extra(x, labels, n, 6, 12, triplets=False)
+    assert (a1.tolist(), p.tolist(), a2.tolist(), q.tolist()) == expected
     assert a1.tolist() == [6, 7, 8, 9] and a2.tolist() == [6, 6, 7, 7, 8, 8, 9, 9]
-    for j in range(n, len(labels)):
-        assert p[a1 == j].tolist() == _hardest(x, labels, j, True)[:1]
-        assert q[a2 == j].tolist() == _hardest(x, labels, j, False)[:2]
     # deterministic: the same batch gives the same tuples, whatever the RNG
     torch.manual_seed(123)
     again = rule.create_indices_tuple(x, labels, outer, n)

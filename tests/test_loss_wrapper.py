@@ -15,7 +15,7 @@ from pml_sft import (
 from pml_sft.contrib import AblationLoss
 from pml_sft.upstream import sft_loss as upstream
 
-from .helpers import DEVICE
+from .helpers import DEVICE, hardest_extra
 
 
 def _batch(dtype=torch.float32, classes=4, per_class=4, d=8, seed=0):
@@ -132,23 +132,6 @@ def test_inner_miner_mines_the_enlarged_batch_and_keeps_outer_indices():
     assert torch.equal(a1[-k:], outer[0]) and torch.equal(n[-k:], outer[2])
 
 
-def _hardest_partners(inner, labels, n, k, positives):
-    """By hand, for each synthetic row (>= n) of the inner loss's last call: its k
-    farthest positives (not itself) or k nearest negatives, hardest first, by the
-    inner loss's distance."""
-    emb = inner.embeddings
-    out = []
-    for r in range(n, len(labels)):
-        d = inner.distance(emb[r : r + 1], emb)[0].tolist()
-        if inner.distance.is_inverted:  # a similarity: far is small
-            d = [-v for v in d]
-        same = [c for c in range(len(labels)) if labels[c] == labels[r] and c != r]
-        cols = same if positives else [c for c in range(len(labels)) if c not in same]
-        cols = [c for c in cols if c != r]
-        out.append(sorted(cols, key=lambda c: -d[c] if positives else d[c])[:k])
-    return out
-
-
 @pytest.mark.parametrize("num_targets", [1, 2])
 @pytest.mark.parametrize("num_outer", [16, 40])
 def test_outer_triplets_without_miner_get_each_synthetic_rows_hardest_partners(
@@ -163,16 +146,11 @@ def test_outer_triplets_without_miner_get_each_synthetic_rows_hardest_partners(
     k, n = len(outer[0]), len(x)
     assert len(labels) == (1 + num_targets) * n
     assert all(torch.equal(t[:k], o) for t, o in zip((a, p, neg), outer))  # as given
-    # every synthetic row anchors as many triplets as the outer set holds per real
-    # row (rounded up), its i-th farthest positive with its i-th nearest negative
-    per_row = -(-k // n)
-    rows = torch.arange(n, len(labels), device=DEVICE).repeat_interleave(per_row)
-    assert torch.equal(a[k:], rows)
-    labels = labels.tolist()
-    expected_p = _hardest_partners(inner, labels, n, per_row, positives=True)
-    expected_n = _hardest_partners(inner, labels, n, per_row, positives=False)
-    assert p[k:].tolist() == sum(expected_p, [])
-    assert neg[k:].tolist() == sum(expected_n, [])
+    # as many per synthetic row as the outer set holds per real row, hardest first
+    expected = hardest_extra(inner.embeddings, labels, n, k, k, triplets=True)
+    assert len(expected[0]) == round(k * num_targets)  # round(k * m / n), m = kn
+    got = sorted(zip(a[k:].tolist(), p[k:].tolist(), neg[k:].tolist()))
+    assert got == sorted(zip(*expected))
 
 
 def test_outer_pairs_without_miner_count_positive_and_negative_pairs_apart():
@@ -181,19 +159,16 @@ def test_outer_pairs_without_miner_count_positive_and_negative_pairs_apart():
     a1, p, a2, n = miners.MultiSimilarityMiner(epsilon=10)(x, y)
     outer = (a1[:6], p[:6], a2[:20], n[:20])  # 6 positive and 20 negative pairs
     SFTLoss(inner, num_targets=2, warmup_iterations=0, generator=_gen())(x, y, outer)
-    labels, (b1, q, b2, m_), _ = inner.calls[-1]
+    labels, tuples, _ = inner.calls[-1]
     assert len(labels) == 3 * len(x)
-    assert all(torch.equal(t[: len(o)], o) for t, o in zip((b1, q, b2, m_), outer))
-    b1, q, b2, m_ = b1[6:], q[6:], b2[20:], m_[20:]
-    # per synthetic row: ceil(6 / 16) = 1 positive pair, ceil(20 / 16) = 2 negative
-    # pairs, with its farthest positive and its nearest negatives
-    rows = torch.arange(len(x), len(labels), device=DEVICE)
-    assert torch.equal(b1, rows) and torch.equal(b2, rows.repeat_interleave(2))
-    labels = labels.tolist()
-    expected_q = _hardest_partners(inner, labels, len(x), 1, positives=True)
-    expected_m = _hardest_partners(inner, labels, len(x), 2, positives=False)
-    assert q.tolist() == sum(expected_q, [])
-    assert m_.tolist() == sum(expected_m, [])
+    assert all(torch.equal(t[: len(o)], o) for t, o in zip(tuples, outer))
+    b1, q, b2, m_ = (t[len(o) :].tolist() for t, o in zip(tuples, outer))
+    # 32 synthetic rows: round(6 * 32 / 16) = 12 positive pairs (none or one per
+    # row) and 40 negative pairs (one or two per row), hardest partners first
+    assert len(b1) == 12 and len(b2) == 40
+    e1, eq, e2, em = hardest_extra(inner.embeddings, labels, len(x), 6, 20, False)
+    assert sorted(zip(b1, q)) == sorted(zip(e1, eq))
+    assert sorted(zip(b2, m_)) == sorted(zip(e2, em))
     # deterministic given the batch: the same targets give the same tuples
     again = _recording(losses.ContrastiveLoss())
     SFTLoss(again, num_targets=2, warmup_iterations=0, generator=_gen())(x, y, outer)

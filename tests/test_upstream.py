@@ -177,7 +177,8 @@ def test_upstream_test_runs_inside_pml_layout():
 
 def test_docs_section_lists_the_supported_losses_and_no_inline_maths():
     text = (FILE.parent / "losses_section.md").read_text()
-    listed = text.split('??? note "Supported Loss Functions"')[1].split(". Others")[0]
-    names = re.findall(r"[A-Za-z0-9]+", listed.replace(" and ", ", "))
-    assert sorted(names) == sorted(sft_loss.SUPPORTED_LOSSES)
+    listed = text.split('??? note "Supported Loss Functions"')[1]
+    names = re.findall(r"- \[(\w+)\]\(losses.md#(\w+)\)", listed)
+    assert sorted(n for n, _ in names) == sorted(sft_loss.SUPPORTED_LOSSES)
+    assert all(anchor == name.lower() for name, anchor in names)
     assert "$" not in text  # PML's mkdocs has no arithmatex

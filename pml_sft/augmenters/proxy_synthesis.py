@@ -52,6 +52,9 @@ class ProxySynthesis(BaseAugmenter):
         unit, _ = self.directions(embeddings)
         unit_proxies = torch.nn.functional.normalize(proxies.to(unit.dtype), dim=1)
         n = unit.shape[0]
+        if n == 0:
+            self.num_augmented = 0
+            return embeddings, proxies[:0], labels[:0]
         other = labels.unsqueeze(0) != labels.unsqueeze(1)
         scores = torch.rand(n, n, device=unit.device).masked_fill(~other, -1.0)
         best = scores.max(dim=1)

@@ -1,5 +1,7 @@
 import torch
+from pytorch_metric_learning.utils import common_functions as c_f
 
+from ..utils import distributed
 from ..utils.checks import check_batch, check_directions
 
 
@@ -17,6 +19,10 @@ class CheckedLoss:
         self.check_inputs(embeddings, labels, indices_tuple)
         if embeddings.shape[0] == 0:  # no samples, no loss (some PML losses give NaN)
             self.reset_stats()
+            # an iteration all the same; under torch.distributed the other ranks'
+            # draws may wait for this one (keyed seeds, synced centres)
+            if self.next_weight() > 0 and distributed.is_distributed():
+                self.augment(embeddings, c_f.to_device(labels, embeddings))
             return embeddings.sum() * 0.0
         loss = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         return self.checked(loss)

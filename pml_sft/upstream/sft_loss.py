@@ -62,7 +62,9 @@ def _plane_basis(a, b):
     w = b - c.unsqueeze(1) * a
     # again (b - c a cancels when b ~ -a), exactly for a of norm not quite 1
     w = w - (_inner(a, w) / _inner(a, a)).unsqueeze(1) * a
-    s = w.norm(dim=1)  # where w is rounding noise: use e_k - <a, e_k> a
+    s = w.norm(dim=1)
+    # Where b = +-a, w is only rounding noise. Then use the unit vector along
+    # e_k - <a, e_k> a, with k the coordinate where a is smallest.
     degenerate = s < torch.finfo(a.dtype).eps
     k = a.abs().argmin(dim=1, keepdim=True)
     u = torch.zeros_like(a).scatter_(1, k, 1.0) - a.gather(1, k) * a
@@ -104,7 +106,8 @@ MOVES = {"rotation": _rotate, "translation": _translate}
 def _unit(x):
     """Unit rows and norms (N, 1) of x, exact also where squares under- or overflow
     (zero rows stay zero)."""
-    scale = x.abs().max(dim=1, keepdim=True).values.clamp(min=torch.finfo(x.dtype).tiny)
+    scale = x.abs().max(dim=1, keepdim=True).values
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # zero rows stay 0
     norms = (x / scale).norm(dim=1, keepdim=True)
     return x / scale / norms.clamp(min=0.5), norms * scale
 
@@ -126,7 +129,7 @@ def _batch_class_centers(unit, labels, min_samples=2):
     unique, inverse, sums, counts = _class_sums(unit, labels)
     norms = sums.norm(dim=1)
     valid = (counts >= min_samples) & (norms > torch.finfo(sums.dtype).eps)
-    row = torch.where(valid, valid.cumsum(0) - 1, torch.full_like(counts, -1))
+    row = torch.where(valid, valid.long().cumsum(0) - 1, torch.full_like(counts, -1))
     keep = valid.nonzero(as_tuple=False).squeeze(1)  # one host sync
     centers = sums[keep] / norms[keep].unsqueeze(1)
     return unique[keep], centers, row[inverse]
@@ -208,18 +211,25 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         ramp_iterations=None,
         **kwargs,
     ):
-        inner_options = {"distance", "reducer", "embedding_regularizer"} & set(kwargs)
+        inner_options = {
+            "distance",
+            "reducer",
+            "embedding_regularizer",
+            "embedding_reg_weight",
+        } & set(kwargs)
         if inner_options:
             raise TypeError(f"set {sorted(inner_options)} on the wrapped loss")
         super().__init__(loss=loss, **kwargs)
         del self.distance, self.reducer  # the wrapped loss's apply
-        if not (isinstance(num_targets, int) and num_targets >= 1):
+        if isinstance(num_targets, bool) or not (
+            isinstance(num_targets, int) and num_targets >= 1
+        ):
             raise ValueError(f"num_targets must be an int >= 1, got {num_targets!r}")
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {TRANSFORMS}: {transform!r}")
         schedule = (total_iterations, warmup_iterations, ramp_iterations)
         for name, v in zip(("total", "warmup", "ramp"), schedule):
-            if not (v is None or (isinstance(v, int) and v >= 0)):
+            if not (v is None or (type(v) is int and v >= 0)):
                 raise ValueError(f"{name}_iterations takes None or an int >= 0: {v!r}")
         if total_iterations is None and warmup_iterations is None:
             raise ValueError(
@@ -229,19 +239,16 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
             )
         if miner is not None and type(loss).__name__ in NO_TUPLES:
             raise ValueError(f"{type(loss).__name__} takes no indices_tuple: no miner")
-        if type(miner).__name__ in UNSUPPORTED_MINERS:
-            name, reason = (
-                type(miner).__name__,
-                UNSUPPORTED_MINERS[type(miner).__name__],
-            )
+        reason = UNSUPPORTED_MINERS.get(type(miner).__name__)
+        if reason is not None:
+            name = type(miner).__name__
             raise ValueError(f"{type(self).__name__} cannot mine with {name}: {reason}")
-        total = total_iterations or 0
-        self.warmup_iterations = (
-            total // 2 if warmup_iterations is None else warmup_iterations
-        )
-        self.ramp_iterations = (
-            total // 4 if ramp_iterations is None else ramp_iterations
-        )
+        if warmup_iterations is None:
+            warmup_iterations = total_iterations // 2
+        if ramp_iterations is None:
+            ramp_iterations = 0 if total_iterations is None else total_iterations // 4
+        self.warmup_iterations = warmup_iterations
+        self.ramp_iterations = ramp_iterations
         self.loss, self.miner = loss, miner
         self.num_targets, self.transform = num_targets, transform
         self.step = 0  # mirrors the buffer, read without a device sync
@@ -363,18 +370,29 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         rows = torch.arange(len(labels) - n, device=labels.device)
         same[rows, rows + n] = False  # not itself
 
-        def per_row(mined):
-            return -(-len(mined) // n)  # ceil: at least one when any were mined
+        # as many per synthetic row as the set holds per real row; the remainder
+        # goes to the rows whose nearest negative is nearest
+        nearest = farther.masked_fill(~other, float("inf")).min(dim=1).values
+        order = nearest.argsort()
 
-        p, has_p = _top_columns(farther, same, per_row(indices_tuple[0]))
-        q, has_q = _top_columns(-farther, other, per_row(indices_tuple[-1]))
+        def hardest(scores, allowed, mined):
+            base, remainder = divmod(int(round(len(mined) * len(rows) / n)), len(rows))
+            count = torch.full_like(rows, base)
+            count[order[:remainder]] += 1
+            columns, valid = _top_columns(scores, allowed, base + (remainder > 0))
+            turn = torch.arange(columns.shape[1], device=rows.device).unsqueeze(0)
+            return columns, valid & (turn < count.unsqueeze(1))
+
+        p, has_p = hardest(farther, same, indices_tuple[0])
+        q, has_q = hardest(-farther, other, indices_tuple[-1])
         anchors = (rows + n).unsqueeze(1)
         if len(indices_tuple) == 4:
             a1, a2 = anchors.expand_as(p)[has_p], anchors.expand_as(q)[has_q]
             extra = a1, p[has_p], a2, q[has_q]
-        else:  # the i-th hardest positive with the i-th hardest negative
-            k = min(p.shape[1], q.shape[1])
-            valid = has_p[:, :k] & has_q[:, :k]
-            p, q = p[:, :k][valid], q[:, :k][valid]
-            extra = anchors.expand_as(valid)[valid], p, q
+        else:  # the i-th hardest negative with the positives in turn, hardest first
+            positives = has_p.sum(dim=1, keepdim=True)
+            turn = torch.arange(q.shape[1], device=q.device).unsqueeze(0)
+            p = p.gather(1, turn % positives.clamp(min=1))
+            valid = has_q & (positives > 0)
+            extra = anchors.expand_as(valid)[valid], p[valid], q[valid]
         return c_f.concatenate_indices_tuples(indices_tuple, extra)
