@@ -1,5 +1,5 @@
 """Render ``sft_loss_equation.png`` in the style of PML's equation images (Computer
-Modern, black on transparent, cropped, 88 px for one line):
+Modern, black on white, cropped, 88 px for one line):
 ``python -m pml_sft.upstream.equation``."""
 
 from pathlib import Path
