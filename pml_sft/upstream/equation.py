@@ -23,6 +23,11 @@ def render(path, fontsize=29, dpi=100):
         path, dpi=dpi, transparent=True, bbox_inches="tight", pad_inches=0.05
     )
     plt.close(figure)
+    from PIL import Image
+
+    image = Image.open(path)  # opaque, as PML's images are
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    Image.alpha_composite(white, image.convert("RGBA")).save(path)
 
 
 if __name__ == "__main__":
