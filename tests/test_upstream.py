@@ -15,6 +15,7 @@ from pytorch_metric_learning.losses.base_loss_wrapper import BaseLossWrapper
 from pytorch_metric_learning.losses.base_metric_loss_function import (
     BaseMetricLossFunction,
 )
+from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 import pml_sft
 from pml_sft.augmenters import base_feature_augmenter
@@ -104,8 +105,11 @@ def test_pml_form_passes_pml_isort_and_black(tmp_path):
 @pytest.mark.parametrize("cls", [pml_sft.SFTLoss, pml_sft.FeatureTransformLoss])
 def test_at_most_two_class_levels_to_pml(cls):
     # pml_sft.SFTLoss -> upstream SFTLoss -> PML's bases; the plugin's part is a mixin
-    assert cls.__bases__ == (pml_sft.losses.CheckedLoss, sft_loss.SFTLoss)
-    assert sft_loss.SFTLoss.__bases__ == (BaseLossWrapper, BaseMetricLossFunction)
+    # (BaseMetricLossFunction last, only so that a released PML's
+    # DistributedLossWrapper accepts it; the pull request makes it accept SFTLoss)
+    bases = (pml_sft.losses.CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction)
+    assert cls.__bases__ == bases
+    assert sft_loss.SFTLoss.__bases__ == (BaseLossWrapper, ModuleWithRecords)
 
 
 def test_one_augmenting_call_runs_the_upstream_step_once(monkeypatch):
@@ -133,6 +137,7 @@ def test_one_augmenting_call_runs_the_upstream_step_once(monkeypatch):
         loss_fn = cls(losses.MultiSimilarityLoss(), warmup_iterations=0)
         loss_fn(x, y).backward()
         assert calls == [move] and loss_fn.num_augmented == 16
+        assert not hasattr(loss_fn, "distance")  # the wrapped loss's applies
     # the augmenters call the very same step
     assert base_feature_augmenter._transform is step
 

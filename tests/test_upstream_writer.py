@@ -31,11 +31,34 @@ CONTENTS = (
 )
 
 
+# the lines of PML 2.8.1's utils/distributed.py that the contribution extends
+DISTRIBUTED = """import torch
+
+from ..losses import BaseMetricLossFunction, CrossBatchMemory
+from ..miners import BaseMiner
+
+
+class DistributedLossWrapper(torch.nn.Module):
+    def __init__(self, loss, efficient=False):
+        super().__init__()
+        if not isinstance(loss, (BaseMetricLossFunction, CrossBatchMemory)):
+            raise TypeError(
+                "The input loss must extend BaseMetricLossFunction or CrossBatchMemory"
+            )
+        if isinstance(loss, CrossBatchMemory) and efficient:
+            raise ValueError(
+                "CrossBatchMemory with efficient=True is not currently supported"
+            )
+"""
+
+
 def fake_pml(root, version="2.8.1"):
     """A minimal PML checkout: imports, docs sections and table rows not all
     sorted (InstanceLoss before HistogramLoss), as in PML."""
-    for folder in (LOSSES, "tests/losses", "docs/imgs"):
+    for folder in (LOSSES, "src/pytorch_metric_learning/utils", "tests/losses"):
         (root / folder).mkdir(parents=True)
+    (root / "docs/imgs").mkdir(parents=True)
+    (root / upstream.DISTRIBUTED).write_text(DISTRIBUTED)
     (root / "src/pytorch_metric_learning/__init__.py").write_text(
         f'__version__ = "{version}"\n'
     )
@@ -83,7 +106,7 @@ def imports(root):
 def test_writes_the_contribution_once(tmp_path):
     root = fake_pml(tmp_path)
     changed = upstream.apply(root)
-    assert len(changed) == 6
+    assert len(changed) == 7
     init = text(root, INIT).splitlines()
     assert init[4:] == [
         "from .self_supervised_loss import SelfSupervisedLoss",
@@ -276,7 +299,7 @@ def test_command_line_in_an_ascii_locale(tmp_path):
     command = [sys.executable, "-m", "pml_sft.upstream", str(root)]
     out = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("wrote ") == 6
+    assert out.stdout.count("wrote ") == 7
     assert titles(root).count("## SFTLoss") == 1 and "café" in text(
         root, "docs/losses.md"
     )
@@ -299,7 +322,7 @@ def test_real_pml_tree(tmp_path):
         check=True,
     )
     subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
-    assert len(upstream.apply(tmp_path)) == 6
+    assert len(upstream.apply(tmp_path)) == 7
     assert titles(tmp_path).count("## SFTLoss") == 1
     assert rows(tmp_path).count("SFTLoss") == 1 and imports(tmp_path) == [
         IMPORT.strip()
@@ -307,3 +330,69 @@ def test_real_pml_tree(tmp_path):
     before = snapshot(tmp_path)
     assert upstream.apply(tmp_path) == []
     assert snapshot(tmp_path) == before
+    # PML's DistributedLossWrapper takes the merged SFTLoss: 2 gloo ranks
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "src"))
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("ok") == 2
+
+
+DDP_SCRIPT = """
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import pytorch_metric_learning
+from pytorch_metric_learning import losses
+from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
+
+
+def run(rank, port):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    assert "src" in pytorch_metric_learning.__file__
+    torch.manual_seed(rank)
+    x = torch.randn(16, 8, requires_grad=True)
+    y = torch.arange(4).repeat_interleave(4)
+    sft = losses.SFTLoss(losses.MultiSimilarityLoss(), warmup_iterations=0)
+    loss = DistributedLossWrapper(sft)(x, y)
+    loss.backward()
+    assert torch.isfinite(loss) and sft.num_augmented == 32 and x.grad.abs().sum() > 0
+    try:
+        DistributedLossWrapper(sft, efficient=True)
+        raise AssertionError("efficient=True was accepted")
+    except ValueError:
+        pass
+    print("ok")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(run, args=(port,), nprocs=2)
+"""
+
+
+def test_distributed_wrapper_is_extended_once_or_the_tree_left_alone(tmp_path):
+    root = fake_pml(tmp_path / "pml")
+    upstream.apply(root)
+    text = (root / upstream.DISTRIBUTED).read_text()
+    assert "CrossBatchMemory, SFTLoss))" in text
+    assert "(CrossBatchMemory, SFTLoss)) and efficient" in text
+    assert text.count("SFTLoss") == 4
+    other = fake_pml(tmp_path / "other")
+    changed = DISTRIBUTED.replace("(BaseMetricLossFunction, CrossBatchMemory)", "(X,)")
+    (other / upstream.DISTRIBUTED).write_text(changed)
+    before = snapshot(other)
+    with pytest.raises(SystemExit, match="distributed.py"):
+        upstream.apply(other)
+    assert snapshot(other) == before

@@ -7,7 +7,11 @@ from ..utils.checks import check_batch, check_directions
 
 class CheckedLoss:
     """What pml-sft adds around the forward of the upstream
-    :class:`pml_sft.upstream.sft_loss.SFTLoss` (a mixin placed before it): the
+    :class:`pml_sft.upstream.sft_loss.SFTLoss` (a mixin placed before it). The
+    plugin's classes also list ``BaseMetricLossFunction`` last among their bases,
+    so that the ``DistributedLossWrapper`` of a released PML accepts them (the
+    pull request makes it accept ``SFTLoss``); its distance and reducer are
+    removed (:func:`drop_unused`), as the wrapped loss's apply. It adds: the
     inputs checked once, at the entry (shapes, dtypes, labels, NaN/inf, zero rows,
     ``indices_tuple``), so that a bad batch fails at the first call and not when
     augmentation starts; a zero loss for an empty batch; and a ``FloatingPointError``
@@ -66,3 +70,9 @@ def check_indices_tuple(indices_tuple, n):
                 f"indices_tuple[{i}] holds indices from {lo} to {hi}, outside the "
                 f"batch of {n} rows"
             )
+
+
+def drop_unused(wrapper):
+    """Remove the distance and reducer that ``BaseMetricLossFunction`` builds for a
+    plugin wrapper: the wrapped loss's are the ones that apply."""
+    del wrapper.distance, wrapper.reducer

@@ -1,13 +1,15 @@
+from pytorch_metric_learning.losses import BaseMetricLossFunction
+
 from ..augmenters import BaseAugmenter
 from ..upstream import sft_loss
-from .checked_loss import CheckedLoss
+from .checked_loss import CheckedLoss, drop_unused
 
 # The PML losses and miners the upstream SFTLoss refuses, and why.
 UNSUPPORTED_LOSSES = sft_loss.UNSUPPORTED_LOSSES
 UNSUPPORTED_MINERS = sft_loss.UNSUPPORTED_MINERS
 
 
-class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss):
+class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
     """Wraps a PML loss and trains it on the batch enlarged by any pml-sft
     augmenter: the forward, schedule and tuple handling of the upstream
     :class:`pml_sft.upstream.sft_loss.SFTLoss`, with the augmenter's samples in
@@ -52,6 +54,7 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss):
             ramp_iterations=ramp_iterations,
             collect_stats=collect_stats,
         )
+        drop_unused(self)
         self.augmenter = augmenter
         if self.collect_stats:  # the wrapper's statistics come from the augmenter
             augmenter.collect_stats = True

@@ -1,9 +1,11 @@
+from pytorch_metric_learning.losses import BaseMetricLossFunction
+
 from ..upstream import sft_loss
 from ..utils import target_sampling
-from .checked_loss import CheckedLoss
+from .checked_loss import CheckedLoss, drop_unused
 
 
-class SFTLoss(CheckedLoss, sft_loss.SFTLoss):
+class SFTLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
     """The Spherical Feature Transform wrapper (Zhu et al., ECCV 2020): the class
     proposed to PML (:class:`pml_sft.upstream.sft_loss.SFTLoss`, whose forward,
     schedule, augmentation step and tuple handling run unchanged), with what
@@ -68,6 +70,7 @@ class SFTLoss(CheckedLoss, sft_loss.SFTLoss):
             ramp_iterations,
             collect_stats=collect_stats,
         )
+        drop_unused(self)
         self.generator = target_sampling.checked_generator(generator)
         self.keyed_draws = keyed_draws
 

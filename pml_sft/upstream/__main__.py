@@ -4,7 +4,8 @@
 
 Copies ``sft_loss.py`` into ``src/pytorch_metric_learning/losses/``, its test into
 ``tests/losses/``, the equation image into ``docs/imgs/``, and adds the import line,
-the ``docs/losses.md`` section and the ``CONTENTS.md`` row. An entry already there is
+the ``docs/losses.md`` section and the ``CONTENTS.md`` row, and lets
+``utils/distributed.py``'s DistributedLossWrapper accept SFTLoss. An entry already there is
 replaced where it stands (the import line is kept as it is); a new one goes before the
 first entry whose name sorts after it. Every change is prepared and checked before
 anything is written, so a refusal leaves the checkout as it was; files keep their line
@@ -33,7 +34,33 @@ CONTENTS_ROW = (
     f"#{NAME.lower()}) | [Spherical Feature Transform for Deep Metric Learning]"
     "(https://arxiv.org/abs/2008.01469)\n"
 )
-REQUIRED = (INIT, "tests/losses", "docs/losses.md", "CONTENTS.md")
+DISTRIBUTED = "src/pytorch_metric_learning/utils/distributed.py"
+REQUIRED = (INIT, DISTRIBUTED, "tests/losses", "docs/losses.md", "CONTENTS.md")
+# DistributedLossWrapper accepts SFTLoss, as it accepts CrossBatchMemory (the other
+# BaseLossWrapper that takes labels), and refuses efficient=True for both
+DISTRIBUTED_EDITS = (
+    (
+        "from ..losses import BaseMetricLossFunction, CrossBatchMemory\n",
+        f"from ..losses import BaseMetricLossFunction, CrossBatchMemory, {NAME}\n",
+    ),
+    (
+        "isinstance(loss, (BaseMetricLossFunction, CrossBatchMemory))",
+        f"isinstance(loss, (BaseMetricLossFunction, CrossBatchMemory, {NAME}))",
+    ),
+    (
+        '"The input loss must extend BaseMetricLossFunction or CrossBatchMemory"',
+        f'"The input loss must extend BaseMetricLossFunction or be CrossBatchMemory '
+        f'or {NAME}"',
+    ),
+    (
+        "if isinstance(loss, CrossBatchMemory) and efficient:",
+        f"if isinstance(loss, (CrossBatchMemory, {NAME})) and efficient:",
+    ),
+    (
+        '"CrossBatchMemory with efficient=True is not currently supported"',
+        'f"{type(loss).__name__} with efficient=True is not currently supported"',
+    ),
+)
 WRAPPER = f"{LOSSES}/base_loss_wrapper.py"  # SFTLoss subclasses it; new in PML 2.0
 
 
@@ -230,6 +257,18 @@ def section_text():
     return text
 
 
+def add_to_distributed(text):
+    """utils/distributed.py with :data:`DISTRIBUTED_EDITS` made (each once)."""
+    ending, text = newline(text), text.replace("\r\n", "\n")
+    for old, new in DISTRIBUTED_EDITS:
+        if new in text:
+            continue
+        if old not in text:
+            raise Refusal(f"has no {old.strip()!r} to extend with {NAME}")
+        text = text.replace(old, new, 1)
+    return text.replace("\n", ending)
+
+
 def plan(root):
     """(path, new bytes) of each file that changes; reads and checks, writes nothing."""
     changes = []
@@ -245,6 +284,7 @@ def plan(root):
         (INIT, add_import),
         ("docs/losses.md", lambda text: add_docs_section(text, section)),
         ("CONTENTS.md", add_contents_row),
+        (DISTRIBUTED, add_to_distributed),
     )
     for rel, edit in edits:
         target = root / rel
@@ -281,7 +321,8 @@ def apply(root):
     be read, edited or written."""
     root = Path(root)
     check_checkout(root)
-    rels = [rel for _, rel in sources()] + [INIT, "docs/losses.md", "CONTENTS.md"]
+    rels = [rel for _, rel in sources()]
+    rels += [INIT, "docs/losses.md", "CONTENTS.md", DISTRIBUTED]
     for rel in rels:
         check_path(root, rel)
     changes = plan(root)

@@ -5,11 +5,9 @@ import math
 import torch
 from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.losses.base_loss_wrapper import BaseLossWrapper
-from pytorch_metric_learning.losses.base_metric_loss_function import (
-    BaseMetricLossFunction,
-)
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 # Rows with 1 + <src, dst> below this are rotated with the plane form, which stays
 # accurate for (nearly) antipodal centres; the closed form divides by 1 + <src, dst>.
@@ -177,12 +175,10 @@ def _mix(plain, augmented, weight):
     return mixed
 
 
-class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
+class SFTLoss(BaseLossWrapper, ModuleWithRecords):
     """Wraps a loss and adds moved copies to each training batch: a sample of class
     i is rotated from the centre of i onto that of another class j of the batch
-    and labelled j. It extends BaseMetricLossFunction only so that
-    DistributedLossWrapper accepts it (use efficient=False); the wrapped loss's
-    distance and reducer apply, so it keeps none of its own.
+    and labelled j. The wrapped loss's distance and reducer apply.
 
     Args:
         loss: the loss to wrap.
@@ -211,16 +207,7 @@ class SFTLoss(BaseLossWrapper, BaseMetricLossFunction):
         ramp_iterations=None,
         **kwargs,
     ):
-        inner_options = {
-            "distance",
-            "reducer",
-            "embedding_regularizer",
-            "embedding_reg_weight",
-        } & set(kwargs)
-        if inner_options:
-            raise TypeError(f"set {sorted(inner_options)} on the wrapped loss")
         super().__init__(loss=loss, **kwargs)
-        del self.distance, self.reducer  # the wrapped loss's apply
         if isinstance(num_targets, bool) or not (
             isinstance(num_targets, int) and num_targets >= 1
         ):
