@@ -360,12 +360,17 @@ class SFTLoss(BaseLossWrapper, ModuleWithRecords):
         # as many per synthetic row as the set holds per real row; the remainder
         # goes to the rows whose nearest negative is nearest
         nearest = farther.masked_fill(~other, float("inf")).min(dim=1).values
-        order = nearest.argsort()
+        # each row's place in that order, ties to the lower row (sorts are not
+        # stable on CUDA in torch < 1.9)
+        before = nearest.unsqueeze(0) < nearest.unsqueeze(1)
+        tie = (nearest.unsqueeze(0) == nearest.unsqueeze(1)) & (
+            rows < rows.unsqueeze(1)
+        )
+        place = (before | tie).sum(dim=1)
 
         def hardest(scores, allowed, mined):
             base, remainder = divmod(int(round(len(mined) * len(rows) / n)), len(rows))
-            count = torch.full_like(rows, base)
-            count[order[:remainder]] += 1
+            count = base + (place < remainder).long()
             columns, valid = _top_columns(scores, allowed, base + (remainder > 0))
             turn = torch.arange(columns.shape[1], device=rows.device).unsqueeze(0)
             return columns, valid & (turn < count.unsqueeze(1))
