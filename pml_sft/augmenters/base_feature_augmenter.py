@@ -152,7 +152,14 @@ class BaseFeatureAugmenter(BaseAugmenter):
                 table_labels[centers.in_batch],
                 table[centers.in_batch],
             )
+        saved = None  # an evaluation leaves the generator as it was
+        if self.generator is not None and not (
+            self.training and torch.is_grad_enabled()
+        ):
+            saved = self.generator.get_state()
         scores = target_scores(embeddings, table_labels, keyed, self.generator)
+        if saved is not None:
+            self.generator.set_state(saved)
         scores = self.restrict_scores(scores, unit, labels, table_labels, table)
         aug, sources, src_rows, dst_rows = _transform(
             embeddings,

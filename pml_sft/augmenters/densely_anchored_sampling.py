@@ -127,7 +127,7 @@ class DenselyAnchoredSampling(BaseAugmenter):
             )
         unit, _ = self.directions(embeddings.detach())
         labels = labels.long()
-        if self.training:
+        if self.training and torch.is_grad_enabled():  # not in an evaluation
             self.remember(unit, labels)
         n, d, k = unit.shape[0], unit.shape[1], self.num_produce
         copies = unit.unsqueeze(0).repeat(k, 1, 1)  # (k, n, d)

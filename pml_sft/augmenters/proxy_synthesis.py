@@ -49,6 +49,7 @@ class ProxySynthesis(BaseAugmenter):
         return self.augment(embeddings, labels.to(embeddings.device), proxies)
 
     def augment(self, embeddings, labels, proxies):
+        labels = labels.long()  # (uint8 labels would index as a boolean mask)
         unit, _ = self.directions(embeddings)
         unit_proxies = torch.nn.functional.normalize(proxies.to(unit.dtype), dim=1)
         n = unit.shape[0]

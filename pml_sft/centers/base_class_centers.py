@@ -73,6 +73,7 @@ class BaseClassCenters(ModuleWithRecords):
     """
 
     differentiable = False
+    grad_enabled = True
     # whether it knows centres of classes absent from the batch (target_pool="all")
     remembers_classes = False
 
@@ -104,6 +105,10 @@ class BaseClassCenters(ModuleWithRecords):
         """:meth:`forward` without the input checks, for callers that made them
         (the augmenters)."""
         self.reset_stats()
+        # whether the caller computes gradients (an evaluation does not); centres
+        # with memory update only then (the centres themselves are computed under
+        # no_grad when detached)
+        self.grad_enabled = torch.is_grad_enabled()
         if not detach and not self.differentiable:
             raise ValueError(
                 f"{type(self).__name__} cannot pass gradients through its centres "

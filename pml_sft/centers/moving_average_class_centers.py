@@ -108,11 +108,13 @@ class MovingAverageClassCenters(BaseClassCenters):
                 f"augmenter that holds it) with .to({str(embeddings.device)!r})"
             )
         labels = labels.long()
-        if not (self.update and self.training):
+        # an evaluation (eval mode, or no gradients) leaves the centres as they are
+        if not (self.update and self.training and self.grad_enabled):
             if not bool((self.num_updates > 0).any()):
                 raise ValueError(
                     f"{type(self).__name__} knows no centre and does not update "
-                    f"(update={self.update}, training={self.training}): load a "
+                    f"(update={self.update}, training={self.training}, gradients "
+                    f"{'on' if self.grad_enabled else 'off'}): load a "
                     "state_dict with its centres, or let it update in training mode"
                 )
         else:

@@ -28,6 +28,7 @@ class CheckedLoss:
             if self.next_weight() > 0 and distributed.is_distributed():
                 self.augment(embeddings, c_f.to_device(labels, embeddings))
             return embeddings.sum() * 0.0
+        labels = c_f.to_device(labels, embeddings).long()  # any integer dtype
         loss = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         return self.checked(loss)
 

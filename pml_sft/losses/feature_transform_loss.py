@@ -1,6 +1,6 @@
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 
-from ..augmenters import BaseAugmenter
+from ..augmenters import BaseAugmenter, BaseFeatureAugmenter
 from ..upstream import sft_loss
 from .checked_loss import CheckedLoss, drop_unused
 
@@ -58,12 +58,22 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction
         self.augmenter = augmenter
         if self.collect_stats:  # the wrapper's statistics come from the augmenter
             augmenter.collect_stats = True
-        self.add_to_recordable_attributes(name="share_nearest_target", is_stat=True)
+        # the centre statistics, where the augmenter has centres (else none: a zero
+        # on every record-keeper row would read as a measurement)
+        self.center_stats = []
+        if isinstance(augmenter, BaseFeatureAugmenter):
+            self.center_stats = ["mean_center_angle", "share_nearest_target"]
+        stats = getattr(self, "_record_these_stats", [])
+        for name in ("mean_center_angle", "share_nearest_target"):
+            if name in self.center_stats:
+                self.add_to_recordable_attributes(name=name, is_stat=True)
+            elif name in stats:
+                stats.remove(name)
 
     def augment(self, embeddings, labels):
         aug, aug_labels, _ = self.augmenter.augment(embeddings, labels)
         # the augmenter's statistics, for loggers that only look at the loss
         # (powerful-benchmarker's record-keeper tables)
-        for name in ("mean_center_angle", "share_nearest_target"):
+        for name in self.center_stats:
             setattr(self, name, getattr(self.augmenter, name, 0.0))
         return aug, aug_labels

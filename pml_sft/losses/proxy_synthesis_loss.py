@@ -96,6 +96,7 @@ class ProxySynthesisLoss(FeatureTransformLoss):
             args = (embeddings, labels, tuples)
             return functional_call(loss, {attribute: extended}, args)
         finally:
+            self.synthetic_proxies = None  # (no graph kept: the loss can be copied)
             loss.num_classes = recorded
             if had_labels:
                 loss.proxy_labels = torch.arange(real_classes)
