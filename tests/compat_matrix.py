@@ -245,8 +245,9 @@ def check_trains(
 
 
 def check_augmentation_matters(wrapped, emb, labels, indices):
-    """The wrapped loss or its gradients differ from the inner loss's on the plain
-    batch: otherwise augmentation would be a silent no-op (as NPairsLoss was)."""
+    """The wrapped loss's gradient points elsewhere than the inner loss's on the
+    plain batch (cosine below 1 - 1e-6): otherwise augmentation would be a silent
+    no-op for training (as NPairsLoss was, and DAS on per-row losses)."""
     outcomes = []
     for loss_fn in (wrapped, wrapped.loss):
         state = copy.deepcopy(wrapped.state_dict())
@@ -256,9 +257,16 @@ def check_augmentation_matters(wrapped, emb, labels, indices):
         loss.backward()
         outcomes.append((loss.detach(), x.grad))
         wrapped.load_state_dict(state)
-    (aug_loss, aug_grad), (plain_loss, plain_grad) = outcomes
-    if torch.equal(aug_loss, plain_loss) and torch.equal(aug_grad, plain_grad):
-        raise AssertionError("augmentation changed neither the loss nor its gradients")
+    (_, aug_grad), (_, plain_grad) = outcomes
+    # the direction, not the value: a rescaled gradient (a detached copy that
+    # shares no loss term) is a no-op for training
+    cos = torch.nn.functional.cosine_similarity(
+        aug_grad.flatten().double(), plain_grad.flatten().double(), dim=0
+    )
+    if not cos < 1 - 1e-6:
+        raise AssertionError(
+            f"augmentation left the gradient's direction as it was (cosine {cos:.8f})"
+        )
 
 
 # the wrappers whose augmenters apply to every supported loss (Proxy Synthesis
@@ -341,7 +349,10 @@ def distance_outcome(name, variant_kwargs=None):
     cls = exported_distances()[name]
     distance = cls(**(variant_kwargs or {}))
     miner = miners.MultiSimilarityMiner(distance=cls(**(variant_kwargs or {})))
-    inner = DISTANCE_LOSS(distance=distance)
+    # margins for the kind of distance (ContrastiveLoss's defaults suit distances;
+    # with a similarity they leave only positives below 0 with a loss)
+    margins = dict(pos_margin=1, neg_margin=0) if distance.is_inverted else {}
+    inner = DISTANCE_LOSS(distance=distance, **margins)
     check_trains(pml_sft.SFTLoss(inner, miner=miner, warmup_iterations=0))
     return "works"
 

@@ -7,6 +7,7 @@ adds later is tested too, and fails here until it works or is refused on purpose
 import pytest
 
 import pml_sft
+from pml_sft.augmenters.densely_anchored_sampling import PER_ROW_LOSSES
 
 from . import compat_matrix as cm
 
@@ -17,6 +18,22 @@ def test_loss(name, wrapper):
     outcome = cm.loss_outcome(name, wrapper)
     if name not in cm.SUPPORTED_LOSSES:  # refused by name, with the reason
         assert outcome == f"refused: {wrapper} {cm.refusal(name)}"
+    elif wrapper == "DenselyAnchoredSamplingLoss" and name in PER_ROW_LOSSES:
+        # its detached copies would only rescale these losses' gradients
+        assert outcome == (
+            f"refused: DenselyAnchoredSampling cannot change the training signal of "
+            f"{name}: {PER_ROW_LOSSES[name]}"
+        )
+        inner = cm.build(cm.exported_losses()[name], cm.LOSS_KWARGS)
+        augmenter = pml_sft.DenselyAnchoredSampling(cm.NUM_CLASSES, cm.EMBEDDING_SIZE)
+        unchecked = pml_sft.FeatureTransformLoss(
+            cm.build(cm.exported_losses()["ContrastiveLoss"], cm.LOSS_KWARGS),
+            augmenter,
+            warmup_iterations=0,
+        )
+        unchecked.loss = inner  # what the refusal prevents: no change of direction
+        with pytest.raises(AssertionError, match="direction"):
+            cm.check_trains(unchecked, steps=1, require_decrease=False)
     elif name in cm.KNOWN_PML_BUGS:
         inner = cm.build(cm.exported_losses()[name], cm.LOSS_KWARGS)
         with pytest.raises(Exception):  # fails without the wrapper too

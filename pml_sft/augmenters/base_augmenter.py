@@ -16,6 +16,8 @@ class BaseAugmenter(ModuleWithRecords):
     the wrappers record (1 unless a subclass says otherwise)."""
 
     num_targets = 1
+    # losses whose training signal the augmenter cannot change: name -> why
+    unsupported_losses = {}
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

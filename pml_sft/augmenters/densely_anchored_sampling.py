@@ -3,6 +3,25 @@ import torch
 from ..centers.base_class_centers import check_labels_in_range, check_sizes
 from .base_augmenter import BaseAugmenter
 
+# Losses whose value is a sum of one term per row (each row against class weights
+# or proxies): detached copies share no term with the real rows, so they would only
+# rescale the plain loss's gradient (1 / (1 + num_produce) with MeanReducer).
+PER_ROW = "each row's loss is its own term, which detached copies do not share"
+PER_ROW_LOSSES = dict.fromkeys(
+    (
+        "ArcFaceLoss",
+        "CosFaceLoss",
+        "LargeMarginSoftmaxLoss",
+        "NormalizedSoftmaxLoss",
+        "P2SGradLoss",
+        "ProxyNCALoss",
+        "SoftTripleLoss",
+        "SphereFaceLoss",
+        "SubCenterArcFaceLoss",
+    ),
+    PER_ROW,
+)
+
 
 class DenselyAnchoredSampling(BaseAugmenter):
     """Densely Anchored Sampling (Liu et al., ECCV 2022): ``num_produce`` detached,
@@ -37,6 +56,9 @@ class DenselyAnchoredSampling(BaseAugmenter):
         shift_scale: weight of the remembered difference, below
             ``scale_range[0] / 2`` (the paper's CUB and Cars runs: 0.01; SOP: 0.1).
 
+    The wrappers refuse the losses in :data:`PER_ROW_LOSSES` with it: there the
+    copies would leave the training signal as it is (only rescaled).
+
     Memory: ``num_classes * bank_size * embedding_size`` floats for the differences
     and ``num_classes * embedding_size`` counts (232 MB for SOP's 11,318 classes at
     512-d with the default bank).
@@ -45,6 +67,8 @@ class DenselyAnchoredSampling(BaseAugmenter):
     the first copy of every row, then the second, ...), their labels, and the row
     each was made from.
     """
+
+    unsupported_losses = PER_ROW_LOSSES
 
     def __init__(
         self,

@@ -45,6 +45,12 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction
             raise TypeError(
                 f"augmenter must be a pml_sft augmenter, got {type(augmenter).__name__}"
             )
+        reason = augmenter.unsupported_losses.get(type(loss).__name__)
+        if reason is not None:
+            raise ValueError(
+                f"{type(augmenter).__name__} cannot change the training signal of "
+                f"{type(loss).__name__}: {reason}"
+            )
         super().__init__(
             loss,
             miner,
