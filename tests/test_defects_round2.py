@@ -161,3 +161,49 @@ def test_methods_without_centres_log_no_centre_statistics(name):
         collect_stats=True,
     )
     assert {"mean_center_angle", "share_nearest_target"} <= set(sft._record_these_stats)
+
+
+# 7. a mismatch surfaces at the first call, not when augmentation starts
+def _mismatched():
+    ms = losses.MultiSimilarityLoss
+    das = pml_sft.DenselyAnchoredSampling
+    ema = pml_sft.MovingAverageClassCenters
+    sft = pml_sft.SphericalFeatureTransform
+    return {
+        "das labels": (pml_sft.FeatureTransformLoss(ms(), das(4, 8), **LATE), 6, 8),
+        "das size": (pml_sft.FeatureTransformLoss(ms(), das(6, 16), **LATE), 6, 8),
+        "ema size": (
+            pml_sft.FeatureTransformLoss(ms(), sft(centers=ema(6, 16)), **LATE),
+            6,
+            8,
+        ),
+        "ema labels": (
+            pml_sft.FeatureTransformLoss(ms(), sft(centers=ema(4, 8)), **LATE),
+            6,
+            8,
+        ),
+        "das wrapper labels": (
+            pml_sft.DenselyAnchoredSamplingLoss(ms(), 4, 8, **LATE),
+            6,
+            8,
+        ),
+    }
+
+
+LATE = dict(total_iterations=10)  # augmentation from call 6
+
+
+@pytest.mark.parametrize("case", list(_mismatched()))
+def test_mismatches_are_refused_at_the_first_call(case):
+    wrapped, classes, size = _mismatched()[case]
+    x, y = _batch(d=size, classes=classes)
+    with pytest.raises(ValueError, match="labels must lie|embedding_size"):
+        wrapped.to(DEVICE)(x, y)
+    assert wrapped.step == 0  # refused before anything counted
+
+
+def test_proxy_synthesis_augmenter_needs_its_wrapper():
+    with pytest.raises(ValueError, match="use ProxySynthesisLoss"):
+        pml_sft.FeatureTransformLoss(
+            losses.ProxyAnchorLoss(6, 8), pml_sft.ProxySynthesis(), **LATE
+        )

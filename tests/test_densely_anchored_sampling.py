@@ -231,7 +231,7 @@ def test_bad_input_gets_a_clear_error():
         das(torch.zeros(2, 6), torch.tensor([0, 1]))
     assert das.dim_counts.sum() == 0  # refused calls leave the memory alone
     elsewhere = DenselyAnchoredSampling(3, 6).to("meta")
-    with pytest.raises(ValueError, match=r"memory is on meta.*\.to\('cpu'\)"):
+    with pytest.raises(ValueError, match=r"state is on meta.*\.to\('cpu'\)"):
         elsewhere(torch.randn(2, 6), torch.tensor([0, 1]))
 
 

@@ -18,6 +18,7 @@ class BaseAugmenter(ModuleWithRecords):
     num_targets = 1
     # losses whose training signal the augmenter cannot change: name -> why
     unsupported_losses = {}
+    needs_proxies = False  # (Proxy Synthesis: only through ProxySynthesisLoss)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -27,7 +28,14 @@ class BaseAugmenter(ModuleWithRecords):
         """Checks its inputs (the only check: :meth:`augment` trusts them)."""
         check_batch(embeddings, labels)
         check_directions(embeddings, "embeddings")
-        return self.augment(embeddings, c_f.to_device(labels, embeddings))
+        labels = c_f.to_device(labels, embeddings)
+        self.check_inputs(embeddings, labels)
+        return self.augment(embeddings, labels)
+
+    def check_inputs(self, embeddings, labels):
+        """What this augmenter needs of a batch beyond its shape (labels within its
+        tables, the embedding size, the device of its state), checked by the public
+        entries (its forward, the wrappers) at every call."""
 
     def augment(self, embeddings, labels):
         raise NotImplementedError

@@ -134,7 +134,11 @@ class BaseFeatureAugmenter(BaseAugmenter):
             ref_labels = c_f.to_device(ref_labels, embeddings)
             if ref_emb.shape[1] != embeddings.shape[1]:
                 raise ValueError("ref_emb must have the embeddings' size")
+        self.check_inputs(embeddings, labels)
         return self.augment(embeddings, labels, ref_emb, ref_labels)
+
+    def check_inputs(self, embeddings, labels):
+        self.centers.check_inputs(embeddings, labels)
 
     def augment(self, embeddings, labels, ref_emb=None, ref_labels=None):
         """:meth:`forward` for inputs already checked (labels on the embeddings'

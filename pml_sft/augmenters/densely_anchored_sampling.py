@@ -1,6 +1,6 @@
 import torch
 
-from ..centers.base_class_centers import check_labels_in_range, check_sizes
+from ..centers.base_class_centers import check_sizes, check_table
 from .base_augmenter import BaseAugmenter
 
 # Losses whose value is a sum of one term per row (each row against class weights
@@ -135,20 +135,10 @@ class DenselyAnchoredSampling(BaseAugmenter):
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def check_inputs(self, embeddings, labels):
+        check_table(self, self.bank, embeddings, labels)
+
     def augment(self, embeddings, labels):
-        check_labels_in_range(labels, self.num_classes, type(self).__name__)
-        if embeddings.shape[1] != self.embedding_size:
-            raise ValueError(
-                f"embeddings have size {embeddings.shape[1]} but "
-                f"{type(self).__name__} was built with "
-                f"embedding_size={self.embedding_size}"
-            )
-        if self.bank.device != embeddings.device:
-            raise ValueError(
-                f"{type(self).__name__}'s memory is on {self.bank.device} but the "
-                f"embeddings are on {embeddings.device}: move it (or the loss that "
-                f"holds it) with .to({str(embeddings.device)!r})"
-            )
         unit, _ = self.directions(embeddings.detach())
         labels = labels.long()
         if self.training and torch.is_grad_enabled():  # not in an evaluation

@@ -29,6 +29,8 @@ class ProxySynthesis(BaseAugmenter):
     ``(aug_embeddings, aug_proxies, source_indices)``.
     """
 
+    needs_proxies = True
+
     def __init__(self, alpha=0.4, mu=1.0, **kwargs):
         super().__init__(**kwargs)
         if not (isinstance(alpha, (int, float)) and alpha > 0):

@@ -34,6 +34,24 @@ def check_labels_in_range(labels, num_classes, owner):
         )
 
 
+def check_table(owner, table, embeddings, labels):
+    """Inputs that fit ``owner``'s per-class table (num_classes, ..., D): labels in
+    [0, num_classes), the embedding size, and the device the table is on."""
+    name, (num_classes, size) = type(owner).__name__, (table.shape[0], table.shape[-1])
+    if embeddings.shape[1] != size:
+        raise ValueError(
+            f"embeddings have size {embeddings.shape[1]} but {name} was built with "
+            f"embedding_size={size}"
+        )
+    if table.device != embeddings.device:
+        raise ValueError(
+            f"{name}'s state is on {table.device} but the embeddings are on "
+            f"{embeddings.device}: move it (or the loss or augmenter that holds it) "
+            f"with .to({str(embeddings.device)!r})"
+        )
+    check_labels_in_range(labels, num_classes, name)
+
+
 def centers_from_table(table, known, labels, include_absent):
     """:class:`ClassCenters` read from a (num_classes, D) table of centres, row c for
     label c, of which the rows ``known`` (num_classes,) are usable: the batch's
@@ -99,7 +117,13 @@ class BaseClassCenters(ModuleWithRecords):
         check_embeddings(embeddings)
         check_labels(labels, embeddings.shape[0])
         check_finite(embeddings, "embeddings")
+        self.check_inputs(embeddings, labels)
         return self.estimate(embeddings, labels, include_absent, detach)
+
+    def check_inputs(self, embeddings, labels):
+        """What this estimator needs of a batch beyond its shape (e.g. labels within
+        its table): checked by every public entry, at every call, so that a
+        mismatch shows at the first call and not when augmentation starts."""
 
     def estimate(self, embeddings, labels, include_absent=True, detach=True):
         """:meth:`forward` without the input checks, for callers that made them

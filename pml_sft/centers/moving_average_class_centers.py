@@ -4,8 +4,8 @@ from ..utils import distributed
 from .base_class_centers import (
     BaseClassCenters,
     centers_from_table,
-    check_labels_in_range,
     check_sizes,
+    check_table,
     class_sums,
     normalize_rows,
 )
@@ -94,19 +94,10 @@ class MovingAverageClassCenters(BaseClassCenters):
             return present, all_sums[present], all_counts[present]
         return unique_labels, sums, counts
 
+    def check_inputs(self, embeddings, labels):
+        check_table(self, self.centers, embeddings, labels)
+
     def compute(self, embeddings, labels, include_absent=True):
-        check_labels_in_range(labels, self.num_classes, type(self).__name__)
-        if embeddings.shape[1] != self.embedding_size:
-            raise ValueError(
-                f"embeddings have size {embeddings.shape[1]} but "
-                f"{type(self).__name__} was built with embedding_size={self.embedding_size}"
-            )
-        if self.centers.device != embeddings.device:
-            raise ValueError(
-                f"{type(self).__name__}'s centres are on {self.centers.device} but the "
-                f"embeddings are on {embeddings.device}: move it (or the loss or "
-                f"augmenter that holds it) with .to({str(embeddings.device)!r})"
-            )
         labels = labels.long()
         # an evaluation (eval mode, or no gradients) leaves the centres as they are
         if not (self.update and self.training and self.grad_enabled):

@@ -5,6 +5,7 @@ from ..centers.base_class_centers import (
     centers_from_table,
     check_labels_in_range,
     check_sizes,
+    check_table,
     class_sums,
     normalize_rows,
 )
@@ -68,9 +69,10 @@ class DatasetClassCenters(BaseClassCenters):
                 f"was built with embedding_size={self.embedding_size}"
             )
 
+    def check_inputs(self, embeddings, labels):
+        check_table(self, self.centers, embeddings, labels)
+
     def compute(self, embeddings, labels, include_absent=True):
-        self.check_size(embeddings)
-        check_labels_in_range(labels, self.num_classes, type(self).__name__)
         if not bool(self.fitted.any()):
             raise ValueError(
                 f"{type(self).__name__} has no centres yet: call fit(embeddings, "

@@ -1,4 +1,5 @@
 from pytorch_metric_learning.losses import BaseMetricLossFunction
+from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..augmenters import BaseAugmenter, BaseFeatureAugmenter
 from ..upstream import sft_loss
@@ -45,6 +46,11 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction
             raise TypeError(
                 f"augmenter must be a pml_sft augmenter, got {type(augmenter).__name__}"
             )
+        if augmenter.needs_proxies and not self.gives_proxies:
+            raise ValueError(
+                f"{type(augmenter).__name__} mixes class proxies, which "
+                f"FeatureTransformLoss does not pass it: use ProxySynthesisLoss"
+            )
         reason = augmenter.unsupported_losses.get(type(loss).__name__)
         if reason is not None:
             raise ValueError(
@@ -75,6 +81,12 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction
                 self.add_to_recordable_attributes(name=name, is_stat=True)
             elif name in stats:
                 stats.remove(name)
+
+    gives_proxies = False  # (ProxySynthesisLoss passes its loss's proxies)
+
+    def check_inputs(self, embeddings, labels, indices_tuple=None):
+        super().check_inputs(embeddings, labels, indices_tuple)
+        self.augmenter.check_inputs(embeddings, c_f.to_device(labels, embeddings))
 
     def augment(self, embeddings, labels):
         aug, aug_labels, _ = self.augmenter.augment(embeddings, labels)

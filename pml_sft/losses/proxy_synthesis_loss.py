@@ -3,6 +3,7 @@ from torch.func import functional_call
 
 from ..augmenters import ProxySynthesis
 from ..centers.base_class_centers import check_labels_in_range
+from .checked_loss import CheckedLoss
 from .feature_transform_loss import FeatureTransformLoss
 
 # the PML losses whose class proxies Proxy Synthesis extends: (parameter, class axis)
@@ -60,6 +61,8 @@ class ProxySynthesisLoss(FeatureTransformLoss):
         )
         self.synthetic_proxies = None
 
+    gives_proxies = True
+
     def class_proxies(self):
         """The loss's proxies, one row per class."""
         attribute, axis = PROXY_PARAMETERS[type(self.loss).__name__]
@@ -67,7 +70,7 @@ class ProxySynthesisLoss(FeatureTransformLoss):
         return proxies if axis == 0 else proxies.t()
 
     def check_inputs(self, embeddings, labels, indices_tuple=None):
-        super().check_inputs(embeddings, labels, indices_tuple)
+        CheckedLoss.check_inputs(self, embeddings, labels, indices_tuple)
         num_classes = self.class_proxies().shape[0]
         check_labels_in_range(labels, num_classes, type(self.loss).__name__)
 
