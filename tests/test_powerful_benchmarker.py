@@ -287,7 +287,38 @@ def test_experiment_iterations():
     assert pb_sft.experiment_iterations(parser({"s1": 3, "s2": 5}, trainer)) == 300
     by_batches = {"MetricLossOnly": {"batch_size": 100}}
     assert pb_sft.experiment_iterations(parser(2, by_batches)) == 20
+    assert pb_sft.experiment_iterations(parser(2.0, by_batches)) == 20  # a float
+    zero = {"MetricLossOnly": {"batch_size": 100, "iterations_per_epoch": 0}}
+    assert pb_sft.experiment_iterations(parser(2, zero)) == 20  # 0: the loader's
     assert pb_sft.experiment_iterations(parser(2, {"MetricLossOnly": {}})) is None
+    assert pb_sft.experiment_iterations(parser(2.5, by_batches)) is None
+    assert pb_sft.experiment_iterations(parser({"s2": 5}, trainer)) is None
+
+
+def test_experiment_iterations_follow_the_sampler():
+    # the shipped sampler (MPerClassSampler, m=4) sets the epoch's length, as in
+    # PML's trainer: len(DataLoader(dataset, batch_size, sampler, drop_last=True))
+    from types import SimpleNamespace
+
+    from pytorch_metric_learning.samplers import MPerClassSampler
+
+    labels = torch.arange(250).repeat_interleave(4)
+    dataset = list(zip(torch.zeros(len(labels)), labels))
+    sampler = MPerClassSampler(labels, m=4, length_before_new_iter=len(dataset))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=128, sampler=sampler, drop_last=True
+    )
+    split_manager = SimpleNamespace(
+        curr_split_scheme_name="s1", get_dataset=lambda *a: dataset
+    )
+    args = SimpleNamespace(
+        num_epochs_train=10, trainer={"MetricLossOnly": {"batch_size": 128}}
+    )
+    parser = SimpleNamespace(args=args, split_manager=split_manager, sampler=sampler)
+    assert pb_sft.experiment_iterations(parser) == 10 * len(loader)
+    # a sampler shorter than the data set: 40 iterations, not 10 * (1000 // 128)
+    parser.sampler = MPerClassSampler(labels, m=4, length_before_new_iter=512)
+    assert pb_sft.experiment_iterations(parser) == 10 * (512 // 128) == 40
 
 
 def test_config_merges_that_would_collide_are_named():

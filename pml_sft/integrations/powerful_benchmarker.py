@@ -187,20 +187,28 @@ def _fix_splits_to_eval():
 
 def experiment_iterations(parser):
     """The number of training iterations of the current split scheme of a
-    powerful-benchmarker experiment: ``num_epochs_train`` (an int, or per split
-    scheme) times the trainer's ``iterations_per_epoch`` (or the batches of the
-    training set when that is not set); None when unknown."""
+    powerful-benchmarker experiment, as PML's trainer will run them:
+    ``num_epochs_train`` (a whole number, or one per split scheme) times the
+    trainer's ``iterations_per_epoch``, or, when that is unset or 0, the length of
+    the dataloader PML builds from the training set, batch size and the
+    experiment's sampler (:func:`pml_sft.training_iterations`). None when the
+    config does not say (the wrappers then refuse to build without a schedule)."""
     epochs = parser.args.num_epochs_train
     if isinstance(epochs, dict):
         epochs = epochs.get(parser.split_manager.curr_split_scheme_name)
+    if isinstance(epochs, float) and epochs.is_integer():
+        epochs = int(epochs)
     trainer = next(iter((parser.args.trainer or {}).values()), {}) or {}
-    per_epoch = trainer.get("iterations_per_epoch")
-    if not per_epoch and trainer.get("batch_size"):
-        dataset = parser.split_manager.get_dataset("train", "train")
-        per_epoch = len(dataset) // trainer["batch_size"]
-    if not (isinstance(epochs, int) and isinstance(per_epoch, int)):
+    per_epoch, batch_size = trainer.get("iterations_per_epoch"), trainer.get(
+        "batch_size"
+    )
+    if not (isinstance(epochs, int) and epochs >= 1) or not (per_epoch or batch_size):
         return None
-    return epochs * per_epoch or None
+    dataset = parser.split_manager.get_dataset("train", "train")
+    sampler = getattr(parser, "sampler", None)  # built before the losses
+    return utils.training_iterations(
+        dataset, batch_size, epochs, sampler, per_epoch or None
+    )
 
 
 def _pass_training_length_to_losses():

@@ -8,16 +8,16 @@ def training_iterations(
 ):
     """The number of iterations a PML trainer (``MetricLossOnly``,
     ``TrainWithClassifier``, ...) runs for ``trainer.train(num_epochs=num_epochs)``
-    with these arguments: ``iterations_per_epoch`` if given, else the length of the
-    dataloader PML builds from the dataset, batch size and sampler. One line connects
+    with these arguments: ``iterations_per_epoch`` if given (not 0), else the length of
+    the dataloader PML builds from the dataset, batch size and sampler. One line connects
     a trainer to the schedule::
 
         loss = pml_sft.SFTLoss(inner, total_iterations=pml_sft.training_iterations(
             dataset, batch_size, num_epochs, sampler))
     """
-    if not (isinstance(num_epochs, int) and num_epochs >= 1):
+    if type(num_epochs) is not int or num_epochs < 1:
         raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
-    if iterations_per_epoch is None:
+    if not iterations_per_epoch:  # None or 0: PML's trainers use the loader's length
         loader = c_f.get_train_dataloader(dataset, batch_size, sampler, 0, None)
         iterations_per_epoch = len(loader)
     if not (isinstance(iterations_per_epoch, int) and iterations_per_epoch >= 1):
