@@ -1,6 +1,7 @@
 import torch
 
 from ..centers.base_class_centers import check_sizes, check_table
+from ..utils.target_sampling import call_seed, is_keyed, row_keys, row_uniforms
 from .base_augmenter import BaseAugmenter
 
 # Losses whose value is a sum of one term per row (each row against class weights
@@ -42,7 +43,7 @@ class DenselyAnchoredSampling(BaseAugmenter):
     before the copies are made; they live in buffers, so they follow ``.to()`` and
     are saved in ``state_dict``. The copies are detached, as in the paper: the
     gradients reach the real embeddings through the loss terms they share with the
-    copies. The draws come from torch's global RNG.
+    copies. The draws come from torch's global RNG, or are keyed (``keyed_draws``).
 
     Args:
         num_classes: labels must lie in ``[0, num_classes)``.
@@ -55,6 +56,12 @@ class DenselyAnchoredSampling(BaseAugmenter):
         bank_size: differences remembered per class (the official default: 10).
         shift_scale: weight of the remembered difference, below
             ``scale_range[0] / 2`` (the paper's CUB and Cars runs: 0.01; SOP: 0.1).
+        keyed_draws: draw the factors and remembered differences from a hash of
+            each row's content and a per-call seed (rank 0's), and update the memory
+            in an order given by content, so that every rank of
+            ``DistributedLossWrapper`` makes the same copies and keeps the same
+            memory, whatever the row order. None (default): keyed under
+            torch.distributed.
 
     The wrappers refuse the losses in :data:`PER_ROW_LOSSES` with it: there the
     copies would leave the training signal as it is (only rescaled).
@@ -79,10 +86,12 @@ class DenselyAnchoredSampling(BaseAugmenter):
         scale_range=(0.99, 1.01),
         bank_size=10,
         shift_scale=0.01,
+        keyed_draws=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_sizes(num_classes, embedding_size)
+        self.keyed_draws = keyed_draws
         for name, value in (("num_produce", num_produce), ("bank_size", bank_size)):
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -141,9 +150,19 @@ class DenselyAnchoredSampling(BaseAugmenter):
     def augment(self, embeddings, labels):
         unit, _ = self.directions(embeddings.detach())
         labels = labels.long()
-        if self.training and torch.is_grad_enabled():  # not in an evaluation
-            self.remember(unit, labels)
         n, d, k = unit.shape[0], unit.shape[1], self.num_produce
+        uniforms = None  # keyed: (n, k * (num_scaled_dims + 1)) from the rows' bits
+        if is_keyed(self.keyed_draws):
+            keys = row_keys(embeddings)
+            seed = call_seed(embeddings.device)
+            uniforms = row_uniforms(keys, k * (self.num_scaled_dims + 1), seed)
+            uniforms = uniforms.view(n, k, -1).transpose(0, 1).to(unit.dtype)
+            order = torch.argsort(keys, stable=True)  # the memory's order
+        if self.training and torch.is_grad_enabled():  # not in an evaluation
+            if uniforms is None:
+                self.remember(unit, labels)
+            else:
+                self.remember(unit[order], labels[order])
         copies = unit.unsqueeze(0).repeat(k, 1, 1)  # (k, n, d)
         if self.num_scaled_dims > 0 and n > 0:
             # the class's most frequent top dimensions (ties: the lower index)
@@ -151,13 +170,19 @@ class DenselyAnchoredSampling(BaseAugmenter):
             keys = self.dim_counts[labels] * (d + 1) + order  # int64: exact
             dims = keys.topk(self.num_scaled_dims, dim=1).indices
             low, high = self.scale_range
-            factors = torch.empty(k, n, self.num_scaled_dims, device=unit.device)
-            factors = factors.uniform_(low, high).to(unit.dtype)
+            if uniforms is None:
+                draws = torch.rand(k, n, self.num_scaled_dims, device=unit.device)
+            else:
+                draws = uniforms[:, :, : self.num_scaled_dims]
+            factors = (low + (high - low) * draws).to(unit.dtype)
             index = dims.unsqueeze(0).expand(k, -1, -1)
             copies = copies.scatter(2, index, copies.gather(2, index) * factors)
         if self.shift_scale > 0 and n > 0:
             filled = self.bank_filled[labels]  # (n,)
-            draw = torch.rand(k, n, device=unit.device)
+            if uniforms is None:
+                draw = torch.rand(k, n, device=unit.device)
+            else:
+                draw = uniforms[:, :, -1]
             slot = (draw * filled.clamp(min=1)).long().clamp(max=self.bank_size - 1)
             shifts = self.bank[labels.expand(k, -1), slot].to(unit.dtype)
             shifts = shifts * (filled > 0).to(unit.dtype).view(1, n, 1)

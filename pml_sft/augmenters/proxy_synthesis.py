@@ -1,7 +1,15 @@
+import numpy
 import torch
 
 from ..centers.base_class_centers import check_labels_in_range
 from ..utils.checks import check_batch, check_directions, check_embeddings
+from ..utils.target_sampling import (
+    call_seed,
+    is_keyed,
+    keyed_scores,
+    row_keys,
+    row_uniforms,
+)
 from .base_augmenter import BaseAugmenter
 
 
@@ -24,6 +32,10 @@ class ProxySynthesis(BaseAugmenter):
         alpha: the Beta distribution's parameter (the paper's default: 0.4).
         mu: synthetic samples per real sample, in (0, 1] (default 1.0): a random
             ``round(mu * N)`` of the rows that have a partner are mixed.
+        keyed_draws: draw partners, the subset and lam from a hash of the rows'
+            content and a per-call seed (rank 0's), so that every rank of
+            ``DistributedLossWrapper`` makes the same samples whatever the row
+            order. None (default): keyed under torch.distributed.
 
     ``augmenter(embeddings, labels, proxies)`` (proxies: one row per class) returns
     ``(aug_embeddings, aug_proxies, source_indices)``.
@@ -31,8 +43,9 @@ class ProxySynthesis(BaseAugmenter):
 
     needs_proxies = True
 
-    def __init__(self, alpha=0.4, mu=1.0, **kwargs):
+    def __init__(self, alpha=0.4, mu=1.0, keyed_draws=None, **kwargs):
         super().__init__(**kwargs)
+        self.keyed_draws = keyed_draws
         if not (isinstance(alpha, (int, float)) and alpha > 0):
             raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
         if not (isinstance(mu, (int, float)) and 0 < mu <= 1):
@@ -59,14 +72,21 @@ class ProxySynthesis(BaseAugmenter):
             self.num_augmented = 0
             return embeddings, proxies[:0], labels[:0]
         other = labels.unsqueeze(0) != labels.unsqueeze(1)
-        scores = torch.rand(n, n, device=unit.device).masked_fill(~other, -1.0)
-        best = scores.max(dim=1)
+        if is_keyed(self.keyed_draws):  # from the rows' bits and rank 0's seed
+            keys, seed = row_keys(embeddings), call_seed(embeddings.device)
+            scores = keyed_scores(keys, keys, seed)
+            picks = row_uniforms(keys, 1, seed ^ 1)[:, 0]
+            lam = float(numpy.random.default_rng(seed).beta(self.alpha, self.alpha))
+        else:
+            scores = torch.rand(n, n, device=unit.device)
+            picks = torch.rand(n, device=unit.device)
+            lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample())
+        best = scores.masked_fill(~other, -1.0).max(dim=1)
         sources = (best.values >= 0).nonzero(as_tuple=True)[0]
         count = min(len(sources), int(round(self.mu * n)))
-        order = torch.randperm(len(sources), device=unit.device)[:count]
-        sources = sources[order.sort().values]
+        chosen = picks[sources].topk(count).indices  # a random subset of the rows
+        sources = sources[chosen.sort().values]
         partners = best.indices[sources]
-        lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample())
         self.mix_weight = lam
         mixed = lam * unit[sources] + (1 - lam) * unit[partners]
         mixed_proxies = (

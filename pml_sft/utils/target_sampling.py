@@ -79,10 +79,25 @@ def target_scores(embeddings, center_labels, keyed, generator=None):
     if not keyed:
         size = (embeddings.shape[0], center_labels.shape[0])
         return random_scores(size, embeddings.device, generator)
+    seed = call_seed(embeddings.device, generator)
+    return keyed_scores(row_keys(embeddings), center_labels, seed)
+
+
+def call_seed(device, generator=None):
+    """A seed for one call: from ``generator`` or the global RNG, and under
+    torch.distributed rank 0's (sent from ``device``, which the backend must
+    support), so that every rank draws alike."""
     seed = draw_seed(generator)
     if distributed.is_distributed():
-        seed = distributed.broadcast_from_first(seed, embeddings.device)
-    return keyed_scores(row_keys(embeddings), center_labels, seed)
+        seed = distributed.broadcast_from_first(seed, device)
+    return seed
+
+
+def row_uniforms(keys, count, seed):
+    """(N, count) numbers in [0, 1) for rows with these content keys: the same for
+    the same row wherever it stands in the batch."""
+    columns = torch.arange(count, device=keys.device)
+    return keyed_scores(keys, columns, seed)
 
 
 def is_keyed(keyed_draws):
