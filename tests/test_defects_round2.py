@@ -207,3 +207,84 @@ def test_proxy_synthesis_augmenter_needs_its_wrapper():
         pml_sft.FeatureTransformLoss(
             losses.ProxyAnchorLoss(6, 8), pml_sft.ProxySynthesis(), **LATE
         )
+
+
+# 9 and 13. corrupt or inconsistent data set caches name the file; download=True
+# builds a corrupt one anew; max_classes=0 is refused
+def _emoji_cache(tmp_path, monkeypatch, data):
+    from pml_sft.datasets import emoji
+
+    monkeypatch.setattr(emoji, "render_all", lambda *args, **kwargs: data)
+    path = emoji.cache_path(f"{tmp_path}/{pml_sft.EmojiDataset.folder}", 8)
+    return path
+
+
+@pytest.mark.parametrize("corrupt", ["truncated", "empty", "text", "folder"])
+def test_corrupt_cache_names_the_file_and_download_rebuilds_it(
+    tmp_path, monkeypatch, corrupt
+):
+    from .helpers import fake_emoji_data
+
+    path = _emoji_cache(tmp_path, monkeypatch, fake_emoji_data(10, 3, 8))
+    pml_sft.EmojiDataset(tmp_path, image_size=8, download=True)
+    whole = path.read_bytes()
+    if corrupt == "folder":
+        path.unlink()
+        path.mkdir()
+    else:
+        path.write_bytes(
+            {"truncated": whole[: len(whole) // 2], "empty": b"", "text": b"a,b\n"}[
+                corrupt
+            ]
+        )
+    with pytest.raises(ValueError, match=str(path.name)):
+        pml_sft.EmojiDataset(tmp_path, image_size=8)
+    if corrupt != "folder":
+        assert len(pml_sft.EmojiDataset(tmp_path, image_size=8, download=True)) == 30
+
+
+def test_cache_labels_beyond_the_class_names_are_refused(tmp_path, monkeypatch):
+    from .helpers import fake_emoji_data
+
+    data = fake_emoji_data(10, 3, 8)
+    data["labels"] = data["labels"] + 5  # labels 5..14 for 10 names
+    _emoji_cache(tmp_path, monkeypatch, data)
+    with pytest.raises(ValueError, match="holds labels from 5 to 14 for 10 class"):
+        pml_sft.EmojiDataset(tmp_path, image_size=8, download=True)
+    with pytest.raises(ValueError, match="max_classes"):
+        pml_sft.EmojiDataset(tmp_path, image_size=8, max_classes=0)
+
+
+# 11. slerp refuses what is not a unit vector (a zero a gave NaN)
+def test_slerp_refuses_non_unit_rows():
+    from pml_sft.functional import slerp
+
+    a = torch.nn.functional.normalize(torch.randn(4, 6), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(4, 6), dim=1)
+    for bad_a in (torch.zeros(4, 6), 3 * a):
+        with pytest.raises(ValueError, match="slerp: a must hold unit vectors"):
+            slerp(bad_a, b, 0.5)
+    assert torch.allclose(slerp(a, b, 0.5).norm(dim=1), torch.ones(4))
+
+
+# 12. input-check gaps
+def test_small_option_and_input_gaps_are_refused():
+    with pytest.raises(ValueError, match="num_points"):
+        pml_sft.EmbeddingExpansion(num_points=True)
+    for alpha in (True, float("inf")):
+        with pytest.raises(ValueError, match="alpha"):
+            pml_sft.ProxySynthesis(alpha=alpha)
+    with pytest.raises(ValueError, match="num_epochs"):
+        pml_sft.training_iterations(list(range(10)), 2, True)
+    assert pml_sft.training_iterations(list(range(10)), 2, 3, None, 0) == 15
+    meta = torch.zeros(8, 4, device="meta")
+    with pytest.raises(ValueError, match="meta"):
+        pml_sft.SFTLoss(losses.ContrastiveLoss(), warmup_iterations=0)(
+            meta, torch.zeros(8, dtype=torch.long)
+        )
+
+    class RenamedNPairs(losses.NPairsLoss):
+        pass
+
+    with pytest.raises(ValueError, match="cannot wrap RenamedNPairs"):
+        pml_sft.SFTLoss(RenamedNPairs(), warmup_iterations=0)

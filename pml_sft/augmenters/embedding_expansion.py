@@ -24,7 +24,7 @@ class EmbeddingExpansion(BaseAugmenter):
 
     def __init__(self, num_points=2, **kwargs):
         super().__init__(**kwargs)
-        if not (isinstance(num_points, int) and num_points >= 1):
+        if type(num_points) is not int or num_points < 1:
             raise ValueError(f"num_points must be an int >= 1, got {num_points!r}")
         self.num_points = num_points
         self.add_to_recordable_attributes(name="num_points", is_stat=False)

@@ -46,9 +46,12 @@ class ProxySynthesis(BaseAugmenter):
     def __init__(self, alpha=0.4, mu=1.0, keyed_draws=None, **kwargs):
         super().__init__(**kwargs)
         self.keyed_draws = keyed_draws
-        if not (isinstance(alpha, (int, float)) and alpha > 0):
-            raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
-        if not (isinstance(mu, (int, float)) and 0 < mu <= 1):
+        numbers = (int, float)
+        if isinstance(alpha, bool) or not (
+            isinstance(alpha, numbers) and 0 < alpha < float("inf")
+        ):
+            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        if isinstance(mu, bool) or not (isinstance(mu, numbers) and 0 < mu <= 1):
             raise ValueError(f"mu must be in (0, 1], got {mu!r}")
         self.alpha, self.mu = float(alpha), float(mu)
         self.add_to_recordable_attributes(list_of_names=["alpha", "mu"], is_stat=False)

@@ -2,6 +2,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import npz_cache
+
 
 class RenderedDataset(torch.utils.data.Dataset):
     """A built-in data set (rendered once and cached as ``.npz``) as a torch
@@ -23,14 +25,29 @@ class RenderedDataset(torch.utils.data.Dataset):
         download=False,
         return_dict=False,
     ):
+        if max_classes is not None and not (
+            type(max_classes) is int and max_classes >= 1
+        ):
+            raise ValueError(
+                f"max_classes must be None or an int >= 1: {max_classes!r}"
+            )
         cache_dir = f"{root}/{self.folder}"
         path = self.source.cache_path(cache_dir, image_size, max_classes)
+        if download and path.is_file() and not npz_cache.readable(path):
+            path.unlink()  # a corrupt cache: download=True builds it anew
         if not path.exists() and not download:
             raise ValueError(
                 f"{path} does not exist; pass download=True to fetch it "
                 f"({self.fetched_with}) and render it"
             )
         data = self.source.prepare(cache_dir, image_size, max_classes, progress=False)
+        labels, names = data["labels"], data["class_names"]
+        if len(labels) and not 0 <= labels.min() <= labels.max() < len(names):
+            raise ValueError(
+                f"the data set cache {path} holds labels from {labels.min()} to "
+                f"{labels.max()} for {len(names)} class names: delete it and build "
+                "it again (download=True)"
+            )
         train, _, test = self.source.class_split(len(data["class_names"]))
         classes = {"train": train, "test": test, "train+test": None}
         if split not in classes:

@@ -60,7 +60,7 @@ def rotate(x, src, dst, check=True):
         norms = torch.stack([src, dst]).to(out.dtype).norm(dim=2)
         errors = (norms - 1).abs().amax(dim=1)
         total, src_err, dst_err = torch.cat([out.sum().view(1), errors]).tolist()
-        validate(x, src, dst, src_err, dst_err)
+        validate("rotate", x.dtype, src=(src, src_err), dst=(dst, dst_err))
         if not math.isfinite(total):  # NaN or inf in x, or an overflow
             check_finite(x, "x")
             out = rotate_scaled(x, src, dst)
@@ -89,15 +89,17 @@ def rotate_scaled(x, src, dst):
     return out
 
 
-def validate(x, src, dst, src_err, dst_err):
-    if not (math.isfinite(src_err) and math.isfinite(dst_err)):
-        for name, t in (("src", src), ("dst", dst)):
+def validate(caller, dtype, **rows):
+    """Refuse rows (name -> (tensor, largest deviation of a row norm from 1)) that are
+    not unit vectors, or hold NaN/inf."""
+    for name, (t, err) in rows.items():
+        if not math.isfinite(err):
             check_finite(t, name)
-    tol = unit_tolerance(x.dtype)
-    for name, err in (("src", src_err), ("dst", dst_err)):
+    tol = unit_tolerance(dtype)
+    for name, (_, err) in rows.items():
         if not err <= tol:
             raise ValueError(
-                f"rotate: {name} must hold unit vectors; the largest deviation of a "
+                f"{caller}: {name} must hold unit vectors; the largest deviation of a "
                 f"row norm from 1 is {err:.3g} (tolerance {tol:.3g}). Normalise it "
                 "first; zero vectors cannot be normalised"
             )
@@ -113,8 +115,9 @@ def slerp(a, b, t):
         raise ValueError(f"slerp needs at least 2 dimensions, got D={a.shape[1]}")
     if not (isinstance(t, (int, float)) and 0 <= t <= 1):
         raise ValueError(f"t must be a number in [0, 1], got {t!r}")
-    check_finite(a, "a")
-    check_finite(b, "b")
+    norms = torch.stack([a, b]).to(sft_loss._compute_dtype(a.dtype)).norm(dim=2)
+    a_err, b_err = (norms - 1).abs().amax(dim=1).tolist()  # NaN/inf show here too
+    validate("slerp", a.dtype, a=(a, a_err), b=(b, b_err))
     return great_circle_point(a, b, t)
 
 

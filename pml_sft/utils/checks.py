@@ -24,6 +24,8 @@ def check_embeddings(x, name="embeddings"):
         )
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape (N, D), got shape {tuple(x.shape)}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} are on the meta device, so they hold no values")
 
 
 def check_labels(labels, num_rows, name="labels"):
