@@ -344,3 +344,17 @@ def test_config_merges_that_would_collide_are_named():
     pb_run.check_config_merges(
         ["--config_dataset", "[default,with_emoji]", "--dataset~OVERRIDE~", "{}"]
     )
+
+
+def test_config_merges_check_nested_objects_and_both_flag_forms(tmp_path):
+    # the wrappers' inner losses collide one level down (issue 30, point 10)
+    pair = "[multisimilarity_sft,triplet_sft]"
+    with pytest.raises(ValueError, match=r"'loss_funcs.metric_loss.loss' gets 2"):
+        pb_run.check_config_merges(["--config_loss_and_miners", pair])
+    with pytest.raises(ValueError, match=r"'dataset' gets 2 classes"):
+        pb_run.check_config_merges(["--config_dataset=[default,with_emoji]"])
+    folder = tmp_path / "config_general"
+    folder.mkdir()
+    (folder / "listed.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        pb_run.check_config_merges(["--config_general", "[listed]"], tmp_path)

@@ -33,8 +33,11 @@ def check_config_merges(argv, root_config_folder=CONFIG_FOLDER):
     import yaml
 
     overridden = {a[2:].split(OVERRIDE)[0] for a in argv if OVERRIDE in a}
-    for flag, value in zip(argv, argv[1:]):
+    pairs = [a.split("=", 1) for a in argv if a.startswith("--config_") and "=" in a]
+    for flag, value in list(zip(argv, argv[1:])) + pairs:
         if not flag.startswith("--config_") or flag == "--config_foldernames":
+            continue
+        if value.startswith("--"):  # (a flag given as --config_x=[...])
             continue
         names = [n.strip() for n in re.sub(r"[\[\]]", "", value).split(",") if n]
         classes = {}  # entry -> {class name: file}
@@ -42,12 +45,15 @@ def check_config_merges(argv, root_config_folder=CONFIG_FOLDER):
             path = Path(root_config_folder) / flag[2:] / f"{name}.yaml"
             if not path.exists():
                 continue  # powerful-benchmarker reports it
-            for entry, spec in object_specs(yaml.safe_load(path.read_text()) or {}):
+            config = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(config, dict):
+                raise ValueError(f"{path} must hold a mapping of config entries")
+            for entry, spec in object_specs(config):
                 base = entry.replace(OVERRIDE, "")
                 if OVERRIDE in entry:
                     classes[base] = {}
-                for class_name in spec:
-                    classes.setdefault(base, {}).setdefault(class_name, path.name)
+                for nested, class_name in class_entries(base, spec):
+                    classes.setdefault(nested, {}).setdefault(class_name, path.name)
         for entry, found in classes.items():
             if len(found) > 1 and entry.split(".")[0] not in overridden:
                 listed = ", ".join(f"{c} ({f})" for c, f in found.items())
@@ -57,6 +63,21 @@ def check_config_merges(argv, root_config_folder=CONFIG_FOLDER):
                     "would merge into one; list only one of these files, or replace "
                     f"the entry with --{entry.split('.')[0]}{OVERRIDE}"
                 )
+
+
+def class_entries(entry, spec):
+    """(entry, class name) for the class of ``spec`` ({ClassName: params}) and, inside
+    its params, for every nested object ({param: {ClassName: params}}, e.g. a
+    wrapper's inner loss), whose entry is ``entry.param``."""
+    for class_name, params in spec.items():
+        yield entry, class_name
+        for key, value in (params or {}).items() if isinstance(params, dict) else ():
+            if (
+                isinstance(value, dict)
+                and value
+                and all(isinstance(k, str) and k[:1].isupper() for k in value)
+            ):
+                yield from class_entries(f"{entry}.{key}", value)
 
 
 def object_specs(config):
