@@ -81,13 +81,14 @@ def _rotate(x, a, b):
     near = denom < ANTIPODAL_MARGIN
     k = (p + q) / torch.where(near, torch.ones_like(denom), denom)
     out = torch.addcmul(x, -k.unsqueeze(1), a).addcmul((2 * p - k).unsqueeze(1), b)
-    if bool(near.any()):  # a host sync; rare rows, computed apart
-        rows = near.nonzero(as_tuple=False).squeeze(1)
-        c, s, v = _plane_basis(a[rows], b[rows])
-        p, r = p[rows], _inner(v, x[rows])
-        in_plane = ((c - 1) * p - s * r).unsqueeze(1) * a[rows]
+    if bool(near.any()):  # a host sync; rare rows, computed apart, in float64
+        rows = near.nonzero(as_tuple=False).squeeze(1)  # (v loses eps / sin t)
+        xr, ar, br = (t[rows].double() for t in (x, a, b))
+        c, s, v = _plane_basis(ar, br)
+        p, r = _inner(ar, xr), _inner(v, xr)
+        in_plane = ((c - 1) * p - s * r).unsqueeze(1) * ar
         in_plane = in_plane + ((c - 1) * r + s * p).unsqueeze(1) * v
-        out = out.index_copy(0, rows, x[rows] + in_plane)
+        out = out.index_copy(0, rows, (xr + in_plane).to(out.dtype))
     return out
 
 
