@@ -293,7 +293,8 @@ def test_target_pool_all_needs_centres_with_memory():
 
 def test_never_fitted_dataset_centres_are_refused():
     x, y = _batch()
-    sft = pml_sft.SphericalFeatureTransform(centers=DatasetClassCenters(6, 8))
+    centres = DatasetClassCenters(6, 8).to(DEVICE)
+    sft = pml_sft.SphericalFeatureTransform(centers=centres)
     with pytest.raises(ValueError, match="call fit"):
         sft(x, y)
 

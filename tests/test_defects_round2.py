@@ -214,6 +214,7 @@ def test_proxy_synthesis_augmenter_needs_its_wrapper():
 def _emoji_cache(tmp_path, monkeypatch, data):
     from pml_sft.datasets import emoji
 
+    monkeypatch.setattr(emoji, "fetch_packages", lambda folder: None)  # no npm
     monkeypatch.setattr(emoji, "render_all", lambda *args, **kwargs: data)
     path = emoji.cache_path(f"{tmp_path}/{pml_sft.EmojiDataset.folder}", 8)
     return path
