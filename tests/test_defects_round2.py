@@ -305,3 +305,76 @@ def test_nearly_antipodal_rotation_is_inverted_accurately():
     x = torch.randn(64, 16, generator=g).to(DEVICE)
     back = _rotate(_rotate(x, a, b), b, a)
     assert (back - x).abs().max() < 1e-5
+
+
+# the second review of this round
+def test_empty_batches_take_part_in_the_keyed_seed(monkeypatch):
+    from pml_sft.augmenters import densely_anchored_sampling, proxy_synthesis
+
+    seeds = []
+    for module in (densely_anchored_sampling, proxy_synthesis):
+        monkeypatch.setattr(
+            module, "call_seed", lambda device, *a: seeds.append(device) or 7
+        )
+    x = torch.zeros(0, 8, device=DEVICE)
+    y = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    das = pml_sft.DenselyAnchoredSampling(4, 8, keyed_draws=True).to(DEVICE)
+    assert das(x, y)[0].shape == (0, 8)
+    ps = pml_sft.ProxySynthesis(keyed_draws=True)
+    assert ps(x, y, torch.randn(4, 8, device=DEVICE))[0].shape == (0, 8)
+    assert len(seeds) == 2  # each drew its call's seed (a broadcast under DDP)
+
+
+def test_proxy_synthesis_loss_copies_after_a_call_without_synthetic_samples():
+    wrapped = pml_sft.ProxySynthesisLoss(
+        losses.ProxyAnchorLoss(4, 8), warmup_iterations=0
+    )
+    x = torch.randn(8, 8, device=DEVICE, requires_grad=True)
+    wrapped.to(DEVICE)(x, torch.zeros(8, dtype=torch.long, device=DEVICE)).backward()
+    assert copy.deepcopy(wrapped).synthetic_proxies is None
+
+
+def test_any_corrupt_npz_names_the_file(tmp_path):
+    import numpy as np
+
+    from pml_sft.datasets import npz_cache
+
+    path = tmp_path / "cache.npz"
+    np.savez_compressed(path, a=np.random.RandomState(0).rand(200, 50))
+    whole = bytearray(path.read_bytes())
+    for at in range(60, len(whole) - 40, max(1, len(whole) // 40)):
+        broken = bytearray(whole)
+        broken[at] ^= 0xFF
+        path.write_bytes(bytes(broken))
+        try:
+            npz_cache.load(path)
+        except ValueError as err:
+            assert "cache.npz" in str(err)
+
+
+def test_more_option_gaps_are_refused():
+    from pml_sft.contrib import ProxyClassCenters
+    from pml_sft.functional import slerp
+
+    for kwargs in (dict(num_produce=True), dict(bank_size=True)):
+        with pytest.raises(ValueError):
+            pml_sft.DenselyAnchoredSampling(4, 8, **kwargs)
+    with pytest.raises(ValueError, match="num_targets"):
+        pml_sft.SphericalFeatureTransform(num_targets=True)
+    for keyed in ("no", 1):
+        with pytest.raises(TypeError, match="keyed_draws"):
+            pml_sft.SphericalFeatureTransform(keyed_draws=keyed)
+    a = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    with pytest.raises(ValueError, match="t must"):
+        slerp(a, a, True)
+    assert slerp(a[:0], a[:0], 0.5).shape == (0, 4)
+    # proxies as centres: a mismatch at the first call, also before augmenting
+    loss = losses.ProxyAnchorLoss(4, 8)
+    wrapped = pml_sft.FeatureTransformLoss(
+        losses.MultiSimilarityLoss(),
+        pml_sft.SphericalFeatureTransform(centers=ProxyClassCenters(loss)),
+        total_iterations=10,
+    )
+    x, y = _batch(d=8, classes=6)
+    with pytest.raises(ValueError, match="labels must lie"):
+        wrapped(x.cpu(), y.cpu())

@@ -13,6 +13,7 @@ from ..utils.checks import (
 )
 from ..utils.target_sampling import (
     checked_generator,
+    checked_keyed_draws,
     generator_state,
     is_keyed,
     load_generator_state,
@@ -78,7 +79,7 @@ class BaseFeatureAugmenter(BaseAugmenter):
             raise TypeError(
                 f"centers must be a pml_sft BaseClassCenters, got {type(centers).__name__}"
             )
-        if not (isinstance(num_targets, int) and num_targets >= 1):
+        if type(num_targets) is not int or num_targets < 1:
             raise ValueError(f"num_targets must be an int >= 1, got {num_targets!r}")
         if target_pool not in TARGET_POOLS:
             raise ValueError(
@@ -94,7 +95,7 @@ class BaseFeatureAugmenter(BaseAugmenter):
         self.num_targets = num_targets
         self.target_pool = target_pool
         self.generator = checked_generator(generator)
-        self.keyed_draws = keyed_draws
+        self.keyed_draws = checked_keyed_draws(keyed_draws)
         self.add_to_recordable_attributes(
             list_of_names=["num_targets", "target_pool"], is_stat=False
         )

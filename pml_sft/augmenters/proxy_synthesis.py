@@ -5,6 +5,7 @@ from ..centers.base_class_centers import check_labels_in_range
 from ..utils.checks import check_batch, check_directions, check_embeddings
 from ..utils.target_sampling import (
     call_seed,
+    checked_keyed_draws,
     is_keyed,
     keyed_scores,
     row_keys,
@@ -45,7 +46,7 @@ class ProxySynthesis(BaseAugmenter):
 
     def __init__(self, alpha=0.4, mu=1.0, keyed_draws=None, **kwargs):
         super().__init__(**kwargs)
-        self.keyed_draws = keyed_draws
+        self.keyed_draws = checked_keyed_draws(keyed_draws)
         numbers = (int, float)
         if isinstance(alpha, bool) or not (
             isinstance(alpha, numbers) and 0 < alpha < float("inf")
@@ -70,13 +71,15 @@ class ProxySynthesis(BaseAugmenter):
         labels = labels.long()  # (uint8 labels would index as a boolean mask)
         unit, _ = self.directions(embeddings)
         unit_proxies = torch.nn.functional.normalize(proxies.to(unit.dtype), dim=1)
-        n = unit.shape[0]
+        n, keyed = unit.shape[0], is_keyed(self.keyed_draws)
+        # (every rank takes part in the seed's broadcast, an empty one too)
+        seed = call_seed(embeddings.device) if keyed else None
         if n == 0:
             self.num_augmented = 0
             return embeddings, proxies[:0], labels[:0]
         other = labels.unsqueeze(0) != labels.unsqueeze(1)
-        if is_keyed(self.keyed_draws):  # from the rows' bits and rank 0's seed
-            keys, seed = row_keys(embeddings), call_seed(embeddings.device)
+        if keyed:  # from the rows' bits and rank 0's seed
+            keys = row_keys(embeddings)
             scores = keyed_scores(keys, keys, seed)
             picks = row_uniforms(keys, 1, seed ^ 1)[:, 0]
             lam = float(numpy.random.default_rng(seed).beta(self.alpha, self.alpha))

@@ -4,6 +4,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from ..losses import FeatureTransformLoss
 from ..upstream.sft_loss import NO_TUPLES
+from ..utils import distributed
 
 SYNTHETIC_ROLES = ("any", "partner", "negative")
 OBJECTIVES = ("joint", "separate")
@@ -105,7 +106,9 @@ class AblationLoss(FeatureTransformLoss):
         self.reset_stats()
         self.current_aug_weight = weight = self.next_weight() * self.aug_weight
         n, self.num_augmented = embeddings.shape[0], 0
-        if n == 0:
+        if n == 0:  # (under torch.distributed the other ranks' draws may wait)
+            if weight > 0 and distributed.is_distributed():
+                self.augment(embeddings, labels)
             return embeddings.sum() * 0.0
         loss = self.inner_loss(embeddings, labels, indices_tuple, n)
         if weight > 0:

@@ -42,14 +42,17 @@ class ProxyClassCenters(BaseClassCenters):
             return weight.T
         return None
 
-    def compute(self, embeddings, labels, include_absent=True):
-        table = self.proxy_table(self.source.loss).detach()
+    def check_inputs(self, embeddings, labels):
+        table = self.proxy_table(self.source.loss)
         if table.shape[1] != embeddings.shape[1]:
             raise ValueError(
                 f"the proxies have size {table.shape[1]} but the embeddings "
                 f"{embeddings.shape[1]}"
             )
         check_labels_in_range(labels, table.shape[0], type(self).__name__)
+
+    def compute(self, embeddings, labels, include_absent=True):
+        table = self.proxy_table(self.source.loss).detach()
         table = table.to(embeddings.device, embeddings.dtype)
         known = torch.ones(table.shape[0], dtype=torch.bool, device=table.device)
         return centers_from_table(table, known, labels.long(), include_absent)

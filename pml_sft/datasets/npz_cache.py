@@ -1,5 +1,6 @@
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def load(path):
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(
             f"the data set cache {path} cannot be read ({type(err).__name__}: "
             f"{err}); delete it and build it again (download=True)"

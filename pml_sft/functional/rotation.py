@@ -113,8 +113,10 @@ def slerp(a, b, t):
     check_same_layout(a, "a", b, "b")
     if a.shape[1] < 2:
         raise ValueError(f"slerp needs at least 2 dimensions, got D={a.shape[1]}")
-    if not (isinstance(t, (int, float)) and 0 <= t <= 1):
+    if isinstance(t, bool) or not (isinstance(t, (int, float)) and 0 <= t <= 1):
         raise ValueError(f"t must be a number in [0, 1], got {t!r}")
+    if a.shape[0] == 0:
+        return a.clone()
     norms = torch.stack([a, b]).to(sft_loss._compute_dtype(a.dtype)).norm(dim=2)
     a_err, b_err = (norms - 1).abs().amax(dim=1).tolist()  # NaN/inf show here too
     validate("slerp", a.dtype, a=(a, a_err), b=(b, b_err))

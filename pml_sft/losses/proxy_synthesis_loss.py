@@ -78,6 +78,8 @@ class ProxySynthesisLoss(FeatureTransformLoss):
         aug, self.synthetic_proxies, _ = self.augmenter.augment(
             embeddings, labels, self.class_proxies()
         )
+        if len(aug) == 0:
+            self.synthetic_proxies = None  # (no graph kept: the loss can be copied)
         first = self.class_proxies().shape[0]
         return aug, torch.arange(first, first + len(aug), device=labels.device)
 

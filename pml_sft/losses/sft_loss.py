@@ -72,7 +72,7 @@ class SFTLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
         )
         drop_unused(self)
         self.generator = target_sampling.checked_generator(generator)
-        self.keyed_draws = keyed_draws
+        self.keyed_draws = target_sampling.checked_keyed_draws(keyed_draws)
 
     def target_scores(self, embeddings, center_labels):
         keyed = target_sampling.is_keyed(self.keyed_draws)

@@ -100,6 +100,17 @@ def row_uniforms(keys, count, seed):
     return keyed_scores(keys, columns, seed)
 
 
+def checked_keyed_draws(keyed_draws):
+    """``keyed_draws`` if it is None, True or False; else a TypeError."""
+    if (
+        keyed_draws not in (None, True, False)
+        or isinstance(keyed_draws, int)
+        and (not isinstance(keyed_draws, bool))
+    ):
+        raise TypeError(f"keyed_draws must be None, True or False, got {keyed_draws!r}")
+    return keyed_draws
+
+
 def is_keyed(keyed_draws):
     """Whether draws are keyed: as asked, or (None) under torch.distributed."""
     return distributed.is_distributed() if keyed_draws is None else keyed_draws
