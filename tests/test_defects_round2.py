@@ -378,3 +378,17 @@ def test_more_option_gaps_are_refused():
     x, y = _batch(d=8, classes=6)
     with pytest.raises(ValueError, match="labels must lie"):
         wrapped(x.cpu(), y.cpu())
+
+
+def test_evaluation_through_proxy_synthesis_changes_nothing():
+    wrapped = pml_sft.ProxySynthesisLoss(
+        losses.ProxyAnchorLoss(6, 8), warmup_iterations=0
+    ).to(DEVICE)
+    x, y = _batch()
+    wrapped(x, y)
+    before, rng = _state(wrapped), torch.get_rng_state()
+    with torch.no_grad():
+        wrapped(x, y)
+    wrapped.eval()
+    wrapped(x, y)
+    assert _same(before, _state(wrapped)) and torch.equal(rng, torch.get_rng_state())
