@@ -153,3 +153,21 @@ def hardest_extra(x, labels, n, mined_pos, mined_neg, triplets, distance=None):
         a2 += [n + j] * len(neg[j][:cn])
         q += neg[j][:cn]
     return a1, p, a2, q
+
+
+def run_ranks(worker, out, world):
+    """Spawn ``world`` gloo processes running ``worker(rank, port, out)``, each
+    saving its results to ``out/rank<r>.pt``; returns them in rank order."""
+    import socket
+
+    import pytest
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(worker, args=(port, str(out)), nprocs=world, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(world)]

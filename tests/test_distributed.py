@@ -7,12 +7,10 @@ few DDP training steps must lower the loss.
 """
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from pytorch_metric_learning import losses, miners
 from pytorch_metric_learning.utils.distributed import (
     DistributedLossWrapper,
@@ -20,6 +18,8 @@ from pytorch_metric_learning.utils.distributed import (
 )
 
 import pml_sft
+
+from .helpers import run_ranks
 
 WORLD, B, D, C = 2, 12, 8, 6
 
@@ -48,12 +48,6 @@ def _make_loss(centers, with_miner=False):
         miner=miners.MultiSimilarityMiner() if with_miner else None,
         warmup_iterations=0,
     )
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, port, out_dir):
@@ -151,11 +145,7 @@ def _worker(rank, port, out_dir):
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    out = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_worker, tmp_path_factory.mktemp("dist"), WORLD)
 
 
 def _single_process(with_miner):

@@ -4,16 +4,16 @@ every rank sees the rows in another order (its own first). DAS and Proxy Synthes
 drew by row position from each rank's RNG at d4d82e6, and their ranks disagreed."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from pytorch_metric_learning import losses
 from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 
 import pml_sft
+
+from .helpers import run_ranks
 
 WORLD, B, D, C = 2, 12, 8, 6
 WRAPPERS = ["sft", "translation", "ee", "ss", "ps", "das"]
@@ -58,12 +58,6 @@ def _steps(loss_fn, rows, steps=3):
     return out
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, port, out_dir):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -79,11 +73,7 @@ def _worker(rank, port, out_dir):
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    out = tmp_path_factory.mktemp("dist_family")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_worker, tmp_path_factory.mktemp("dist_family"), WORLD)
 
 
 def _one_process(name):
