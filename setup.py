@@ -8,9 +8,19 @@ version = re.search(
     r'__version__ = "([^"]+)"', (here / "pml_sft" / "__init__.py").read_text()
 ).group(1)
 
+# The library imports torch, pytorch-metric-learning and numpy only; everything else
+# is an extra named for its use, so installing pml-sft beside a user's own stack
+# changes none of it (torchvision, for one, would pull in its own torch).
 extras = {
     "tests": ["pytest>=7", "hypothesis>=6"],
+    # the built-in data sets' images (pml_sft.EmojiDataset, IconThemesDataset)
+    "datasets": ["Pillow>=9"],
+    # powerful-benchmarker's logging (the package itself: benchmarks/powerful_benchmarker)
+    "powerful-benchmarker": ["record-keeper"],
     "benchmarks": [
+        "torchvision",
+        "faiss-cpu",
+        "record-keeper",
         "matplotlib>=3.5",
         "tqdm>=4.60",
         "cairosvg>=2.5",
@@ -24,6 +34,7 @@ extras = {
     ],
     "dev": ["black", "isort", "flake8"],
 }
+INSTALL_REQUIRES = ["torch", "pytorch-metric-learning>=2.9", "numpy"]
 extras["all"] = sorted({dep for deps in extras.values() for dep in deps})
 
 setup(
@@ -37,15 +48,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["pml_sft", "pml_sft.*"]),
     python_requires=">=3.9",
-    install_requires=[
-        "pytorch-metric-learning>=2.9",
-        "torch",
-        "torchvision",
-        "faiss-cpu",
-        "record-keeper",
-        "numpy",
-        "scikit-learn",
-    ],
+    install_requires=INSTALL_REQUIRES,
     extras_require=extras,
     license="MIT",
     classifiers=[

@@ -1,6 +1,5 @@
 import numpy as np
 import torch
-from PIL import Image
 
 from . import npz_cache
 
@@ -67,6 +66,8 @@ class RenderedDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
+        from PIL import Image  # (the "datasets" extra: only the images need it)
+
         image = Image.fromarray(self.images[i])
         if self.transform is not None:
             image = self.transform(image)

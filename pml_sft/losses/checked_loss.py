@@ -1,3 +1,5 @@
+import warnings
+
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 
@@ -30,7 +32,28 @@ class CheckedLoss:
             return embeddings.sum() * 0.0
         labels = c_f.to_device(labels, embeddings).long()  # any integer dtype
         loss = super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        self.watch_for_no_op()
         return self.checked(loss)
+
+    idle_calls = 0  # augmenting calls in a row that augmented nothing
+    IDLE_WARNING_AFTER = 10
+
+    def watch_for_no_op(self):
+        """Warn once when the schedule augments but the augmenter made nothing in
+        ``IDLE_WARNING_AFTER`` calls in a row (a silent no-op otherwise)."""
+        if not self.current_aug_weight > 0:
+            return
+        self.idle_calls = 0 if self.num_augmented else self.idle_calls + 1
+        if self.idle_calls == self.IDLE_WARNING_AFTER:
+            warnings.warn(
+                f"{type(self).__name__} has augmented nothing in the last "
+                f"{self.IDLE_WARNING_AFTER} calls although its schedule augments: no "
+                "class of these batches had the samples the augmenter needs (for "
+                "SFT, translation, Embedding Expansion and Symmetrical Synthesis: at "
+                "least two samples of a class). Sample batches with "
+                "pytorch_metric_learning.samplers.MPerClassSampler(labels, m=4) (or "
+                "any m >= 2)"
+            )
 
     def check_inputs(self, embeddings, labels, indices_tuple=None):
         """The one check of a call (one host sync for the rows' values)."""
@@ -74,6 +97,12 @@ def check_indices_tuple(indices_tuple, n):
 
 
 def drop_unused(wrapper):
-    """Remove the distance and reducer that ``BaseMetricLossFunction`` builds for a
-    plugin wrapper: the wrapped loss's are the ones that apply."""
+    """Finish a plugin wrapper's construction: remove the distance and reducer that
+    ``BaseMetricLossFunction`` builds (the wrapped loss's apply), and record
+    ``num_augmented`` and ``current_aug_weight`` at every call, with or without
+    ``collect_stats`` (record-keeper logs them): they answer a user's first
+    question, whether anything is augmented."""
     del wrapper.distance, wrapper.reducer
+    wrapper.add_to_recordable_attributes(
+        list_of_names=["num_augmented", "current_aug_weight"], is_stat=False
+    )

@@ -1,0 +1,61 @@
+"""A researcher's first hour: no silent no-op, and the statistics that show it are
+recorded by default."""
+
+import warnings
+
+import pytest
+import torch
+from pytorch_metric_learning import losses
+
+import pml_sft
+
+from .helpers import DEVICE
+
+
+def _shuffled_batches(steps=15, classes=1000, batch=32, d=8):
+    """Batches of a shuffled loader over many classes: (almost) no class twice."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        labels = torch.randperm(classes, generator=g)[:batch]
+        yield torch.randn(batch, d, generator=g).to(DEVICE), labels.to(DEVICE)
+
+
+@pytest.mark.parametrize("build", ["sft", "transform", "ee"])
+def test_a_wrapper_that_augments_nothing_warns_once_naming_the_sampler(build):
+    inner, start = losses.MultiSimilarityLoss(), dict(warmup_iterations=2)
+    loss_fn = {
+        "sft": lambda: pml_sft.SFTLoss(inner, **start),
+        "transform": lambda: pml_sft.FeatureTransformLoss(
+            inner, pml_sft.FeatureTranslation(), **start
+        ),
+        "ee": lambda: pml_sft.EmbeddingExpansionLoss(inner, **start),
+    }[build]()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for x, y in _shuffled_batches():
+            loss_fn(x.requires_grad_(), y)
+    said = [str(w.message) for w in caught if "augmented nothing" in str(w.message)]
+    assert len(said) == 1 and "MPerClassSampler" in said[0]
+
+
+def test_no_warning_while_it_augments_or_before_it_starts():
+    loss_fn = pml_sft.SFTLoss(losses.MultiSimilarityLoss(), warmup_iterations=100)
+    x = torch.randn(16, 8, device=DEVICE, requires_grad=True)
+    y = torch.arange(4, device=DEVICE).repeat_interleave(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(20):  # before its start: nothing to say
+            loss_fn(x, torch.arange(16, device=DEVICE))
+        loss_fn.warmup_iterations = 0
+        for _ in range(20):
+            loss_fn(x, y)
+    assert loss_fn.num_augmented == 16
+
+
+def test_num_augmented_and_the_weight_are_recorded_without_collect_stats():
+    for loss_fn in (
+        pml_sft.SFTLoss(losses.ContrastiveLoss(), warmup_iterations=0),
+        pml_sft.EmbeddingExpansionLoss(losses.ContrastiveLoss(), warmup_iterations=0),
+    ):
+        assert not loss_fn.collect_stats
+        assert {"num_augmented", "current_aug_weight"} <= set(loss_fn._record_these)
