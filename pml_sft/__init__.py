@@ -1,7 +1,7 @@
 """pml-sft: Spherical Feature Transform and feature-space augmentation for
 pytorch-metric-learning."""
 
-from . import functional
+from . import contrib, functional
 from .augmenters import (
     BaseAugmenter,
     BaseFeatureAugmenter,
@@ -33,6 +33,7 @@ from .utils import RecallAtK, training_iterations
 __version__ = "0.2.0"
 
 __all__ = [
+    "contrib",
     "functional",
     "BaseAugmenter",
     "BaseFeatureAugmenter",
