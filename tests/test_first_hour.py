@@ -59,3 +59,40 @@ def test_num_augmented_and_the_weight_are_recorded_without_collect_stats():
     ):
         assert not loss_fn.collect_stats
         assert {"num_augmented", "current_aug_weight"} <= set(loss_fn._record_these)
+
+
+def test_integer_like_counts_are_accepted():
+    import numpy as np
+
+    inner = losses.ContrastiveLoss()
+    for count in (np.int64(4), torch.tensor(4)):
+        loss_fn = pml_sft.SFTLoss(inner, num_targets=count // 2, total_iterations=count)
+        assert (loss_fn.num_targets, loss_fn.warmup_iterations) == (2, 2)
+        assert type(loss_fn.num_targets) is int
+        assert pml_sft.DenselyAnchoredSampling(count, 8, num_produce=count).num_produce
+        assert pml_sft.training_iterations(list(range(8)), 2, count) == 16
+    for bad in (True, 2.5, "4"):
+        with pytest.raises(ValueError, match="num_targets"):
+            pml_sft.SFTLoss(inner, num_targets=bad, warmup_iterations=0)
+
+
+def test_what_is_not_a_built_loss_is_refused_at_construction():
+    for bad in ("ContrastiveLoss", losses.ContrastiveLoss):
+        with pytest.raises((TypeError, ValueError), match="built loss|cannot wrap"):
+            pml_sft.SFTLoss(bad, warmup_iterations=0)
+    with pytest.raises(TypeError, match="built loss"):
+        pml_sft.FeatureTransformLoss(
+            losses.ContrastiveLoss,
+            pml_sft.SphericalFeatureTransform(),
+            total_iterations=4,
+        )
+
+
+def test_options_moved_to_contrib_are_named_as_such():
+    with pytest.raises(TypeError, match="AblationSphericalFeatureTransform"):
+        pml_sft.SphericalFeatureTransform(strength=0.5)
+    with pytest.raises(TypeError, match="AblationFeatureTranslation"):
+        pml_sft.FeatureTranslation(nearest_targets=3)
+    assert (
+        pml_sft.contrib.AblationSphericalFeatureTransform(strength=0.5).strength == 0.5
+    )

@@ -6,6 +6,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from ..centers import BaseClassCenters, BatchClassCenters
 from ..upstream.sft_loss import _transform
 from ..utils.checks import (
+    as_count,
     check_batch,
     check_directions,
     check_embeddings,
@@ -23,6 +24,15 @@ from ..utils.target_sampling import (
 from .base_augmenter import BaseAugmenter
 
 TARGET_POOLS = ("batch", "all")
+# the options the study ablated, now in pml_sft.contrib
+ABLATION_OPTIONS = (
+    "nearest_targets",
+    "strength",
+    "consistent_only",
+    "normalize_embeddings",
+    "detach_centers",
+    "detach_augmented",
+)
 
 
 class BaseFeatureAugmenter(BaseAugmenter):
@@ -73,14 +83,19 @@ class BaseFeatureAugmenter(BaseAugmenter):
         keyed_draws=None,
         **kwargs,
     ):
+        ablated = sorted(set(ABLATION_OPTIONS) & set(kwargs))
+        if ablated:
+            raise TypeError(
+                f"{type(self).__name__} takes no {ablated}: the options the study "
+                f"ablated are in pml_sft.contrib (Ablation{type(self).__name__})"
+            )
         super().__init__(**kwargs)
         centers = BatchClassCenters() if centers is None else centers
         if not isinstance(centers, BaseClassCenters):
             raise TypeError(
                 f"centers must be a pml_sft BaseClassCenters, got {type(centers).__name__}"
             )
-        if type(num_targets) is not int or num_targets < 1:
-            raise ValueError(f"num_targets must be an int >= 1, got {num_targets!r}")
+        num_targets = as_count(num_targets, "num_targets")
         if target_pool not in TARGET_POOLS:
             raise ValueError(
                 f"target_pool must be one of {TARGET_POOLS}, got {target_pool!r}"

@@ -1,6 +1,7 @@
 import torch
 
 from ..centers.base_class_centers import check_sizes, check_table
+from ..utils.checks import as_count
 from ..utils.target_sampling import (
     call_seed,
     checked_keyed_draws,
@@ -100,15 +101,11 @@ class DenselyAnchoredSampling(BaseAugmenter):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_sizes(num_classes, embedding_size)
+        num_classes, embedding_size = check_sizes(num_classes, embedding_size)
         self.keyed_draws = checked_keyed_draws(keyed_draws)
-        for name, value in (("num_produce", num_produce), ("bank_size", bank_size)):
-            if type(value) is not int or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not (isinstance(num_scaled_dims, int) and 0 <= num_scaled_dims):
-            raise ValueError(
-                f"num_scaled_dims must be an int >= 0, got {num_scaled_dims!r}"
-            )
+        num_produce = as_count(num_produce, "num_produce")
+        bank_size = as_count(bank_size, "bank_size")
+        num_scaled_dims = as_count(num_scaled_dims, "num_scaled_dims", minimum=0)
         try:
             low, high = (float(v) for v in scale_range)
         except (TypeError, ValueError):

@@ -1,5 +1,6 @@
 import torch
 
+from ..utils.checks import as_count
 from .base_augmenter import BaseAugmenter, same_class_pairs
 
 
@@ -24,8 +25,7 @@ class EmbeddingExpansion(BaseAugmenter):
 
     def __init__(self, num_points=2, **kwargs):
         super().__init__(**kwargs)
-        if type(num_points) is not int or num_points < 1:
-            raise ValueError(f"num_points must be an int >= 1, got {num_points!r}")
+        num_points = as_count(num_points, "num_points")
         self.num_points = num_points
         self.add_to_recordable_attributes(name="num_points", is_stat=False)
 

@@ -2,7 +2,7 @@ import torch
 from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 from ..upstream.sft_loss import _class_sums as class_sums  # noqa: F401
-from ..utils.checks import check_embeddings, check_finite, check_labels
+from ..utils.checks import as_count, check_embeddings, check_finite, check_labels
 from .class_centers import ClassCenters
 
 
@@ -15,12 +15,9 @@ def normalize_rows(x):
 
 
 def check_sizes(num_classes, embedding_size):
-    for name, value in (
-        ("num_classes", num_classes),
-        ("embedding_size", embedding_size),
-    ):
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return as_count(num_classes, "num_classes"), as_count(
+        embedding_size, "embedding_size"
+    )
 
 
 def check_labels_in_range(labels, num_classes, owner):
@@ -97,8 +94,7 @@ class BaseClassCenters(ModuleWithRecords):
 
     def __init__(self, min_samples=1, **kwargs):
         super().__init__(**kwargs)
-        if not (isinstance(min_samples, int) and min_samples >= 1):
-            raise ValueError(f"min_samples must be an int >= 1, got {min_samples!r}")
+        min_samples = as_count(min_samples, "min_samples")
         self.min_samples = min_samples
         self.add_to_recordable_attributes(name="min_samples", is_stat=False)
         self.add_to_recordable_attributes(

@@ -52,7 +52,7 @@ class MovingAverageClassCenters(BaseClassCenters):
         **kwargs,
     ):
         super().__init__(min_samples=min_samples, **kwargs)
-        check_sizes(num_classes, embedding_size)
+        num_classes, embedding_size = check_sizes(num_classes, embedding_size)
         if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.num_classes = num_classes

@@ -32,7 +32,7 @@ class DatasetClassCenters(BaseClassCenters):
 
     def __init__(self, num_classes, embedding_size, min_samples=1, **kwargs):
         super().__init__(min_samples=min_samples, **kwargs)
-        check_sizes(num_classes, embedding_size)
+        num_classes, embedding_size = check_sizes(num_classes, embedding_size)
         self.num_classes = num_classes
         self.embedding_size = embedding_size
         self.register_buffer("centers", torch.zeros(num_classes, embedding_size))

@@ -4,7 +4,7 @@ import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..utils import distributed
-from ..utils.checks import check_batch, check_directions
+from ..utils.checks import as_count, check_batch, check_directions
 
 
 class CheckedLoss:
@@ -106,3 +106,17 @@ def drop_unused(wrapper):
     wrapper.add_to_recordable_attributes(
         list_of_names=["num_augmented", "current_aug_weight"], is_stat=False
     )
+
+
+def plugin_options(loss, num_targets, *schedule):
+    """A built loss, and the counts as Python ints (numpy integers and 0-d tensors
+    too): what the upstream class, which takes plain ints, is given."""
+    if isinstance(loss, type) or not isinstance(loss, torch.nn.Module):
+        raise TypeError(
+            f"loss must be a built loss (e.g. ContrastiveLoss()), got {loss!r}"
+        )
+    counts = [as_count(num_targets, "num_targets")]
+    names = ("total_iterations", "warmup_iterations", "ramp_iterations")
+    for name, value in zip(names, schedule):
+        counts.append(None if value is None else as_count(value, name, minimum=0))
+    return counts

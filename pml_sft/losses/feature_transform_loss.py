@@ -3,7 +3,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..augmenters import BaseAugmenter, BaseFeatureAugmenter
 from ..upstream import sft_loss
-from .checked_loss import CheckedLoss, drop_unused
+from .checked_loss import CheckedLoss, drop_unused, plugin_options
 
 # The PML losses and miners the upstream SFTLoss refuses, and why.
 UNSUPPORTED_LOSSES = sft_loss.UNSUPPORTED_LOSSES
@@ -57,14 +57,15 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction
                 f"{type(augmenter).__name__} cannot change the training signal of "
                 f"{type(loss).__name__}: {reason}"
             )
-        super().__init__(
+        counts = plugin_options(
             loss,
-            miner,
             augmenter.num_targets,
-            total_iterations=total_iterations,
-            warmup_iterations=warmup_iterations,
-            ramp_iterations=ramp_iterations,
-            collect_stats=collect_stats,
+            total_iterations,
+            warmup_iterations,
+            ramp_iterations,
+        )
+        super().__init__(
+            loss, miner, counts[0], "rotation", *counts[1:], collect_stats=collect_stats
         )
         drop_unused(self)
         self.augmenter = augmenter

@@ -2,7 +2,7 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction
 
 from ..upstream import sft_loss
 from ..utils import target_sampling
-from .checked_loss import CheckedLoss, drop_unused
+from .checked_loss import CheckedLoss, drop_unused, plugin_options
 
 
 class SFTLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
@@ -60,15 +60,11 @@ class SFTLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
         keyed_draws=None,
         collect_stats=None,
     ):
+        counts = plugin_options(
+            loss, num_targets, total_iterations, warmup_iterations, ramp_iterations
+        )
         super().__init__(
-            loss,
-            miner,
-            num_targets,
-            transform,
-            total_iterations,
-            warmup_iterations,
-            ramp_iterations,
-            collect_stats=collect_stats,
+            loss, miner, counts[0], transform, *counts[1:], collect_stats=collect_stats
         )
         drop_unused(self)
         self.generator = target_sampling.checked_generator(generator)

@@ -4,6 +4,8 @@ Every check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError
 (wrong shape or values) with a message that names the argument and the problem.
 """
 
+import operator
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -141,3 +143,15 @@ def check_directions(x, name):
 def unit_tolerance(dtype):
     """How far from 1 the norm of a 'unit' vector of this dtype may be."""
     return max(torch.finfo(dtype).eps ** 0.5, 1e-6)
+
+
+def as_count(value, name, minimum=1):
+    """``value`` as a Python int if it is integer-like (int, numpy integer, 0-d
+    integer tensor; not a bool) and at least ``minimum``; else a ValueError."""
+    try:
+        count = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        count = None
+    if count is None or count < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return count

@@ -2,6 +2,8 @@
 
 from pytorch_metric_learning.utils import common_functions as c_f
 
+from .checks import as_count
+
 
 def training_iterations(
     dataset, batch_size, num_epochs, sampler=None, iterations_per_epoch=None
@@ -15,14 +17,9 @@ def training_iterations(
         loss = pml_sft.SFTLoss(inner, total_iterations=pml_sft.training_iterations(
             dataset, batch_size, num_epochs, sampler))
     """
-    if type(num_epochs) is not int or num_epochs < 1:
-        raise ValueError(f"num_epochs must be an int >= 1, got {num_epochs!r}")
+    num_epochs = as_count(num_epochs, "num_epochs")
     if not iterations_per_epoch:  # None or 0: PML's trainers use the loader's length
         loader = c_f.get_train_dataloader(dataset, batch_size, sampler, 0, None)
         iterations_per_epoch = len(loader)
-    if not (isinstance(iterations_per_epoch, int) and iterations_per_epoch >= 1):
-        raise ValueError(
-            "an epoch must have at least one iteration, got "
-            f"iterations_per_epoch={iterations_per_epoch!r}"
-        )
+    iterations_per_epoch = as_count(iterations_per_epoch, "iterations_per_epoch")
     return num_epochs * iterations_per_epoch
