@@ -47,6 +47,7 @@ setup(
     long_description=(here / "README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["pml_sft", "pml_sft.*"]),
+    package_data={"pml_sft": ["py.typed"]},
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,
     extras_require=extras,

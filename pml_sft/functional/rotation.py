@@ -17,7 +17,9 @@ from ..utils.checks import (
 )
 
 
-def rotate(x, src, dst, check=True):
+def rotate(
+    x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, check: bool = True
+) -> torch.Tensor:
     """Rotate each row of ``x`` by the minimal rotation that carries ``src`` onto ``dst``.
 
     For row n, R_n turns the plane span{src_n, dst_n} by the angle between src_n and
@@ -105,7 +107,7 @@ def validate(caller, dtype, **rows):
             )
 
 
-def slerp(a, b, t):
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     """The unit vectors a fraction ``t`` of the way from unit ``a`` to unit ``b``
     along the great circle (t = 0: a, t = 1: b). Antipodal rows turn towards a fixed
     direction orthogonal to ``a``, as in :func:`rotate`."""

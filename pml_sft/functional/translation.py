@@ -1,10 +1,14 @@
 """Feature translation (Yin et al., CVPR 2019): the baseline that SFT improves on."""
 
+import torch
+
 from ..upstream.sft_loss import _compute_dtype, _translate, _unit
 from ..utils.checks import check_directions, check_embeddings, check_same_layout
 
 
-def translate(x, src, dst, renormalize=True):
+def translate(
+    x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, renormalize: bool = True
+) -> torch.Tensor:
     """Move the direction u = x / |x| of each row of ``x`` by ``dst - src``.
 
     This is the transfer of feature-transfer learning, which assumes every class has

@@ -1,3 +1,6 @@
+from typing import Optional
+
+import torch
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.utils import common_functions as c_f
 
@@ -34,13 +37,13 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction
 
     def __init__(
         self,
-        loss,
-        augmenter,
-        miner=None,
-        total_iterations=None,
-        warmup_iterations=None,
-        ramp_iterations=None,
-        collect_stats=None,
+        loss: torch.nn.Module,
+        augmenter: BaseAugmenter,
+        miner: Optional[torch.nn.Module] = None,
+        total_iterations: Optional[int] = None,
+        warmup_iterations: Optional[int] = None,
+        ramp_iterations: Optional[int] = None,
+        collect_stats: Optional[bool] = None,
     ):
         if not isinstance(augmenter, BaseAugmenter):
             raise TypeError(

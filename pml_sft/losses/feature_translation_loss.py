@@ -1,3 +1,7 @@
+from typing import Optional
+
+import torch
+
 from .sft_loss import SFTLoss
 
 
@@ -7,7 +11,13 @@ class FeatureTranslationLoss(SFTLoss):
     ``c_j - c_i`` on the direction of its source, norm kept. Same options as
     :class:`SFTLoss` otherwise, for like-for-like comparisons."""
 
-    def __init__(self, loss, miner=None, num_targets=1, **kwargs):
+    def __init__(
+        self,
+        loss: torch.nn.Module,
+        miner: Optional[torch.nn.Module] = None,
+        num_targets: int = 1,
+        **kwargs,
+    ):
         if "transform" in kwargs:
             raise TypeError("FeatureTranslationLoss takes no transform: use SFTLoss")
         super().__init__(loss, miner, num_targets, "translation", **kwargs)

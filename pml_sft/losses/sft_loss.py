@@ -1,3 +1,6 @@
+from typing import Optional
+
+import torch
 from pytorch_metric_learning.losses import BaseMetricLossFunction
 
 from ..upstream import sft_loss
@@ -49,16 +52,16 @@ class SFTLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
 
     def __init__(
         self,
-        loss,
-        miner=None,
-        num_targets=1,
-        transform="rotation",
-        total_iterations=None,
-        warmup_iterations=None,
-        ramp_iterations=None,
-        generator=None,
-        keyed_draws=None,
-        collect_stats=None,
+        loss: torch.nn.Module,
+        miner: Optional[torch.nn.Module] = None,
+        num_targets: int = 1,
+        transform: str = "rotation",
+        total_iterations: Optional[int] = None,
+        warmup_iterations: Optional[int] = None,
+        ramp_iterations: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        keyed_draws: Optional[bool] = None,
+        collect_stats: Optional[bool] = None,
     ):
         counts = plugin_options(
             loss, num_targets, total_iterations, warmup_iterations, ramp_iterations

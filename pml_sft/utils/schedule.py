@@ -1,13 +1,20 @@
 """The length of training, for the wrappers' schedule (``total_iterations``)."""
 
+from typing import Optional
+
+import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 
 from .checks import as_count
 
 
 def training_iterations(
-    dataset, batch_size, num_epochs, sampler=None, iterations_per_epoch=None
-):
+    dataset: "torch.utils.data.Dataset",
+    batch_size: int,
+    num_epochs: int,
+    sampler: Optional["torch.utils.data.Sampler"] = None,
+    iterations_per_epoch: Optional[int] = None,
+) -> int:
     """The number of iterations a PML trainer (``MetricLossOnly``,
     ``TrainWithClassifier``, ...) runs for ``trainer.train(num_epochs=num_epochs)``
     with these arguments: ``iterations_per_epoch`` if given (not 0), else the length of
