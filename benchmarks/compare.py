@@ -127,16 +127,26 @@ def run_all(configs, out, workers):
             results.append(result)
         return results
     # fetch and cache each data set once here, not in every worker at the same time
+    # (with progress bars: the first run of the main job spends minutes here)
     prepared = set()
     for cfg_dict, _ in jobs:
         if cfg_dict["dataset"] not in prepared:
-            prepare_data(RunConfig(**cfg_dict))
+            start = time.time()
+            print(f"preparing {cfg_dict['dataset']}: fetch, render, cache", flush=True)
+            prepare_data(RunConfig(**{**cfg_dict, "progress": True}))
+            print(f"data ready in {time.time() - start:.0f} s", flush=True)
             prepared.add(cfg_dict["dataset"])
+    print(f"training {len(jobs)} runs on {workers} workers", flush=True)
     context = multiprocessing.get_context("spawn")
+    start, seconds_done = time.time(), []
     with context.Pool(workers, maxtasksperchild=1) as pool:
         for i, (result, seconds) in enumerate(pool.imap_unordered(_run_job, jobs), 1):
+            seconds_done.append(seconds)
+            left = (len(jobs) - i) * sum(seconds_done) / len(seconds_done) / workers
             print(
-                f"[{i}/{len(jobs)}] {result['name']}: R@1 {result['metrics']['recall_at_1']:.4f} ({seconds:.0f} s)",
+                f"[{i}/{len(jobs)}] {result['name']}: R@1 "
+                f"{result['metrics']['recall_at_1']:.4f} ({seconds:.0f} s; "
+                f"{time.time() - start:.0f} s so far, about {left / 60:.0f} min left)",
                 flush=True,
             )
             results.append(result)

@@ -467,7 +467,12 @@ def stem_outputs(stem, dataset, copies, cfg, device):
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=cfg.eval_batch_size, shuffle=False
         )
-        out.append(torch.cat([stem(x.to(device)).float().cpu() for x, _ in loader]))
+        batches = tqdm(
+            loader,
+            desc=f"caching frozen-block features ({copies} shifted copies: {c + 1})",
+            disable=not cfg.progress,
+        )
+        out.append(torch.cat([stem(x.to(device)).float().cpu() for x, _ in batches]))
     return torch.stack(out)
 
 
