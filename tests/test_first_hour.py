@@ -96,3 +96,16 @@ def test_options_moved_to_contrib_are_named_as_such():
     assert (
         pml_sft.contrib.AblationSphericalFeatureTransform(strength=0.5).strength == 0.5
     )
+
+
+def test_every_public_class_documents_its_arguments():
+    import inspect
+
+    for name in pml_sft.__all__:
+        obj = getattr(pml_sft, name)
+        if not inspect.isclass(obj):
+            continue
+        params = inspect.signature(obj.__init__).parameters
+        if [p for p in params if p not in ("self", "args", "kwargs")]:
+            doc = inspect.getdoc(obj) or ""
+            assert "Args:" in doc or "Attributes:" in doc, name

@@ -12,8 +12,17 @@ class SphericalFeatureTransform(BaseFeatureAugmenter):
     sphere*.
 
     Call it like a miner: ``aug_emb, aug_labels, source_idx = sft(embeddings, labels)``.
-    See :class:`BaseFeatureAugmenter` for the options (centres, targets per sample,
-    target pool, generator, keyed draws).
+
+    Args:
+        centers: a :class:`~pml_sft.centers.BaseClassCenters` (default: the batch's
+            class means, classes with >= 2 samples).
+        num_targets: target classes per sample.
+        target_pool: ``"batch"`` (the batch's other classes) or ``"all"`` (every
+            class with a known centre; needs centres with memory).
+        generator: a ``torch.Generator`` for the target draws (saved in
+            ``state_dict``).
+        keyed_draws: draws from the rows' content (the default under
+            torch.distributed); see :class:`BaseFeatureAugmenter`.
     """
 
     def move(self, x, src, dst):

@@ -11,7 +11,16 @@ class IconThemesDataset(RenderedDataset):
     first use when ``download`` is True. ``split`` selects the fixed class-disjoint
     half of the classes: "train", "test" or "train+test" (all).
 
-    Arguments as for :class:`~pml_sft.EmojiDataset`; the cache is ``root/icon_themes``.
+    Args:
+        root: folder holding the cache (``root/icon_themes``).
+        split: "train", "test" or "train+test".
+        transform: applied to each PIL image.
+        image_size: rendering size in pixels.
+        max_classes: keep only the first classes (small experiments and tests).
+        download: fetch and render when the cache is missing (a corrupt cache is
+            built anew).
+        return_dict: items are ``{"data": image, "label": label}`` (the format
+            powerful-benchmarker expects) instead of ``(image, label)``.
     """
 
     source = icon_themes
