@@ -165,19 +165,15 @@ class BaseFeatureAugmenter(BaseAugmenter):
         unit, _ = self.directions(embeddings)
         keyed = is_keyed(self.keyed_draws)
         keys = row_keys(embeddings) if keyed else None
-        centers = self.estimate_centers(unit, labels, keys, ref_emb, ref_labels)
-        table_labels, table = centers.labels, centers.centers
-        if self.target_pool == "batch":
-            table_labels, table = (
-                table_labels[centers.in_batch],
-                table[centers.in_batch],
-            )
+        table_labels, table = self.estimate_centers(
+            unit, labels, keys, ref_emb, ref_labels
+        )
         saved = None  # an evaluation leaves the generator as it was
         if self.generator is not None and not (
             self.training and torch.is_grad_enabled()
         ):
             saved = self.generator.get_state()
-        scores = target_scores(embeddings, table_labels, keyed, self.generator)
+        scores = target_scores(embeddings, table_labels, keyed, self.generator, keys)
         if saved is not None:
             self.generator.set_state(saved)
         scores = self.restrict_scores(scores, unit, labels, table_labels, table)
@@ -229,9 +225,11 @@ class BaseFeatureAugmenter(BaseAugmenter):
         return aug
 
     def estimate_centers(self, unit, labels, keys, ref_emb, ref_labels):
-        """Centres from the batch's unit rows (plus the reference set). With ``keys``
-        the rows are summed in an order given by their content, so that the float
-        sums, hence the centres, are bit-identical however the batch is ordered."""
+        """(labels (K,), unit centres (K, D)) of the target pool: centres from the
+        batch's unit rows (plus the reference set), of the batch's classes or (pool
+        "all") of every known class. With ``keys`` the rows are summed in an order
+        given by their content, so that the float sums, hence the centres, are
+        bit-identical however the batch is ordered."""
         rows, row_labels = unit, labels
         if ref_emb is not None:
             ref_unit, _ = self.directions(ref_emb.detach())
@@ -239,7 +237,6 @@ class BaseFeatureAugmenter(BaseAugmenter):
             row_labels = torch.cat([labels, ref_labels.to(labels.dtype)])
             if keys is not None:
                 keys = torch.cat([keys, row_keys(ref_emb)])
-        order = None
         if keys is not None:
             order = torch.argsort(keys, stable=True)
             rows, row_labels = rows[order], row_labels[order]
@@ -253,13 +250,9 @@ class BaseFeatureAugmenter(BaseAugmenter):
             centers.centers = torch.nn.functional.normalize(
                 centers.centers.to(unit.dtype), dim=1
             )
-        sample_rows = centers.sample_rows
-        if order is not None:
-            sample_rows = torch.empty_like(sample_rows).index_copy_(
-                0, order, sample_rows
-            )
-        centers.sample_rows = sample_rows[: unit.shape[0]]
-        return centers
+        if self.target_pool == "batch":
+            return centers.labels[centers.in_batch], centers.centers[centers.in_batch]
+        return centers.labels, centers.centers
 
     def get_extra_state(self):
         """The generator's state, so that a resumed run draws the same targets."""

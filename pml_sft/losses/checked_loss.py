@@ -13,7 +13,7 @@ class CheckedLoss:
     plugin's classes also list ``BaseMetricLossFunction`` last among their bases,
     so that the ``DistributedLossWrapper`` of a released PML accepts them (the
     pull request makes it accept ``SFTLoss``); its distance and reducer are
-    removed (:func:`drop_unused`), as the wrapped loss's apply. It adds: the
+    removed (:func:`finish_plugin_init`), as the wrapped loss's apply. It adds: the
     inputs checked once, at the entry (shapes, dtypes, labels, NaN/inf, zero rows,
     ``indices_tuple``), so that a bad batch fails at the first call and not when
     augmentation starts; a zero loss for an empty batch; and a ``FloatingPointError``
@@ -96,7 +96,7 @@ def check_indices_tuple(indices_tuple, n):
             )
 
 
-def drop_unused(wrapper):
+def finish_plugin_init(wrapper):
     """Finish a plugin wrapper's construction: remove the distance and reducer that
     ``BaseMetricLossFunction`` builds (the wrapped loss's apply), and record
     ``num_augmented`` and ``current_aug_weight`` at every call, with or without

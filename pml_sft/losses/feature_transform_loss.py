@@ -6,7 +6,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..augmenters import BaseAugmenter, BaseFeatureAugmenter
 from ..upstream import sft_loss
-from .checked_loss import CheckedLoss, drop_unused, plugin_options
+from .checked_loss import CheckedLoss, finish_plugin_init, plugin_options
 
 # The PML losses and miners the upstream SFTLoss refuses, and why.
 UNSUPPORTED_LOSSES = sft_loss.UNSUPPORTED_LOSSES
@@ -70,7 +70,7 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction
         super().__init__(
             loss, miner, counts[0], "rotation", *counts[1:], collect_stats=collect_stats
         )
-        drop_unused(self)
+        finish_plugin_init(self)
         self.augmenter = augmenter
         if self.collect_stats:  # the wrapper's statistics come from the augmenter
             augmenter.collect_stats = True

@@ -3,7 +3,6 @@ from torch.func import functional_call
 
 from ..augmenters import ProxySynthesis
 from ..centers.base_class_centers import check_labels_in_range
-from .checked_loss import CheckedLoss
 from .feature_transform_loss import FeatureTransformLoss
 
 # the PML losses whose class proxies Proxy Synthesis extends: (parameter, class axis)
@@ -70,7 +69,7 @@ class ProxySynthesisLoss(FeatureTransformLoss):
         return proxies if axis == 0 else proxies.t()
 
     def check_inputs(self, embeddings, labels, indices_tuple=None):
-        CheckedLoss.check_inputs(self, embeddings, labels, indices_tuple)
+        super().check_inputs(embeddings, labels, indices_tuple)
         num_classes = self.class_proxies().shape[0]
         check_labels_in_range(labels, num_classes, type(self.loss).__name__)
 

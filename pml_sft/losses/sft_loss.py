@@ -5,7 +5,7 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction
 
 from ..upstream import sft_loss
 from ..utils import target_sampling
-from .checked_loss import CheckedLoss, drop_unused, plugin_options
+from .checked_loss import CheckedLoss, finish_plugin_init, plugin_options
 
 
 class SFTLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
@@ -69,7 +69,7 @@ class SFTLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
         super().__init__(
             loss, miner, counts[0], transform, *counts[1:], collect_stats=collect_stats
         )
-        drop_unused(self)
+        finish_plugin_init(self)
         self.generator = target_sampling.checked_generator(generator)
         self.keyed_draws = target_sampling.checked_keyed_draws(keyed_draws)
 

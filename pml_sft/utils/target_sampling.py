@@ -72,15 +72,17 @@ def random_scores(size, device, generator=None):
     return torch.rand(size, generator=generator, device=generator.device).to(device)
 
 
-def target_scores(embeddings, center_labels, keyed, generator=None):
+def target_scores(embeddings, center_labels, keyed, generator=None, keys=None):
     """(N, K) scores ranking each row's target classes: keyed by the rows' content
-    and a per-call seed (under torch.distributed rank 0's, so that every rank that
-    sees the same rows draws the same targets), or plain random draws."""
+    (``keys``, from :func:`row_keys` when not given) and a per-call seed (under
+    torch.distributed rank 0's, so that every rank that sees the same rows draws
+    the same targets), or plain random draws."""
     if not keyed:
         size = (embeddings.shape[0], center_labels.shape[0])
         return random_scores(size, embeddings.device, generator)
     seed = call_seed(embeddings.device, generator)
-    return keyed_scores(row_keys(embeddings), center_labels, seed)
+    keys = row_keys(embeddings) if keys is None else keys
+    return keyed_scores(keys, center_labels, seed)
 
 
 def call_seed(device, generator=None):
@@ -102,11 +104,7 @@ def row_uniforms(keys, count, seed):
 
 def checked_keyed_draws(keyed_draws):
     """``keyed_draws`` if it is None, True or False; else a TypeError."""
-    if (
-        keyed_draws not in (None, True, False)
-        or isinstance(keyed_draws, int)
-        and (not isinstance(keyed_draws, bool))
-    ):
+    if not (keyed_draws is None or isinstance(keyed_draws, bool)):
         raise TypeError(f"keyed_draws must be None, True or False, got {keyed_draws!r}")
     return keyed_draws
 
