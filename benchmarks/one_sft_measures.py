@@ -1,4 +1,4 @@
-"""The numbers behind issue 29's note and the README's "one SFT" row:
+"""The numbers behind issue 29's note and the "one SFT" row of docs/changes.md:
 
     python -m benchmarks.one_sft_measures [--before REV]
 

@@ -18,7 +18,7 @@ alike), in several rounds (median and range over rounds).
 * The same share of a **cached-feature step** (``--cached-from-block``, the fast
   tier: the frozen blocks' output cached, the last block, embedder and loss trained).
 * With ``--compile``: the same full step with the backbone wrapped in
-  ``torch.compile`` (the recipe in the README), against the eager step.
+  ``torch.compile`` (the recipe in docs/benchmarks.md), against the eager step.
 """
 
 import argparse
