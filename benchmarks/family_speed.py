@@ -14,47 +14,40 @@ import json
 import platform
 
 import torch
-from pytorch_metric_learning import losses, miners
 
-import pml_sft
-
+from . import registry
 from .models import Embedder, build_trunk
 from .speed import interleaved_times, print_table, summarize_rounds
+from .train import RunConfig
+
+
+def objective(loss, method, num_classes, embedding_size):
+    """``f(embeddings, labels)`` of the registry's (loss, method) at full weight
+    (the loss's miner included)."""
+    cfg = RunConfig.make(loss=loss, method=method, embedding_size=embedding_size)
+    generator = torch.Generator().manual_seed(0)
+    fn, miner = registry.build_objective(cfg, num_classes, 1, generator)
+
+    def call(embeddings, labels):
+        indices = miner(embeddings, labels) if miner is not None else None
+        return fn(embeddings, labels, indices)
+
+    return call
 
 
 def wrappers(num_classes, embedding_size):
-    """method -> (baseline loss, wrapped loss), each built fresh."""
-
-    def ms():
-        return losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
-
-    def miner():
-        return miners.MultiSimilarityMiner(epsilon=0.1)
-
-    def pa():
-        return losses.ProxyAnchorLoss(num_classes, embedding_size, margin=0.1, alpha=32)
-
-    start = dict(warmup_iterations=0)
-    return {
-        "SFT (MultiSimilarity)": (ms(), pml_sft.SFTLoss(ms(), miner(), **start)),
-        "translation (MultiSimilarity)": (
-            ms(),
-            pml_sft.FeatureTranslationLoss(ms(), miner(), **start),
-        ),
-        "Embedding Expansion (MultiSimilarity)": (
-            ms(),
-            pml_sft.EmbeddingExpansionLoss(ms(), miner(), **start),
-        ),
-        "Symmetrical Synthesis (MultiSimilarity)": (
-            ms(),
-            pml_sft.SymmetricalSynthesisLoss(ms(), miner(), **start),
-        ),
-        "Proxy Synthesis (ProxyAnchor)": (
-            pa(),
-            pml_sft.ProxySynthesisLoss(pa(), **start),
-        ),
-        "SFT (ProxyAnchor)": (pa(), pml_sft.SFTLoss(pa(), **start)),
-    }
+    """method -> (baseline, with augmentation), built fresh from the registry,
+    each method on the first loss of its comparison (MultiSimilarity for a method
+    not yet compared)."""
+    built = {}
+    for name, method in registry.METHODS.items():
+        if method.wrapper is None:
+            continue
+        loss = (*method.losses, "multisimilarity")[0]
+        built[f"{method.label} ({loss})"] = tuple(
+            objective(loss, m, num_classes, embedding_size) for m in ("none", name)
+        )
+    return built
 
 
 def main(argv=None):

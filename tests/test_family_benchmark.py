@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import family, train
+from benchmarks import family, report, train
 
 from .helpers import TINY_FAMILY_ARGS, fake_emoji_data
 
@@ -42,7 +42,7 @@ def test_paired_differences_and_t_intervals():
     assert ee["delta_recall_at_1_ci_low"] == pytest.approx(d.mean() - half)
     assert ee["delta_recall_at_1_ci_high"] == pytest.approx(d.mean() + half)
     assert ee["delta_mean_average_precision_at_r_mean"] == pytest.approx(-d.mean())
-    assert family.verdict(ee) == "no difference"  # the interval contains 0 here
+    assert report.verdict(ee) == "no difference"  # the interval contains 0 here
     assert rows["ss"]["paired_seeds"] == 0 and math.isnan(
         rows["ss"]["delta_recall_at_1_mean"]
     )
@@ -121,8 +121,8 @@ def test_family_comparison_end_to_end_on_fake_icons(tmp_path, monkeypatch):
     # the paired runs share their initialisation and batches until augmentation:
     # with the schedule at half of 2 epochs, epoch 1's training loss is the same
     results = {r.name: r for r in (out).iterdir() if r.is_dir()}
-    none = [n for n in results if "_normsoftmax_none_" in n and n.endswith("seed=0")]
-    ps = [n for n in results if "_normsoftmax_ps_" in n and n.endswith("seed=0")]
+    none = [n for n in results if "_normsoftmax_none_" in n and "_seed=0_" in n]
+    ps = [n for n in results if "_normsoftmax_ps_" in n and "_seed=0_" in n]
     import json
 
     first = [

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import family, family_tuning, train
+from benchmarks import family, family_tuning, registry, train
 
 from .helpers import TINY_FAMILY_ARGS, fake_emoji_data
 
@@ -22,15 +22,15 @@ def test_every_arm_gets_three_settings_and_the_default_first():
     assert family_tuning.baseline_settings("triplet")[0] == {
         "lr": family.LOSS_LR["triplet"]
     }
-    defaults = train.RunConfig()
+    defaults = registry.method_options()
     assert family_tuning.method_settings("ee", 0.01)[0] == {
         "lr": 0.01,
-        "num_points": defaults.num_points,
+        "num_points": defaults["num_points"],
     }
     assert family_tuning.method_settings("ps", 0.01)[0] == {
         "lr": 0.01,
-        "ps_alpha": defaults.ps_alpha,
-        "ps_mu": defaults.ps_mu,
+        "ps_alpha": defaults["ps_alpha"],
+        "ps_mu": defaults["ps_mu"],
     }
     # the method without options of its own spends its budget on the learning rate
     assert [s["lr"] for s in family_tuning.method_settings("ss", 0.01)] == [
@@ -40,13 +40,23 @@ def test_every_arm_gets_three_settings_and_the_default_first():
     ]
 
 
-def test_an_option_of_another_method_is_refused():
-    cfg = train.RunConfig(method="sft", num_points=4)
-    with pytest.raises(ValueError, match="num_points is an option of method 'ee'"):
-        train.build_objective(cfg, 4, 10, None)
-    cfg = train.RunConfig(method="none", loss="proxyanchor", ps_mu=0.5)
-    with pytest.raises(ValueError, match="ps_mu"):
-        train.build_objective(cfg, 4, 10, None)
+def test_an_option_of_another_method_is_refused(capsys):
+    with pytest.raises(
+        ValueError, match=r"method 'sft' does not take \['num_points'\]"
+    ):
+        train.RunConfig(method="sft", options={"num_points": 4}).check()
+    with pytest.raises(SystemExit):
+        train.main(["--method", "sft", "--num-points", "4"])
+    assert (
+        "--num-points is an option of ['ee'], not of ['sft']" in capsys.readouterr().err
+    )
+    with pytest.raises(TypeError, match="unknown run setting 'num_pionts'"):
+        train.RunConfig.make(method="ee", num_pionts=4)
+    # a comparison's shared option reaches the methods that take it, only them
+    cfg = train.RunConfig.make(method="none", loss="proxyanchor", ps_mu=0.5)
+    assert cfg.options == {}
+    cfg = train.RunConfig.make(method="ps", loss="proxyanchor", ps_mu=0.5)
+    assert cfg.method_options() == {"ps_alpha": 0.4, "ps_mu": 0.5}
 
 
 def test_tuning_end_to_end_then_the_comparison_takes_its_choices(tmp_path, monkeypatch):
@@ -99,6 +109,7 @@ def test_tuning_end_to_end_then_the_comparison_takes_its_choices(tmp_path, monke
     )
     for run_dir in (d for d in cmp_out.iterdir() if d.is_dir()):
         config = json.loads((run_dir / "result.json").read_text())["config"]
+        config.update(config.pop("options"))
         assert config["split"] == "test"
         setting = chosen["icons"][config["loss"]][config["method"]]
         assert {k: config[k] for k in setting} == setting

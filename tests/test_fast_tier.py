@@ -7,7 +7,7 @@ import pytest
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 
-from benchmarks import compare, diagnostics, train
+from benchmarks import compare, diagnostics, report, train
 from pml_sft.contrib import DatasetClassCenters
 
 from .helpers import fake_emoji_data
@@ -35,7 +35,7 @@ def _config(tmp_path, **kwargs):
         cache_dir=str(tmp_path / "cache"),
     )
     options.update(kwargs)
-    return train.RunConfig(**options)
+    return train.RunConfig.make(**options)
 
 
 def test_cached_inputs_equal_the_frozen_blocks(tmp_path, fake_emoji):
@@ -85,7 +85,7 @@ def test_fast_tier_run_trains_only_the_head(tmp_path, fake_emoji, monkeypatch):
     run_dir = tmp_path / "runs" / cfg.name()
     assert not c_f.COLLECT_STATS  # PML's process-wide flag is restored after a run
     logs = run_dir / "logs"
-    stats = (logs / "loss_funcs_metric_loss_FeatureTransformLoss.csv").read_text()
+    stats = (logs / "metric_loss_FeatureTransformLoss.csv").read_text()
     assert "share_nearest_target" in stats.splitlines()[0]  # collected during it
     assert result["iterations"] > 0 and result["curves"]["recall_at_1"][-1] is not None
     assert fits == [result["num_train_samples"]] * 2  # epochs 1 and 3
@@ -122,13 +122,13 @@ def test_study_preset_selects_the_best_validation_epoch(
 ):
     out = tmp_path / "study"
     plotted = []
-    plot_curves = compare.plot_curves
+    plot_curves = report.plot_curves
 
     def recording_plot_curves(results, path, losses, series):
         plotted.append([series(r) for r in results])
         return plot_curves(results, path, losses, series)
 
-    monkeypatch.setattr(compare, "plot_curves", recording_plot_curves)
+    monkeypatch.setattr(report, "plot_curves", recording_plot_curves)
     argv = [
         "--preset", "study", "--study-losses", "contrastive", "--seeds", "0",
         "--variants", "first", "synthetic only as negatives", "--workers", "1",
@@ -193,12 +193,15 @@ def test_share_nearest_target_reads_the_transform_logs(tmp_path, capsys):
     from benchmarks import share_nearest_target
 
     for seed, values in ((0, ["0", "0.5", "1.0"]), (1, ["0", "0.25", "0.75"])):
-        logs = tmp_path / f"emoji_ms_sft_backbone=x_seed={seed}" / "logs"
+        cfg = train.RunConfig.make(seed=seed, method="sft", num_targets=2)
+        logs = tmp_path / cfg.name() / "logs"
         logs.mkdir(parents=True)
+        (logs.parent / "config.json").write_text(json.dumps(cfg.identity()))
         rows = ["~iteration~,num_augmented,share_nearest_target"]
         rows += [f"{i},{0 if v == '0' else 128},{v}" for i, v in enumerate(values)]
         (logs / "a_transform_SphericalFeatureTransform.csv").write_text("\n".join(rows))
     result = share_nearest_target.shares(tmp_path)
-    assert result == {"emoji_ms_sft": [(0.75, 0.5, 1.0), (0.5, 0.25, 0.75)]}
+    variant = "emoji_multisimilarity_sft_num_targets=2"
+    assert result == {variant: [(0.75, 0.5, 1.0), (0.5, 0.25, 0.75)]}
     share_nearest_target.main([str(tmp_path)])
     assert "runs=2 mean share 0.625 first 0.375 last 0.875" in capsys.readouterr().out

@@ -326,7 +326,7 @@ def test_config_merges_that_would_collide_are_named():
         pb_run.check_config_merges(["--config_dataset", "[default,with_emoji]"])
     with pytest.raises(ValueError, match=r"'models.trunk' gets 2 classes"):
         pb_run.check_config_merges(["--config_models", "[default,resnet18_scratch]"])
-    # what the README runs merges cleanly, and an override replaces the entry
+    # what docs/powerful_benchmarker.md runs merges cleanly, and an override replaces the entry
     pb_run.check_config_merges(
         [
             "--config_general",

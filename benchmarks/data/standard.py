@@ -11,12 +11,13 @@ import torch
 import torchvision.transforms as T
 from pytorch_metric_learning import datasets as pml_datasets
 
+from ..models import IMAGENET_MEAN, IMAGENET_STD
+
 DATASETS = {
     "cub200": pml_datasets.CUB,
     "cars196": pml_datasets.Cars196,
     "sop": pml_datasets.StanfordOnlineProducts,
 }
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def train_transform(image_size):
