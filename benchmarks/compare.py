@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -125,9 +126,20 @@ def run_all(configs, out, workers):
             print(f"data ready in {time.time() - start:.0f} s", flush=True)
             prepared.add(cfg_dict["dataset"])
     print(f"training {len(jobs)} runs on {workers} workers", flush=True)
+    # no progress bars from the workers (PML's trainer draws one per epoch); tqdm
+    # reads TQDM_DISABLE when it is imported, so the spawned workers see it
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
     context = multiprocessing.get_context("spawn")
     start, seconds_done = time.time(), []
-    with context.Pool(workers, maxtasksperchild=1) as pool:
+    try:
+        pool = context.Pool(workers, maxtasksperchild=1)
+    finally:  # the workers have their environment; this process keeps its own
+        if before is None:
+            os.environ.pop("TQDM_DISABLE")
+        else:
+            os.environ["TQDM_DISABLE"] = before
+    with pool:
         for i, (result, seconds) in enumerate(pool.imap_unordered(_run_job, jobs), 1):
             seconds_done.append(seconds)
             left = (len(jobs) - i) * sum(seconds_done) / len(seconds_done) / workers
@@ -148,43 +160,38 @@ def best_epoch_metrics(result):
     return {m: curves[m][curves["epoch"].index(best)] for m in METRICS}, best
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=LOSSES
-    )
-    parser.add_argument(
+    add = parser.add_argument
+    add("--losses", nargs="+", default=list(DEFAULT_LOSSES), choices=LOSSES)
+    add(
         "--methods",
         nargs="+",
         default=["none", "translation", "sft"],
         choices=METHODS,
         help="the family: python -m benchmarks.family",
     )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument(
-        "--preset", choices=("comparison", "ablation", "study"), default="comparison"
-    )
-    parser.add_argument("--ablation-loss", default="multisimilarity", choices=LOSSES)
-    parser.add_argument(
-        "--study-losses", nargs="+", default=["multisimilarity"], choices=LOSSES
-    )
-    parser.add_argument(
+    add("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add("--preset", choices=("comparison", "ablation", "study"), default="comparison")
+    add("--ablation-loss", default="multisimilarity", choices=LOSSES)
+    add("--study-losses", nargs="+", default=["multisimilarity"], choices=LOSSES)
+    add(
         "--variants",
         nargs="+",
         default=None,
         help="study: only the variants whose label starts with one of these",
     )
-    parser.add_argument(
+    add(
         "--select",
         choices=("final", "best-epoch"),
         default="final",
         help="report the final epoch, or the epoch with the best Recall@1 (only "
         "on validation classes)",
     )
-    parser.add_argument(
+    add(
         "--loss-lr",
         nargs="+",
         default=[],
@@ -192,107 +199,138 @@ def main(argv=None):
         help="learning rate per loss (tuned on validation classes), e.g. "
         "multisimilarity=3e-3; the others use --lr",
     )
-    parser.add_argument("--quick", action="store_true", help="1 seed, 2 epochs")
-    parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
-    parser.add_argument("--out", default=None, help="results folder")
-    add_config_arguments(
+    add("--quick", action="store_true", help="1 seed, 2 epochs")
+    add("--workers", type=int, default=2, help="runs in parallel")
+    add("--out", default=None, help="results folder")
+    return add_config_arguments(
         parser, exclude=("loss", "method", "seed", "threads", "progress")
     )
-    args = parser.parse_args(argv)
+
+
+def base_settings(args, parser):
+    """(the settings every run shares, the learning rate per loss)."""
     methods = ["sft"] if args.preset == "ablation" else args.methods
-    settings = settings_from_args(args, parser, methods)
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
     base = {
         k: v
-        for k, v in settings.items()
-        if k in {f.name for f in dataclasses.fields(RunConfig)} or k in OPTIONS
+        for k, v in settings_from_args(args, parser, methods).items()
+        if k in fields or k in OPTIONS
     }
     base["threads"] = 1 if args.workers > 1 else 0
     base["progress"] = args.workers <= 1
     if args.quick:
         args.seeds = args.seeds[:1]
-        base["epochs"] = 2
-        base["eval_every"] = 1
+        base.update(epochs=2, eval_every=1)
+    if args.preset != "comparison":
+        base["split"] = "val"
+    if args.select == "best-epoch" and base["split"] != "val":
+        parser.error(
+            "--select best-epoch selects on validation classes: use --split val"
+        )
     loss_lr = {}
     for item in args.loss_lr:
         name, _, value = item.partition("=")
         if name not in LOSSES or not value:
             parser.error(f"--loss-lr takes LOSS=LR with LOSS in {LOSSES}, got {item!r}")
         loss_lr[name] = float(value)
-    out = Path(args.out or ("runs/quick" if args.quick else f"runs/{args.preset}"))
-    out.mkdir(parents=True, exist_ok=True)
+    return base, loss_lr
 
+
+BASELINE = "baseline (no augmentation)"
+
+
+def preset_configs(args, base, loss_lr):
+    """(configs, run name -> variant label) of the preset."""
     configs, labels = [], {}
-    if args.preset == "ablation":
-        base["split"] = "val"
-        for seed in args.seeds:
-            configs.append(
-                RunConfig.make(
-                    **base, loss=args.ablation_loss, method="none", seed=seed
-                )
-            )
-            labels[configs[-1].name()] = "baseline (no augmentation)"
-            for label, options in ABLATIONS.items():
-                cfg = RunConfig.make(
-                    **{**base, **options},
-                    loss=args.ablation_loss,
-                    method="sft",
-                    seed=seed,
-                )
-                configs.append(cfg)
-                labels[cfg.name()] = label
-    elif args.preset == "study":
-        base["split"] = "val"
-        for loss in args.study_losses:
-            variants = study_variants(base["epochs"], loss)
-            if args.variants:
-                variants = {
-                    k: v
-                    for k, v in variants.items()
-                    if k.startswith(tuple(args.variants))
-                }
-            for seed in args.seeds:
-                cfg = RunConfig.make(**base, loss=loss, method="none", seed=seed)
-                configs.append(cfg)
-                labels[cfg.name()] = "baseline (no augmentation)"
-                for label, options in variants.items():
-                    for method in args.methods:
-                        if method == "none":
-                            continue
-                        cfg = RunConfig.make(
-                            **{**base, **options}, loss=loss, method=method, seed=seed
-                        )
-                        configs.append(cfg)
-                        labels[cfg.name()] = label
-    else:
+
+    def add(label, **settings):
+        configs.append(RunConfig.make(**{**base, **settings}))
+        labels[configs[-1].name()] = label
+
+    if args.preset == "comparison":
         for loss in args.losses:
             for method in args.methods:
                 for seed in args.seeds:
-                    options = {**base, "lr": loss_lr.get(loss, base["lr"])}
-                    configs.append(
-                        RunConfig.make(**options, loss=loss, method=method, seed=seed)
-                    )
+                    lr = loss_lr.get(loss, base["lr"])
+                    add(method, loss=loss, method=method, seed=seed, lr=lr)
+        return configs, labels
+    if args.preset == "ablation":
+        variants = {args.ablation_loss: ABLATIONS}
+        methods = ["sft"]
+    else:
+        variants = {
+            loss: {
+                k: v
+                for k, v in study_variants(base["epochs"], loss).items()
+                if not args.variants or k.startswith(tuple(args.variants))
+            }
+            for loss in args.study_losses
+        }
+        methods = [m for m in args.methods if m != "none"]
+    for loss, options in variants.items():
+        for seed in args.seeds:
+            add(BASELINE, loss=loss, method="none", seed=seed)
+            for label, option in options.items():
+                for method in methods:
+                    add(label, **option, loss=loss, method=method, seed=seed)
+    return configs, labels
 
-    if args.select == "best-epoch" and base["split"] != "val":
-        parser.error(
-            "--select best-epoch selects on validation classes: use --split val"
+
+def variant_order(args, base):
+    if args.preset == "ablation":
+        return [BASELINE, *ABLATIONS]
+    order = [BASELINE]
+    for loss in args.study_losses:
+        order += [v for v in study_variants(base["epochs"], loss) if v not in order]
+    return order
+
+
+def tables(args, base, runs, results, out):
+    """(title, summary rows, markdown table) of the preset; writes its plots."""
+    if args.preset == "comparison":
+        keys, orders = ["loss", "method"], {"loss": args.losses, "method": args.methods}
+        title = "Baseline vs +translation vs +SFT"
+    else:
+        keys = (
+            ["variant"] if args.preset == "ablation" else ["loss", "variant", "method"]
         )
-    started = time.time()
-    results = run_all(configs, out, args.workers)
-    results.sort(key=lambda r: r["name"])
-    if args.select == "best-epoch":
-        for r in results:
-            r["metrics"], r["best_epoch"] = best_epoch_metrics(r)
-    command = "python -m benchmarks.compare " + " ".join(
-        sys.argv[1:] if argv is None else argv
+        orders = {"loss": args.study_losses, "variant": variant_order(args, base)}
+        title = (
+            f"SFT ablation ({args.ablation_loss}, validation classes)"
+            if args.preset == "ablation"
+            else "Feature-augmentation study (validation classes)"
+        )
+    rows = report.summary(runs, keys).sort_values(
+        keys, key=lambda c: c.map(orders[c.name].index) if c.name in orders else c
     )
-    variants = ("variant",) if args.preset != "comparison" else ()
-    for r in results:
-        if variants:
-            r["config"]["variant"] = labels[r["name"]]
-    runs = report.runs_frame(results, METRICS, extra=variants)
-    report.write_csv(out / "runs.csv", runs)
+    table = report.markdown(rows, report.metric_columns(keys))
+    if args.preset == "comparison":
+        report.plot_recall(rows, out / "recall_at_1.png", args.losses, args.methods)
+        results.sort(key=lambda r: args.methods.index(r["config"]["method"]))
+        report.plot_curves(
+            results,
+            out / "learning_curves.png",
+            args.losses,
+            lambda r: r["config"]["method"],
+        )
+    elif args.preset == "study":
+        order = orders["variant"]
+        results.sort(key=lambda r: (order.index(r["config"]["variant"]), r["name"]))
+        report.plot_curves(
+            results,
+            out / "learning_curves.png",
+            args.study_losses,
+            lambda r: r["config"]["variant"]
+            + (
+                "" if r["config"]["method"] == "none" else f" ({r['config']['method']})"
+            ),
+        )
+    return title, rows, table
+
+
+def header(args, base, results, command, started):
     first = results[0]
-    head = report.header(
+    return report.header(
         command,
         f"{(time.time() - started) / 60:.1f} min for {len(results)} runs "
         "(finished runs are reused)",
@@ -312,58 +350,30 @@ def main(argv=None):
             ),
         ],
     )
-    if args.preset == "ablation":
-        rows = report.summary(runs, ["variant"])
-        order = ["baseline (no augmentation)", *ABLATIONS]
-        rows = rows.sort_values("variant", key=lambda c: c.map(order.index))
-        table = report.markdown(rows, report.metric_columns(["variant"]))
-        title = f"SFT ablation ({args.ablation_loss}, validation classes)"
-    elif args.preset == "study":
-        rows = report.summary(runs, ["loss", "variant", "method"])
-        order = ["baseline (no augmentation)"]
-        for loss in args.study_losses:
-            order += [v for v in study_variants(base["epochs"], loss) if v not in order]
-        rows = rows.sort_values(
-            ["loss", "variant", "method"],
-            key=lambda c: c.map(
-                {"loss": args.study_losses.index, "variant": order.index}.get(
-                    c.name, lambda v: v
-                )
-            ),
-        )
-        table = report.markdown(
-            rows, report.metric_columns(["loss", "variant", "method"])
-        )
-        title = "Feature-augmentation study (validation classes)"
-        results.sort(key=lambda r: (order.index(r["config"]["variant"]), r["name"]))
-        report.plot_curves(
-            results,
-            out / "learning_curves.png",
-            args.study_losses,
-            lambda r: r["config"]["variant"]
-            + (
-                "" if r["config"]["method"] == "none" else f" ({r['config']['method']})"
-            ),
-        )
-    else:
-        rows = report.summary(runs, ["loss", "method"])
-        rows = rows.sort_values(
-            ["loss", "method"],
-            key=lambda c: c.map(
-                (args.losses if c.name == "loss" else args.methods).index
-            ),
-        )
-        table = report.markdown(rows, report.metric_columns(["loss", "method"]))
-        title = "Baseline vs +translation vs +SFT"
-        report.plot_recall(rows, out / "recall_at_1.png", args.losses, args.methods)
-        results.sort(key=lambda r: args.methods.index(r["config"]["method"]))
-        report.plot_curves(
-            results,
-            out / "learning_curves.png",
-            args.losses,
-            lambda r: r["config"]["method"],
-        )
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    base, loss_lr = base_settings(args, parser)
+    out = Path(args.out or ("runs/quick" if args.quick else f"runs/{args.preset}"))
+    out.mkdir(parents=True, exist_ok=True)
+    configs, labels = preset_configs(args, base, loss_lr)
+    started = time.time()
+    results = sorted(run_all(configs, out, args.workers), key=lambda r: r["name"])
+    for r in results:
+        r["config"]["variant"] = labels[r["name"]]
+        if args.select == "best-epoch":
+            r["metrics"], r["best_epoch"] = best_epoch_metrics(r)
+    extra = () if args.preset == "comparison" else ("variant",)
+    runs = report.runs_frame(results, METRICS, extra=extra)
+    report.write_csv(out / "runs.csv", runs)
+    command = "python -m benchmarks.compare " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    title, rows, table = tables(args, base, runs, results, out)
     report.write_csv(out / "summary.csv", rows)
+    head = header(args, base, results, command, started)
     report.write_summary(out / "summary.md", title, head, table)
     (out / "command.json").write_text(
         json.dumps({"command": command, "machine": report.machine_description()})

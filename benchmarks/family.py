@@ -311,6 +311,54 @@ def per_run_rows(results):
     return report.runs_frame(results)
 
 
+def write_reports(out, results, total, trained, base, args, command, started):
+    """runs.csv, summary.csv, sft_vs_translation.csv, paired_differences.png,
+    summary.md and command.json of the comparison in ``out``; returns the rows."""
+    chosen = args.chosen
+    report.write_csv(out / "runs.csv", per_run_rows(results))
+    rows = paired_summary(results)
+    report.write_csv(out / "summary.csv", rows)
+    report.plot_differences(rows, out / "paired_differences.png", METHOD_NAMES)
+    contrast = head_to_head(results)
+    report.write_csv(out / "sft_vs_translation.csv", contrast)
+    remaining = total - len(results)
+    head = report.header(
+        command,
+        f"{(time.time() - started) / 60:.1f} min for {trained} new runs; "
+        f"{len(results)} of {total} runs finished"
+        + (f" ({remaining} still to run)" if remaining else ""),
+        lines=[
+            "Test classes, final epoch; backbone "
+            f"{base['backbone']} (pretrained {base['pretrained']}, trained from block "
+            f"{base['train_from_block']}), {base['epochs']} epochs, schedule: no "
+            f"augmentation for {base['warmup_epochs']} epochs, then a ramp over "
+            f"{base['ramp_epochs']}.",
+            (
+                "Learning rates and options: chosen on validation classes "
+                f"({chosen})"
+                if chosen
+                else "Learning rates: the registry's; options: each paper's defaults"
+            ),
+            "R@1 and MAP@R in %, mean ± std over seeds; Δ: the paired difference to "
+            "the baseline of the same seeds, with a 95 % t interval over seeds.",
+        ],
+    )
+    report.write_summary(
+        out / "summary.md",
+        "Feature augmentation family (paired seeds)",
+        head,
+        markdown(rows),
+        "## ΔR@1 per data set (points; the verdict of its 95 % interval)\n\n"
+        + verdict_table(rows),
+        "## SFT against translation (SFT minus translation, same seeds)\n\n"
+        + head_to_head_table(contrast),
+    )
+    (out / "command.json").write_text(
+        json.dumps({"command": command, "machine": report.machine_description()})
+    )
+    return rows
+
+
 def main(argv=None):
     parser = build_parser(__doc__.splitlines()[0], split="test")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(8)))
@@ -346,46 +394,8 @@ def main(argv=None):
     command = "python -m benchmarks.family " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
-    report.write_csv(out / "runs.csv", per_run_rows(results))
-    rows = paired_summary(results)
-    report.write_csv(out / "summary.csv", rows)
-    report.plot_differences(rows, out / "paired_differences.png", METHOD_NAMES)
-    contrast = head_to_head(results)
-    report.write_csv(out / "sft_vs_translation.csv", contrast)
-    remaining = len(configs) - len(results)
-    head = report.header(
-        command,
-        f"{(time.time() - started) / 60:.1f} min for {trained} new runs; "
-        f"{len(results)} of {len(configs)} runs finished"
-        + (f" ({remaining} still to run)" if remaining else ""),
-        lines=[
-            "Test classes, final epoch; backbone "
-            f"{base['backbone']} (pretrained {base['pretrained']}, trained from block "
-            f"{base['train_from_block']}), {base['epochs']} epochs, schedule: no "
-            f"augmentation for {base['warmup_epochs']} epochs, then a ramp over "
-            f"{base['ramp_epochs']}.",
-            (
-                "Learning rates and options: chosen on validation classes "
-                f"({args.chosen})"
-                if chosen
-                else "Learning rates: the registry's; options: each paper's defaults"
-            ),
-            "R@1 and MAP@R in %, mean ± std over seeds; Δ: the paired difference to "
-            "the baseline of the same seeds, with a 95 % t interval over seeds.",
-        ],
-    )
-    report.write_summary(
-        out / "summary.md",
-        "Feature augmentation family (paired seeds)",
-        head,
-        markdown(rows),
-        "## ΔR@1 per data set (points; the verdict of its 95 % interval)\n\n"
-        + verdict_table(rows),
-        "## SFT against translation (SFT minus translation, same seeds)\n\n"
-        + head_to_head_table(contrast),
-    )
-    (out / "command.json").write_text(
-        json.dumps({"command": command, "machine": report.machine_description()})
+    rows = write_reports(
+        out, results, len(configs), trained, base, args, command, started
     )
     print(markdown(rows))
 

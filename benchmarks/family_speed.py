@@ -50,7 +50,7 @@ def wrappers(num_classes, embedding_size):
     return built
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=10)
@@ -60,7 +60,11 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--cached-from-block", type=int, default=15)
     parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     torch.manual_seed(0)
     classes = args.batch_size // args.m_per_class
     labels = torch.arange(classes).repeat_interleave(args.m_per_class)

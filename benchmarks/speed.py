@@ -117,65 +117,8 @@ def loss_step(loss_fn, emb, labels):
     return run
 
 
-def wrapper_and_full_step(args):
-    """The wrapper's own work as a share of the inner loss step and of a full step."""
-    torch.manual_seed(0)
-    classes = args.batch_size // args.m_per_class
-    labels = torch.arange(classes).repeat_interleave(args.m_per_class)
-    trunk = build_trunk(args.backbone, pretrained=args.pretrained)
-    embedder = Embedder(trunk.output_size, args.embedding_size)
-    model = torch.nn.Sequential(trunk, embedder)
-    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
-    inner = losses.MultiSimilarityLoss()
-    augmenter = pml_sft.SphericalFeatureTransform(
-        generator=torch.Generator().manual_seed(0)
-    )
-    wrapped = pml_sft.FeatureTransformLoss(inner, augmenter, warmup_iterations=0)
-    emb = F.normalize(torch.randn(args.batch_size, args.embedding_size), dim=1)
-    aug, aug_labels, _ = pml_sft.SphericalFeatureTransform()(emb, labels)
-    enlarged = torch.cat([emb, aug])
-    enlarged_labels = torch.cat([labels, aug_labels])
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
-
-    def full_step(net):
-        def run():
-            optimizer.zero_grad()
-            wrapped(net(images), labels).backward()
-            optimizer.step()
-
-        return run
-
-    loss_fns = {
-        "inner (enlarged batch)": loss_step(inner, enlarged, enlarged_labels),
-        "inner (batch)": loss_step(inner, emb, labels),
-        "wrapped": loss_step(wrapped, emb, labels),
-    }
-    step_fns = {"full step": full_step(model)}
-    if args.cached_from_block:
-        # the fast tier: the frozen blocks' output is cached, the step trains the
-        # remaining blocks, the embedder and the loss
-        stem, head = trunk.split(args.cached_from_block)
-        with torch.no_grad():
-            cached = stem(images)
-        head_model = torch.nn.Sequential(head, embedder)
-
-        def cached_step():
-            optimizer.zero_grad()
-            wrapped(head_model(cached), labels).backward()
-            optimizer.step()
-
-        step_fns["cached-feature step"] = cached_step
-    if args.compile:
-        step_fns["full step, compiled backbone"] = full_step(
-            torch.nn.Sequential(torch.compile(trunk), embedder)
-        )
-    # the loss steps take milliseconds and need many repeats; the full step takes
-    # about a second: each group is timed interleaved within itself, round by round
-    per_round = []
-    for _ in range(args.rounds):
-        times = interleaved_times(loss_fns, args.repeats)
-        times.update(interleaved_times(step_fns, args.step_repeats, warmup=1))
-        per_round.append(times)
+def step_ratios(args):
+    """The ratios of the timed functions of :func:`wrapper_and_full_step`."""
 
     def own(t):
         return t["wrapped"] - t["inner (enlarged batch)"]
@@ -197,7 +140,78 @@ def wrapper_and_full_step(args):
         ratios["full step, compiled backbone / eager"] = (
             lambda t: t["full step, compiled backbone"] / t["full step"]
         )
-    return summarize_rounds(per_round, ratios)
+    return ratios
+
+
+def loss_steps(args, labels, inner, wrapped):
+    """The loss steps timed: the inner loss on the batch and on the batch enlarged
+    by SFT's samples, and the wrapper on the batch."""
+    emb = F.normalize(torch.randn(args.batch_size, args.embedding_size), dim=1)
+    aug, aug_labels, _ = pml_sft.SphericalFeatureTransform()(emb, labels)
+    enlarged = torch.cat([emb, aug])
+    enlarged_labels = torch.cat([labels, aug_labels])
+    return {
+        "inner (enlarged batch)": loss_step(inner, enlarged, enlarged_labels),
+        "inner (batch)": loss_step(inner, emb, labels),
+        "wrapped": loss_step(wrapped, emb, labels),
+    }
+
+
+def wrapper_and_full_step(args):
+    """The wrapper's own work as a share of the inner loss step and of a full step."""
+    torch.manual_seed(0)
+    classes = args.batch_size // args.m_per_class
+    labels = torch.arange(classes).repeat_interleave(args.m_per_class)
+    trunk = build_trunk(args.backbone, pretrained=args.pretrained)
+    embedder = Embedder(trunk.output_size, args.embedding_size)
+    model = torch.nn.Sequential(trunk, embedder)
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+    inner = losses.MultiSimilarityLoss()
+    augmenter = pml_sft.SphericalFeatureTransform(
+        generator=torch.Generator().manual_seed(0)
+    )
+    wrapped = pml_sft.FeatureTransformLoss(inner, augmenter, warmup_iterations=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+
+    def full_step(net):
+        def run():
+            optimizer.zero_grad()
+            wrapped(net(images), labels).backward()
+            optimizer.step()
+
+        return run
+
+    loss_fns = loss_steps(args, labels, inner, wrapped)
+    step_fns = {"full step": full_step(model)}
+    if args.cached_from_block:
+        # the fast tier: the frozen blocks' output is cached, the step trains the
+        # remaining blocks, the embedder and the loss
+        stem, head = trunk.split(args.cached_from_block)
+        with torch.no_grad():
+            cached = stem(images)
+        head_model = torch.nn.Sequential(head, embedder)
+
+        def cached_step():
+            optimizer.zero_grad()
+            wrapped(head_model(cached), labels).backward()
+            optimizer.step()
+
+        step_fns["cached-feature step"] = cached_step
+    if args.compile:
+        step_fns["full step, compiled backbone"] = full_step(
+            torch.nn.Sequential(torch.compile(trunk), embedder)
+        )
+    # the loss steps take milliseconds and need many repeats; the full step takes
+    # about a second: each group is timed interleaved within itself, round by round
+    per_round = [
+        {
+            **interleaved_times(loss_fns, args.repeats),
+            **interleaved_times(step_fns, args.step_repeats, warmup=1),
+        }
+        for _ in range(args.rounds)
+    ]
+
+    return summarize_rounds(per_round, step_ratios(args))
 
 
 def print_table(title, ratios):
@@ -207,7 +221,7 @@ def print_table(title, ratios):
         print(f"| {name} | {r['median']:.4g} [{r['min']:.4g}, {r['max']:.4g}] |")
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--d", type=int, default=512)
@@ -231,7 +245,11 @@ def main(argv=None):
         "frozen ones cached; efficientnet_lite0 only; 0: skip)",
     )
     parser.add_argument("--json", help="write the results here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     cores = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     rotate_ratios, rotate_seconds = transform_ratios(
@@ -240,7 +258,7 @@ def main(argv=None):
     torch.set_num_threads(cores)
     if args.backbone != "efficientnet_lite0":
         args.cached_from_block = 0
-    step_ratios, step_seconds = wrapper_and_full_step(args)
+    wrapper_ratios, step_seconds = wrapper_and_full_step(args)
     print_table(
         f"Transforms, N={args.n}, D={args.d}, {args.threads} thread(s), float32, "
         f"eager, {args.rounds} rounds of {args.repeats}",
@@ -252,7 +270,7 @@ def main(argv=None):
         f"B={args.batch_size} ({args.m_per_class} per class), embedding "
         f"{args.embedding_size}, {cores} thread(s), {args.rounds} rounds of "
         f"{args.repeats} loss steps and {args.step_repeats} full steps",
-        step_ratios,
+        wrapper_ratios,
     )
     print("\nmedian seconds: " + json.dumps({**rotate_seconds, **step_seconds}))
     if args.json:
@@ -266,7 +284,7 @@ def main(argv=None):
                     threads_for_steps=cores,
                     transform_ratios=rotate_ratios,
                     transform_seconds=rotate_seconds,
-                    step_ratios=step_ratios,
+                    step_ratios=wrapper_ratios,
                     step_seconds=step_seconds,
                 ),
                 f,

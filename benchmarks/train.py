@@ -446,8 +446,6 @@ def run(cfg, out_dir):
     (run_dir / "config.json").write_text(json.dumps(cfg.identity(), indent=1))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if not cfg.progress:
-        os.environ["TQDM_DISABLE"] = "1"  # PML's trainer shows a bar per epoch
     # record-keeper logs the losses' and miners' statistics; PML collects them only
     # under its process-wide flag, so set it for this run and restore it afterwards
     collect_stats = c_f.COLLECT_STATS
@@ -508,59 +506,79 @@ def build_run(cfg, device):
     return models, objective, miner, optimizers, sampler, train_set, eval_set, info
 
 
+class RunHooks:
+    """The trainer's hooks of one run: PML's ``HookContainer`` logging every 10
+    iterations into record-keeper; the learning curves; a test with PML's
+    ``GlobalEmbeddingSpaceTester`` every ``eval_every`` epochs and at the last; the
+    next epoch's cached copy; the study's full-pass centres."""
+
+    def __init__(self, cfg, run_dir, models, objective, data, device):
+        self.cfg, self.models, self.device = cfg, models, device
+        self.train_set, self.eval_set = data
+        self.record_keeper = make_record_keeper(str(run_dir / "logs"))
+        self.hooks = logging_presets.HookContainer(
+            self.record_keeper,
+            primary_metric="recall_at_1",
+            save_models=False,
+            log_freq=10,
+        )
+        self.tester = testers.GlobalEmbeddingSpaceTester(
+            end_of_testing_hook=self.hooks.end_of_testing_hook,
+            accuracy_calculator=pml_sft.RecallAtK(
+                include=METRICS, recall_ks=(1, 2, 4, 8), device=torch.device("cpu")
+            ),
+            batch_size=cfg.eval_batch_size,
+            dataloader_num_workers=0 if cfg.train_from_block else cfg.num_workers,
+            data_device=device,
+        )
+        self.curves = {"epoch": [], "train_loss": [], **{m: [] for m in METRICS}}
+        self.losses = []
+        centers = getattr(getattr(objective, "augmenter", None), "centers", None)
+        self.centers = centers if hasattr(centers, "fit") else None
+        self.fit_centers()
+
+    def fit_centers(self):
+        if self.centers is not None:
+            trunk, embedder = self.models["trunk"], self.models["embedder"]
+            self.centers.fit(
+                *embed(trunk, embedder, self.train_set, self.cfg, self.device)
+            )
+
+    def end_of_iteration(self, trainer):
+        self.losses.append(trainer.losses["total_loss"].item())
+        self.hooks.end_of_iteration_hook(trainer)
+
+    def end_of_epoch(self, trainer):
+        cfg, epoch = self.cfg, trainer.epoch
+        self.curves["epoch"].append(epoch)
+        self.curves["train_loss"].append(float(np.mean(self.losses)))
+        self.losses.clear()
+        acc = {m: None for m in METRICS}
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            trunk, embedder = self.models["trunk"], self.models["embedder"]
+            self.tester.test({"val": self.eval_set}, epoch, trunk, embedder)
+            found = self.tester.all_accuracies["val"]
+            acc = {m: float(found[f"{m}_level0"]) for m in METRICS}
+        for m in METRICS:
+            self.curves[m].append(acc[m])
+        self.record_keeper.save_records()
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)  # the next epoch's shifted copy
+        if epoch % cfg.options.get("center_every", 1) == 0:
+            self.fit_centers()
+
+    def best_epoch(self):
+        return self.hooks.get_best_epoch_and_accuracy(self.tester, "val")[0]
+
+
 def train_and_evaluate(cfg, run_dir):
-    """Train with PML's ``MetricLossOnly``, log with its ``HookContainer``, test
-    with its ``GlobalEmbeddingSpaceTester`` (every ``eval_every`` epochs and at the
-    last); saves result.json and model.pt in run_dir."""
+    """Train with PML's ``MetricLossOnly`` and :class:`RunHooks`; saves
+    result.json and model.pt in run_dir."""
     device = torch.device(cfg.device)
     models, objective, miner, optimizers, sampler, train_set, eval_set, info = (
         build_run(cfg, device)
     )
-    record_keeper = make_record_keeper(str(run_dir / "logs"))
-    hooks = logging_presets.HookContainer(
-        record_keeper, primary_metric="recall_at_1", save_models=False, log_freq=10
-    )
-    tester = testers.GlobalEmbeddingSpaceTester(
-        end_of_testing_hook=hooks.end_of_testing_hook,
-        accuracy_calculator=pml_sft.RecallAtK(
-            include=METRICS, recall_ks=(1, 2, 4, 8), device=torch.device("cpu")
-        ),
-        batch_size=cfg.eval_batch_size,
-        dataloader_num_workers=0 if cfg.train_from_block else cfg.num_workers,
-        data_device=device,
-    )
-    curves = {"epoch": [], "train_loss": [], **{m: [] for m in METRICS}}
-    losses_this_epoch = []
-    centers = getattr(getattr(objective, "augmenter", None), "centers", None)
-    fit_centers = hasattr(centers, "fit")  # the study's full-pass centres
-
-    def end_of_iteration(trainer):
-        losses_this_epoch.append(trainer.losses["total_loss"].item())
-        hooks.end_of_iteration_hook(trainer)
-
-    def end_of_epoch(trainer):
-        epoch = trainer.epoch
-        curves["epoch"].append(epoch)
-        curves["train_loss"].append(float(np.mean(losses_this_epoch)))
-        losses_this_epoch.clear()
-        acc = {m: None for m in METRICS}
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            tester.test({"val": eval_set}, epoch, models["trunk"], models["embedder"])
-            acc = {
-                m: float(tester.all_accuracies["val"][f"{m}_level0"]) for m in METRICS
-            }
-        for m in METRICS:
-            curves[m].append(acc[m])
-        record_keeper.save_records()
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(epoch)  # the next epoch's shifted copy
-        if fit_centers and epoch % cfg.options.get("center_every", 1) == 0:
-            centers.fit(
-                *embed(models["trunk"], models["embedder"], train_set, cfg, device)
-            )
-
-    if fit_centers:
-        centers.fit(*embed(models["trunk"], models["embedder"], train_set, cfg, device))
+    hooks = RunHooks(cfg, run_dir, models, objective, (train_set, eval_set), device)
     trainer = trainers.MetricLossOnly(
         models=models,
         optimizers=optimizers,
@@ -573,20 +591,19 @@ def train_and_evaluate(cfg, run_dir):
         freeze_trunk_batchnorm=cfg.freeze_bn,
         iterations_per_epoch=info["iterations_per_epoch"],
         data_device=device,
-        end_of_iteration_hook=end_of_iteration,
-        end_of_epoch_hook=end_of_epoch,
+        end_of_iteration_hook=hooks.end_of_iteration,
+        end_of_epoch_hook=hooks.end_of_epoch,
     )
     start = time.time()
     trainer.train(num_epochs=cfg.epochs)
-    best_epoch, _ = hooks.get_best_epoch_and_accuracy(tester, "val")
     result = dict(
         config=dataclasses.asdict(cfg),
         identity=cfg.identity(),
         key=cfg.key(),
         name=cfg.name(),
-        metrics={m: curves[m][-1] for m in METRICS},
-        curves=curves,
-        best_epoch=best_epoch,
+        metrics={m: hooks.curves[m][-1] for m in METRICS},
+        curves=hooks.curves,
+        best_epoch=hooks.best_epoch(),
         train_seconds=time.time() - start,
         num_train_classes=info["num_classes"],
         num_train_samples=len(train_set.labels),
@@ -597,13 +614,10 @@ def train_and_evaluate(cfg, run_dir):
         cpu=device_description(device),
         commit=git_commit(),
     )
-    torch.save(
-        {k: model.state_dict() for k, model in models.items()}, run_dir / "model.pt"
-    )
-    result_path = run_dir / "result.json"
-    tmp = result_path.with_suffix(".tmp")
+    torch.save({k: m.state_dict() for k, m in models.items()}, run_dir / "model.pt")
+    tmp = run_dir / "result.tmp"
     tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, result_path)
+    os.replace(tmp, run_dir / "result.json")
     return result
 
 
