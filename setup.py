@@ -14,7 +14,7 @@ version = re.search(
 extras = {
     "tests": ["pytest>=7", "hypothesis>=6"],
     # the built-in data sets' images (pml_sft.EmojiDataset, IconThemesDataset)
-    "datasets": ["Pillow>=9"],
+    "datasets": ["Pillow>=9", "cairosvg>=2.5", "imagehash>=4.3"],
     # powerful-benchmarker's logging (the package itself: benchmarks/powerful_benchmarker)
     "powerful-benchmarker": ["record-keeper"],
     "benchmarks": [

@@ -79,7 +79,8 @@ def main(argv=None):
     seen = []
 
     def end_of_iteration(trainer):
-        seen.append((len(seen) + 1, loss.current_aug_weight, loss.num_augmented))
+        angle = loss.mean_center_angle  # NaN where nothing was augmented
+        seen.append((len(seen) + 1, loss.current_aug_weight, loss.num_augmented, angle))
 
     trainer = trainers.MetricLossOnly(
         models,
@@ -92,8 +93,11 @@ def main(argv=None):
         end_of_iteration_hook=end_of_iteration,
     )
     trainer.train(num_epochs=args.epochs)
-    for iteration, weight, augmented in seen[:: max(1, len(seen) // 6)]:
-        print(f"iteration {iteration:4d}: weight {weight:.2f}, {augmented} augmented")
+    for iteration, weight, augmented, angle in seen[:: max(1, len(seen) // 6)]:
+        print(
+            f"iteration {iteration:4d}: weight {weight:.2f}, {augmented} augmented, "
+            f"mean angle between source and target centres {angle:.1f} degrees"
+        )
 
     tester = testers.GlobalEmbeddingSpaceTester(
         accuracy_calculator=pml_sft.RecallAtK(

@@ -32,6 +32,18 @@ from .utils import RecallAtK, training_iterations
 
 __version__ = "0.2.0"
 
+MOVED_TO_CONTRIB = ("DatasetClassCenters", "ProxyClassCenters")
+
+
+def __getattr__(name):
+    if name in MOVED_TO_CONTRIB:
+        raise AttributeError(
+            f"pml_sft.{name} moved to pml_sft.contrib.{name} (beside the core: the "
+            "study found it no better than the batch centres)"
+        )
+    raise AttributeError(f"module 'pml_sft' has no attribute {name!r}")
+
+
 __all__ = [
     "contrib",
     "functional",

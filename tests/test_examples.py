@@ -12,8 +12,10 @@ def test_train_with_sft_runs_and_augments_from_half_way(capsys):
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     seen, accuracy = example.main(["--epochs", "4"])
-    weights = [weight for _, weight, _ in seen]
+    weights = [weight for _, weight, _, _ in seen]
     assert len(seen) == 12 and weights[:6] == [0.0] * 6 and weights[-1] == 1.0
-    assert all(augmented > 0 for _, weight, augmented in seen if weight > 0)
+    assert all(augmented > 0 for _, weight, augmented, _ in seen if weight > 0)
+    # the centre angle is a measurement only where samples were moved
+    assert all((angle == angle) == (augmented > 0) for _, _, augmented, angle in seen)
     assert 0 <= accuracy["recall_at_1_level0"] <= 1
     assert "test classes never seen in training" in capsys.readouterr().out

@@ -109,3 +109,107 @@ def test_every_public_class_documents_its_arguments():
         if [p for p in params if p not in ("self", "args", "kwargs")]:
             doc = inspect.getdoc(obj) or ""
             assert "Args:" in doc or "Attributes:" in doc, name
+
+
+def _public_api():
+    """(dotted name, object) of every class and function pml_sft and
+    pml_sft.functional export."""
+    import inspect
+
+    for module in (pml_sft, pml_sft.functional):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not inspect.ismodule(obj):
+                yield f"{module.__name__}.{name}", obj
+
+
+# the catch-all parameters (*args, **kwargs) allowed, with or without a hint, where
+# they cannot be avoided: name -> the parameter
+CATCH_ALLS = {
+    "pml_sft.RecallAtK": "kwargs",  # PML's AccuracyCalculator options, passed on
+}
+
+
+def _hint_cases():
+    import inspect
+
+    for name, obj in _public_api():
+        yield pytest.param(obj, CATCH_ALLS.get(name), id=name)
+        forward = getattr(obj, "forward", None) if inspect.isclass(obj) else None
+        if forward is None:
+            continue
+        yield pytest.param(forward, None, id=f"{name}.forward")
+
+
+@pytest.mark.parametrize("obj,catch_all", list(_hint_cases()))
+def test_the_public_api_has_type_hints(obj, catch_all):
+    """Every parameter of the exported classes (their constructor and forward) and
+    functions has a type hint; self and catch-alls are allowed only as listed."""
+    import inspect
+
+    params = list(inspect.signature(obj).parameters.values())
+    if params and params[0].name == "self":  # (a forward, unbound)
+        params = params[1:]
+    var_kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    catch_alls = [p.name for p in params if p.kind in var_kinds]
+    assert catch_alls == ([catch_all] if catch_all else []), catch_alls
+    missing = [
+        p.name
+        for p in params
+        if p.annotation is inspect.Parameter.empty and p.kind not in var_kinds
+    ]
+    assert not missing, f"no type hint on {missing}"
+
+
+TYPOS = [  # (class, positional arguments, typo, the option meant)
+    ("EmbeddingExpansion", (), "num_point", "num_points"),
+    ("SymmetricalSynthesis", (), "collect_stat", "collect_stats"),
+    ("ProxySynthesis", (), "alpah", "alpha"),
+    ("DenselyAnchoredSampling", (4, 8), "num_produces", "num_produce"),
+    ("SphericalFeatureTransform", (), "num_target", "num_targets"),
+    ("FeatureTranslation", (), "renormalise", "renormalize"),
+    ("BatchClassCenters", (), "min_sample", "min_samples"),
+    ("MovingAverageClassCenters", (4, 8), "momentun", "momentum"),
+    ("RecallAtK", (), "recal_ks", "recall_ks"),
+    ("contrib.AblationSphericalFeatureTransform", (), "num_target", "num_targets"),
+    ("contrib.DatasetClassCenters", (4, 8), "min_sample", "min_samples"),
+    ("SphericalFeatureTransform", (), "colour", None),
+]
+
+
+@pytest.mark.parametrize(
+    "name,args,typo,meant", TYPOS, ids=[f"{t[0]}-{t[2]}" for t in TYPOS]
+)
+def test_a_keyword_typo_names_the_class_called_and_the_closest_option(
+    name, args, typo, meant
+):
+    """Not the PML base (ModuleWithRecords, AccuracyCalculator) nor the pml_sft
+    base that defines the constructor, on every Python (3.9's own message names
+    no class)."""
+    cls = pml_sft
+    for part in name.split("."):
+        cls = getattr(cls, part)
+    with pytest.raises(TypeError) as caught:
+        cls(*args, **{typo: 2})
+    said = str(caught.value)
+    expected = f"{cls.__name__}.__init__() got an unexpected keyword argument {typo!r}"
+    assert said.startswith(expected), said
+    if meant is None:
+        assert said == expected
+    else:
+        assert said == f"{expected}; did you mean {meant!r}?"
+
+
+@pytest.mark.parametrize(
+    "wrapper,args",
+    [
+        ("EmbeddingExpansionLoss", ()),
+        ("SymmetricalSynthesisLoss", ()),
+        ("ProxySynthesisLoss", ()),
+        ("DenselyAnchoredSamplingLoss", (4, 8)),
+    ],
+)
+def test_a_family_wrapper_typo_names_the_wrapper(wrapper, args):
+    inner = losses.ProxyAnchorLoss(4, 8)
+    with pytest.raises(TypeError, match=rf"^{wrapper}\.__init__\(\) got an unexpected"):
+        getattr(pml_sft, wrapper)(inner, *args, warmup_iteration=0)

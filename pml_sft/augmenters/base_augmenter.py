@@ -1,47 +1,69 @@
+from typing import Dict, Optional, Tuple
+
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
-from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 from ..upstream.sft_loss import _compute_dtype, _unit
-from ..utils.checks import check_batch, check_directions
+from ..utils.checks import check_batch, check_directions, checked_keywords
+from ..utils.records import StatsOnDemand
 
 
-class BaseAugmenter(ModuleWithRecords):
+class BaseAugmenter(StatsOnDemand):
     """The interface of every pml-sft augmenter. Called like a PML miner,
     ``augmenter(embeddings, labels)`` checks its inputs and returns
     ``(aug_embeddings, aug_labels, source_indices)``: the new samples, their labels,
     and for each the row of ``embeddings`` it was made from. Subclasses define
     :meth:`augment`, which the loss wrappers call on inputs they have checked.
     ``num_targets`` is the number of new samples per source and target class that
-    the wrappers record (1 unless a subclass says otherwise)."""
+    the wrappers record (1 unless a subclass says otherwise).
+
+    Args:
+        collect_stats: compute the subclass's statistics (default: PML's
+            ``COLLECT_STATS``).
+    """
 
     num_targets = 1
     # losses whose training signal the augmenter cannot change: name -> why
-    unsupported_losses = {}
+    unsupported_losses: Dict[str, str] = {}
     needs_proxies = False  # (Proxy Synthesis: only through ProxySynthesisLoss)
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    @checked_keywords
+    def __init__(self, *, collect_stats: Optional[bool] = None):
+        super().__init__(collect_stats=collect_stats)
         self.add_to_recordable_attributes(name="num_augmented", is_stat=True)
 
-    def forward(self, embeddings, labels):
-        """Checks its inputs (the only check: :meth:`augment` trusts them)."""
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Checks its inputs (the only check: :meth:`augment` trusts them).
+
+        Args:
+            embeddings: (N, D) embeddings to augment.
+            labels: (N,) integer labels (moved to the embeddings' device).
+
+        Returns:
+            aug_embeddings (M, D), aug_labels (M,), source_indices (M,).
+        """
         check_batch(embeddings, labels)
         check_directions(embeddings, "embeddings")
         labels = c_f.to_device(labels, embeddings)
         self.check_inputs(embeddings, labels)
         return self.augment(embeddings, labels)
 
-    def check_inputs(self, embeddings, labels):
+    def check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         """What this augmenter needs of a batch beyond its shape (labels within its
         tables, the embedding size, the device of its state), checked by the public
         entries (its forward, the wrappers) at every call."""
 
-    def augment(self, embeddings, labels):
+    def augment(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for inputs already checked (labels on the embeddings'
+        device), as the loss wrappers call it."""
         raise NotImplementedError
 
     @staticmethod
-    def directions(embeddings):
+    def directions(embeddings: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Unit directions and norms (N, 1) of the rows, in the compute dtype
         (float32 for half precision), differentiable."""
         return _unit(embeddings.to(_compute_dtype(embeddings.dtype)))

@@ -1,4 +1,6 @@
+import functools
 import math
+from typing import Any, Dict, Optional, Tuple, cast
 
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
@@ -6,11 +8,13 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from ..centers import BaseClassCenters, BatchClassCenters
 from ..upstream.sft_loss import _transform
 from ..utils.checks import (
+    Init,
     as_count,
     check_batch,
     check_directions,
     check_embeddings,
     check_labels,
+    checked_keywords,
 )
 from ..utils.target_sampling import (
     checked_generator,
@@ -33,6 +37,26 @@ ABLATION_OPTIONS = (
     "detach_centers",
     "detach_augmented",
 )
+
+
+def ablation_checked(init: Init) -> Init:
+    """:func:`~pml_sft.centers.base_class_centers.checked_keywords` for the feature
+    augmenters, whose options that the study ablated moved to :mod:`pml_sft.contrib`:
+    those are refused naming the class that takes them."""
+    checked = checked_keywords(init)
+
+    @functools.wraps(init)
+    def refuse_ablated(self: Any, *args: Any, **kwargs: Any) -> None:
+        ablated = sorted(set(ABLATION_OPTIONS) & set(kwargs))
+        if ablated:
+            name = type(self).__name__
+            raise TypeError(
+                f"{name} takes no {ablated}: the options the study ablated are in "
+                f"pml_sft.contrib (Ablation{name})"
+            )
+        checked(self, *args, **kwargs)
+
+    return cast(Init, refuse_ablated)
 
 
 class BaseFeatureAugmenter(BaseAugmenter):
@@ -69,27 +93,26 @@ class BaseFeatureAugmenter(BaseAugmenter):
             rank of a distributed run that sees the same gathered batch makes the
             same samples. None (default): keyed under torch.distributed, plain random
             draws otherwise.
+        collect_stats: record ``num_augmented``, ``num_unmoved_samples``,
+            ``num_target_classes``, ``mean_center_angle`` and
+            ``share_nearest_target`` (default: PML's ``COLLECT_STATS``).
     """
 
     # centres from detached embeddings (the contrib augmenters can change it)
     detach_centers = True
 
+    @ablation_checked
     def __init__(
         self,
-        centers=None,
-        num_targets=1,
-        target_pool="batch",
-        generator=None,
-        keyed_draws=None,
-        **kwargs,
+        centers: Optional[BaseClassCenters] = None,
+        num_targets: int = 1,
+        target_pool: str = "batch",
+        generator: Optional[torch.Generator] = None,
+        keyed_draws: Optional[bool] = None,
+        *,
+        collect_stats: Optional[bool] = None,
     ):
-        ablated = sorted(set(ABLATION_OPTIONS) & set(kwargs))
-        if ablated:
-            raise TypeError(
-                f"{type(self).__name__} takes no {ablated}: the options the study "
-                f"ablated are in pml_sft.contrib (Ablation{type(self).__name__})"
-            )
-        super().__init__(**kwargs)
+        super().__init__(collect_stats=collect_stats)
         centers = BatchClassCenters() if centers is None else centers
         if not isinstance(centers, BaseClassCenters):
             raise TypeError(
@@ -124,13 +147,21 @@ class BaseFeatureAugmenter(BaseAugmenter):
             is_stat=True,
         )
 
-    def move(self, x, src, dst):
+    def move(
+        self, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
+    ) -> torch.Tensor:
         """Move the rows ``x`` (M, D; any norm) from the unit centres ``src`` (M, D)
         to ``dst`` (M, D), all in the compute dtype (float32 for half precision),
         keeping their norms. Gradients must flow to ``x``."""
         raise NotImplementedError
 
-    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_emb: Optional[torch.Tensor] = None,
+        ref_labels: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Args:
             embeddings: (N, D) embeddings to augment.
             labels: (N,) integer labels (moved to the embeddings' device).
@@ -153,10 +184,16 @@ class BaseFeatureAugmenter(BaseAugmenter):
         self.check_inputs(embeddings, labels)
         return self.augment(embeddings, labels, ref_emb, ref_labels)
 
-    def check_inputs(self, embeddings, labels):
+    def check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         self.centers.check_inputs(embeddings, labels)
 
-    def augment(self, embeddings, labels, ref_emb=None, ref_labels=None):
+    def augment(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        ref_emb: Optional[torch.Tensor] = None,
+        ref_labels: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward` for inputs already checked (labels on the embeddings'
         device), as the loss wrappers call it. The step itself is the upstream
         file's (:func:`pml_sft.upstream.sft_loss._transform`), given this
@@ -202,29 +239,51 @@ class BaseFeatureAugmenter(BaseAugmenter):
             self.num_target_classes = int(dst_rows.unique().shape[0])
         return aug, table_labels[dst_rows].to(labels.dtype), sources
 
-    def moved(self, x, src, dst):
+    def moved(
+        self, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
+    ) -> torch.Tensor:
         """:meth:`move` to the :meth:`destinations` of the sources."""
         return self.move(x, src, self.destinations(src, dst))
 
-    def restrict_scores(self, scores, unit, labels, table_labels, table):
+    def restrict_scores(
+        self,
+        scores: torch.Tensor,
+        unit: torch.Tensor,
+        labels: torch.Tensor,
+        table_labels: torch.Tensor,
+        table: torch.Tensor,
+    ) -> torch.Tensor:
         """The (N, K) target scores; a negative score rules a target out."""
         return scores
 
-    def destinations(self, src, dst):
+    def destinations(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
         """Where sources whose centres are ``src`` move to: the target centres."""
         return dst
 
-    def keep(self, aug, table, target_rows, nearest):
+    def keep(
+        self,
+        aug: torch.Tensor,
+        table: torch.Tensor,
+        target_rows: torch.Tensor,
+        nearest: Optional[torch.Tensor],
+    ) -> Optional[torch.Tensor]:
         """Which new samples to keep (a bool mask), or None for all of them;
         ``nearest`` says which lie nearest their target's centre (None when
         statistics are off)."""
         return None
 
-    def finish(self, aug):
+    def finish(self, aug: torch.Tensor) -> torch.Tensor:
         """The new samples as returned."""
         return aug
 
-    def estimate_centers(self, unit, labels, keys, ref_emb, ref_labels):
+    def estimate_centers(
+        self,
+        unit: torch.Tensor,
+        labels: torch.Tensor,
+        keys: Optional[torch.Tensor],
+        ref_emb: Optional[torch.Tensor],
+        ref_labels: Optional[torch.Tensor],
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """(labels (K,), unit centres (K, D)) of the target pool: centres from the
         batch's unit rows (plus the reference set), of the batch's classes or (pool
         "all") of every known class. With ``keys`` the rows are summed in an order
@@ -254,14 +313,21 @@ class BaseFeatureAugmenter(BaseAugmenter):
             return centers.labels[centers.in_batch], centers.centers[centers.in_batch]
         return centers.labels, centers.centers
 
-    def get_extra_state(self):
+    def get_extra_state(self) -> Dict[str, Optional[torch.Tensor]]:
         """The generator's state, so that a resumed run draws the same targets."""
         return generator_state(self.generator)
 
-    def set_extra_state(self, state):
+    def set_extra_state(self, state: Dict[str, Optional[torch.Tensor]]) -> None:
         load_generator_state(self.generator, state, type(self).__name__)
 
-    def record_stats(self, n, source_indices, src, dst, nearest):
+    def record_stats(
+        self,
+        n: int,
+        source_indices: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        nearest: Optional[torch.Tensor],
+    ) -> None:
         with torch.no_grad():
             self.num_augmented = source_indices.shape[0]
             self.num_unmoved_samples = n - int(torch.unique(source_indices).shape[0])

@@ -1,7 +1,9 @@
+from typing import Optional, Tuple
+
 import torch
 
 from ..centers.base_class_centers import check_sizes, check_table
-from ..utils.checks import as_count
+from ..utils.checks import as_count, checked_keywords
 from ..utils.target_sampling import (
     call_seed,
     checked_keyed_draws,
@@ -73,6 +75,8 @@ class DenselyAnchoredSampling(BaseAugmenter):
             ``DistributedLossWrapper`` makes the same copies and keeps the same
             memory, whatever the row order. None (default): keyed under
             torch.distributed.
+        collect_stats: PML's statistics option (default: ``COLLECT_STATS``); the one
+            statistic here, ``num_augmented``, is set at every call.
 
     The wrappers refuse the losses in :data:`PER_ROW_LOSSES` with it: there the
     copies would leave the training signal as it is (only rescaled).
@@ -88,19 +92,21 @@ class DenselyAnchoredSampling(BaseAugmenter):
 
     unsupported_losses = PER_ROW_LOSSES
 
+    @checked_keywords
     def __init__(
         self,
-        num_classes,
-        embedding_size,
-        num_produce=3,
-        num_scaled_dims=8,
-        scale_range=(0.99, 1.01),
-        bank_size=10,
-        shift_scale=0.01,
-        keyed_draws=None,
-        **kwargs,
+        num_classes: int,
+        embedding_size: int,
+        num_produce: int = 3,
+        num_scaled_dims: int = 8,
+        scale_range: Tuple[float, float] = (0.99, 1.01),
+        bank_size: int = 10,
+        shift_scale: float = 0.01,
+        keyed_draws: Optional[bool] = None,
+        *,
+        collect_stats: Optional[bool] = None,
     ):
-        super().__init__(**kwargs)
+        super().__init__(collect_stats=collect_stats)
         num_classes, embedding_size = check_sizes(num_classes, embedding_size)
         self.keyed_draws = checked_keyed_draws(keyed_draws)
         num_produce = as_count(num_produce, "num_produce")
@@ -151,10 +157,12 @@ class DenselyAnchoredSampling(BaseAugmenter):
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def check_inputs(self, embeddings, labels):
+    def check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         check_table(self, self.bank, embeddings, labels)
 
-    def augment(self, embeddings, labels):
+    def augment(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         unit, _ = self.directions(embeddings.detach())
         labels = labels.long()
         n, d, k = unit.shape[0], unit.shape[1], self.num_produce
@@ -201,7 +209,7 @@ class DenselyAnchoredSampling(BaseAugmenter):
         return aug.to(embeddings.dtype), labels[sources], sources
 
     @torch.no_grad()
-    def remember(self, unit, labels):
+    def remember(self, unit: torch.Tensor, labels: torch.Tensor) -> None:
         """Count each row's largest dimensions for its class, and append the batch's
         same-class differences ``x_a - x_b`` (ordered pairs a != b, in row order) to
         each class's ring buffer of ``bank_size`` (only the last ``bank_size`` of a

@@ -1,6 +1,8 @@
+from typing import Optional, Tuple
+
 import torch
 
-from ..utils.checks import as_count
+from ..utils.checks import as_count, checked_keywords
 from .base_augmenter import BaseAugmenter, same_class_pairs
 
 
@@ -18,18 +20,23 @@ class EmbeddingExpansion(BaseAugmenter):
 
     Args:
         num_points: points per pair (the paper's default and best: 2).
+        collect_stats: PML's statistics option (default: ``COLLECT_STATS``); the one
+            statistic here, ``num_augmented``, is set at every call.
 
     Returns from ``augmenter(embeddings, labels)``: the new unit samples, their
     labels, and the row of each pair's first member.
     """
 
-    def __init__(self, num_points=2, **kwargs):
-        super().__init__(**kwargs)
+    @checked_keywords
+    def __init__(self, num_points: int = 2, *, collect_stats: Optional[bool] = None):
+        super().__init__(collect_stats=collect_stats)
         num_points = as_count(num_points, "num_points")
         self.num_points = num_points
         self.add_to_recordable_attributes(name="num_points", is_stat=False)
 
-    def augment(self, embeddings, labels):
+    def augment(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         unit, _ = self.directions(embeddings)
         first, second = same_class_pairs(labels)
         k = torch.arange(1, self.num_points + 1, device=unit.device, dtype=unit.dtype)

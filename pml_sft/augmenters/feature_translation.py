@@ -1,5 +1,10 @@
+from typing import Optional
+
+import torch
+
+from ..centers import BaseClassCenters
 from ..upstream.sft_loss import _translate, _unit
-from .base_feature_augmenter import BaseFeatureAugmenter
+from .base_feature_augmenter import BaseFeatureAugmenter, ablation_checked
 
 
 class FeatureTranslation(BaseFeatureAugmenter):
@@ -13,15 +18,36 @@ class FeatureTranslation(BaseFeatureAugmenter):
     Args:
         renormalize: give translated features the norm of their source (on the unit
             sphere for unit embeddings); False returns ``|x| (u - c_i + c_j)``.
-        **kwargs: the options of :class:`BaseFeatureAugmenter`.
+        centers, num_targets, target_pool, generator, keyed_draws, collect_stats:
+            the options of :class:`BaseFeatureAugmenter` (by name).
     """
 
-    def __init__(self, renormalize=True, **kwargs):
-        super().__init__(**kwargs)
+    @ablation_checked
+    def __init__(
+        self,
+        renormalize: bool = True,
+        *,
+        centers: Optional[BaseClassCenters] = None,
+        num_targets: int = 1,
+        target_pool: str = "batch",
+        generator: Optional[torch.Generator] = None,
+        keyed_draws: Optional[bool] = None,
+        collect_stats: Optional[bool] = None,
+    ):
+        super().__init__(
+            centers,
+            num_targets,
+            target_pool,
+            generator,
+            keyed_draws,
+            collect_stats=collect_stats,
+        )
         self.renormalize = renormalize
         self.add_to_recordable_attributes(name="renormalize", is_stat=False)
 
-    def move(self, x, src, dst):
+    def move(
+        self, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
+    ) -> torch.Tensor:
         if self.renormalize:
             return _translate(x, src, dst)
         unit, norms = _unit(x)

@@ -1,8 +1,15 @@
+from typing import Optional, Tuple
+
 import numpy
 import torch
 
 from ..centers.base_class_centers import check_labels_in_range
-from ..utils.checks import check_batch, check_directions, check_embeddings
+from ..utils.checks import (
+    check_batch,
+    check_directions,
+    check_embeddings,
+    checked_keywords,
+)
 from ..utils.target_sampling import (
     call_seed,
     checked_keyed_draws,
@@ -37,6 +44,9 @@ class ProxySynthesis(BaseAugmenter):
             content and a per-call seed (rank 0's), so that every rank of
             ``DistributedLossWrapper`` makes the same samples whatever the row
             order. None (default): keyed under torch.distributed.
+        collect_stats: PML's statistics option (default: ``COLLECT_STATS``); the
+            statistics here, ``num_augmented`` and ``mix_weight`` (lam), are set at
+            every call.
 
     ``augmenter(embeddings, labels, proxies)`` (proxies: one row per class) returns
     ``(aug_embeddings, aug_proxies, source_indices)``.
@@ -44,8 +54,16 @@ class ProxySynthesis(BaseAugmenter):
 
     needs_proxies = True
 
-    def __init__(self, alpha=0.4, mu=1.0, keyed_draws=None, **kwargs):
-        super().__init__(**kwargs)
+    @checked_keywords
+    def __init__(
+        self,
+        alpha: float = 0.4,
+        mu: float = 1.0,
+        keyed_draws: Optional[bool] = None,
+        *,
+        collect_stats: Optional[bool] = None,
+    ):
+        super().__init__(collect_stats=collect_stats)
         self.keyed_draws = checked_keyed_draws(keyed_draws)
         numbers = (int, float)
         if isinstance(alpha, bool) or not (
@@ -58,7 +76,17 @@ class ProxySynthesis(BaseAugmenter):
         self.add_to_recordable_attributes(list_of_names=["alpha", "mu"], is_stat=False)
         self.add_to_recordable_attributes(name="mix_weight", is_stat=True)
 
-    def forward(self, embeddings, labels, proxies):
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, proxies: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args:
+            embeddings: (N, D) embeddings.
+            labels: (N,) integer labels in ``[0, len(proxies))``.
+            proxies: (C, D) class proxies, one row per class.
+
+        Returns:
+            aug_embeddings (M, D), aug_proxies (M, D), source_indices (M,).
+        """
         check_batch(embeddings, labels)
         check_directions(embeddings, "embeddings")
         check_embeddings(proxies, "proxies")
@@ -67,7 +95,9 @@ class ProxySynthesis(BaseAugmenter):
         check_labels_in_range(labels, proxies.shape[0], type(self).__name__)
         return self.augment(embeddings, labels.to(embeddings.device), proxies)
 
-    def augment(self, embeddings, labels, proxies):
+    def augment(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, proxies: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         labels = labels.long()  # (uint8 labels would index as a boolean mask)
         unit, _ = self.directions(embeddings)
         unit_proxies = torch.nn.functional.normalize(proxies.to(unit.dtype), dim=1)

@@ -1,3 +1,5 @@
+import torch
+
 from ..upstream.sft_loss import _rotate
 from .base_feature_augmenter import BaseFeatureAugmenter
 
@@ -23,7 +25,11 @@ class SphericalFeatureTransform(BaseFeatureAugmenter):
             ``state_dict``).
         keyed_draws: draws from the rows' content (the default under
             torch.distributed); see :class:`BaseFeatureAugmenter`.
+        collect_stats: record the statistics of :class:`BaseFeatureAugmenter`
+            (``mean_center_angle``, ``share_nearest_target``, ...).
     """
 
-    def move(self, x, src, dst):
+    def move(
+        self, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor
+    ) -> torch.Tensor:
         return _rotate(x, src, dst)

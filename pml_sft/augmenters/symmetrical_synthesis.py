@@ -1,3 +1,5 @@
+from typing import Tuple
+
 import torch
 
 from .base_augmenter import BaseAugmenter, same_class_pairs
@@ -13,14 +15,21 @@ class SymmetricalSynthesis(BaseAugmenter):
     The paper pairs one anchor with one positive per class and then takes the
     hardest of real and synthetic negatives in its N-pair or angular loss; here
     every same-class pair of the batch is used, once, and the wrapped PML loss (or
-    miner) decides how the new samples are weighted. The method has no options.
+    miner) decides how the new samples are weighted. The method itself has no
+    options.
+
+    Args:
+        collect_stats: PML's statistics option (default: ``COLLECT_STATS``); the one
+            statistic here, ``num_augmented``, is set at every call.
 
     Returns from ``augmenter(embeddings, labels)``: the new unit samples (first all
     reflections of the second members, then of the first members), their labels,
     and the row of the member each one reflects.
     """
 
-    def augment(self, embeddings, labels):
+    def augment(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         unit, _ = self.directions(embeddings)
         first, second = same_class_pairs(labels)
         a, b = unit[first], unit[second]

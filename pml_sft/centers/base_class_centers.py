@@ -1,8 +1,16 @@
+from typing import Optional
+
 import torch
-from pytorch_metric_learning.utils.module_with_records import ModuleWithRecords
 
 from ..upstream.sft_loss import _class_sums as class_sums  # noqa: F401
-from ..utils.checks import as_count, check_embeddings, check_finite, check_labels
+from ..utils.checks import (
+    as_count,
+    check_embeddings,
+    check_finite,
+    check_labels,
+    checked_keywords,
+)
+from ..utils.records import StatsOnDemand
 from .class_centers import ClassCenters
 
 
@@ -74,7 +82,7 @@ def centers_from_table(table, known, labels, include_absent):
     )
 
 
-class BaseClassCenters(ModuleWithRecords):
+class BaseClassCenters(StatsOnDemand):
     """Estimates one unit centre per class from L2-normalised embeddings.
 
     Subclasses implement :meth:`compute` and return a
@@ -85,6 +93,8 @@ class BaseClassCenters(ModuleWithRecords):
     Args:
         min_samples: the fewest samples of a class in a batch for it to count (its
             meaning is the subclass's).
+        collect_stats: record ``num_centers`` and ``num_batch_classes`` (default:
+            PML's ``COLLECT_STATS``).
     """
 
     differentiable = False
@@ -92,8 +102,9 @@ class BaseClassCenters(ModuleWithRecords):
     # whether it knows centres of classes absent from the batch (target_pool="all")
     remembers_classes = False
 
-    def __init__(self, min_samples=1, **kwargs):
-        super().__init__(**kwargs)
+    @checked_keywords
+    def __init__(self, min_samples: int = 1, *, collect_stats: Optional[bool] = None):
+        super().__init__(collect_stats=collect_stats)
         min_samples = as_count(min_samples, "min_samples")
         self.min_samples = min_samples
         self.add_to_recordable_attributes(name="min_samples", is_stat=False)
@@ -101,7 +112,13 @@ class BaseClassCenters(ModuleWithRecords):
             list_of_names=["num_centers", "num_batch_classes"], is_stat=True
         )
 
-    def forward(self, embeddings, labels, include_absent=True, detach=True):
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        include_absent: bool = True,
+        detach: bool = True,
+    ) -> ClassCenters:
         """Args:
         embeddings: (N, D) L2-normalised embeddings.
         labels: (N,) integer class labels (on the embeddings' device).
@@ -116,12 +133,18 @@ class BaseClassCenters(ModuleWithRecords):
         self.check_inputs(embeddings, labels)
         return self.estimate(embeddings, labels, include_absent, detach)
 
-    def check_inputs(self, embeddings, labels):
+    def check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         """What this estimator needs of a batch beyond its shape (e.g. labels within
         its table): checked by every public entry, at every call, so that a
         mismatch shows at the first call and not when augmentation starts."""
 
-    def estimate(self, embeddings, labels, include_absent=True, detach=True):
+    def estimate(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        include_absent: bool = True,
+        detach: bool = True,
+    ) -> ClassCenters:
         """:meth:`forward` without the input checks, for callers that made them
         (the augmenters)."""
         self.reset_stats()
@@ -144,5 +167,13 @@ class BaseClassCenters(ModuleWithRecords):
             self.num_batch_classes = int(result.in_batch.sum())
         return result
 
-    def compute(self, embeddings, labels, include_absent=True):
+    def compute(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        include_absent: bool = True,
+    ) -> ClassCenters:
+        """The centres of unit ``embeddings`` (detached unless ``detach=False`` was
+        asked of a ``differentiable`` estimator): the batch's classes, and with
+        ``include_absent`` the other classes it knows."""
         raise NotImplementedError

@@ -1,7 +1,10 @@
+from typing import Optional
+
 import torch
 
 from ..upstream.sft_loss import _batch_class_centers as batch_class_centers
 from ..utils import distributed
+from ..utils.checks import checked_keywords
 from .base_class_centers import BaseClassCenters
 from .class_centers import ClassCenters
 
@@ -25,16 +28,30 @@ class BatchClassCenters(BaseClassCenters):
             centres. Use it when the loss sees only its rank's batch; leave it off
             under PML's ``DistributedLossWrapper``, whose loss already sees the
             gathered batch (gathering again would count every sample once per rank).
+        collect_stats: record ``num_centers`` and ``num_batch_classes`` (default:
+            PML's ``COLLECT_STATS``).
     """
 
     differentiable = True
 
-    def __init__(self, min_samples=2, sync_distributed=False, **kwargs):
-        super().__init__(min_samples=min_samples, **kwargs)
+    @checked_keywords
+    def __init__(
+        self,
+        min_samples: int = 2,
+        sync_distributed: bool = False,
+        *,
+        collect_stats: Optional[bool] = None,
+    ):
+        super().__init__(min_samples=min_samples, collect_stats=collect_stats)
         self.sync_distributed = sync_distributed
         self.add_to_recordable_attributes(name="sync_distributed", is_stat=False)
 
-    def compute(self, embeddings, labels, include_absent=True):
+    def compute(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        include_absent: bool = True,
+    ) -> ClassCenters:
         own = None
         if self.sync_distributed and distributed.is_distributed():
             embeddings, own = distributed.all_gather_rows(embeddings)

@@ -23,5 +23,5 @@ class ClassCenters:
     in_batch: torch.Tensor
     sample_rows: torch.Tensor
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.labels.shape[0]

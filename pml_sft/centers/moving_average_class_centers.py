@@ -1,6 +1,9 @@
+from typing import Optional, Tuple
+
 import torch
 
 from ..utils import distributed
+from ..utils.checks import checked_keywords
 from .base_class_centers import (
     BaseClassCenters,
     centers_from_table,
@@ -9,6 +12,7 @@ from .base_class_centers import (
     class_sums,
     normalize_rows,
 )
+from .class_centers import ClassCenters
 
 
 class MovingAverageClassCenters(BaseClassCenters):
@@ -37,21 +41,25 @@ class MovingAverageClassCenters(BaseClassCenters):
             buffers (bit for bit) after each step, whether the loss sees its rank's
             batch or, under PML's ``DistributedLossWrapper``, the gathered batch (then
             the sums and counts are a multiple of one rank's, and the means the same).
+        collect_stats: record ``num_centers`` and ``num_batch_classes`` (default:
+            PML's ``COLLECT_STATS``).
     """
 
     remembers_classes = True
 
+    @checked_keywords
     def __init__(
         self,
-        num_classes,
-        embedding_size,
-        momentum=0.9,
-        min_samples=1,
-        update=True,
-        sync_distributed=True,
-        **kwargs,
+        num_classes: int,
+        embedding_size: int,
+        momentum: float = 0.9,
+        min_samples: int = 1,
+        update: bool = True,
+        sync_distributed: bool = True,
+        *,
+        collect_stats: Optional[bool] = None,
     ):
-        super().__init__(min_samples=min_samples, **kwargs)
+        super().__init__(min_samples=min_samples, collect_stats=collect_stats)
         num_classes, embedding_size = check_sizes(num_classes, embedding_size)
         if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
@@ -76,7 +84,9 @@ class MovingAverageClassCenters(BaseClassCenters):
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def batch_statistics(self, embeddings, labels):
+    def batch_statistics(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-class sums and counts of the batch, for the classes present in it.
 
         Returns (class labels (K,), sums (K, D), counts (K,)); with
@@ -94,10 +104,15 @@ class MovingAverageClassCenters(BaseClassCenters):
             return present, all_sums[present], all_counts[present]
         return unique_labels, sums, counts
 
-    def check_inputs(self, embeddings, labels):
+    def check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         check_table(self, self.centers, embeddings, labels)
 
-    def compute(self, embeddings, labels, include_absent=True):
+    def compute(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        include_absent: bool = True,
+    ) -> ClassCenters:
         labels = labels.long()
         # an evaluation (eval mode, or no gradients) leaves the centres as they are
         if not (self.update and self.training and self.grad_enabled):

@@ -30,6 +30,9 @@ class RenderedDataset(torch.utils.data.Dataset):
             raise ValueError(
                 f"max_classes must be None or an int >= 1: {max_classes!r}"
             )
+        splits = ("train", "test", "train+test")
+        if split not in splits:  # before anything is fetched
+            raise ValueError(f"split must be one of {sorted(splits)}, got {split!r}")
         cache_dir = f"{root}/{self.folder}"
         path = self.source.cache_path(cache_dir, image_size, max_classes)
         if download and path.is_file() and not npz_cache.readable(path):
@@ -49,8 +52,6 @@ class RenderedDataset(torch.utils.data.Dataset):
             )
         train, _, test = self.source.class_split(len(data["class_names"]))
         classes = {"train": train, "test": test, "train+test": None}
-        if split not in classes:
-            raise ValueError(f"split must be one of {sorted(classes)}, got {split!r}")
         keep = (
             np.ones(len(data["labels"]), dtype=bool)
             if classes[split] is None

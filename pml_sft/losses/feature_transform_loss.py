@@ -6,11 +6,22 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..augmenters import BaseAugmenter, BaseFeatureAugmenter
 from ..upstream import sft_loss
-from .checked_loss import CheckedLoss, finish_plugin_init, plugin_options
+from ..utils.checks import checked_keywords
+from ..utils.records import StatsOnDemand
+from .checked_loss import MOVED, CheckedLoss, finish_plugin_init, plugin_options
 
 # The PML losses and miners the upstream SFTLoss refuses, and why.
 UNSUPPORTED_LOSSES = sft_loss.UNSUPPORTED_LOSSES
 UNSUPPORTED_MINERS = sft_loss.UNSUPPORTED_MINERS
+# what an augmenter without class centres needs in a batch (the no-op warning)
+NEEDS = {
+    "EmbeddingExpansion": "Embedding Expansion needs a class with two or more "
+    "samples in the batch.",
+    "SymmetricalSynthesis": "Symmetrical Synthesis needs a class with two or more "
+    "samples in the batch.",
+    "DenselyAnchoredSampling": "Densely Anchored Sampling needs a class with two "
+    "or more samples in the batch.",
+}
 
 
 class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
@@ -35,6 +46,7 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction
         collect_stats: also make the augmenter collect its statistics, copied here.
     """
 
+    @checked_keywords(moved=MOVED)
     def __init__(
         self,
         loss: torch.nn.Module,
@@ -61,7 +73,9 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction
                 f"{type(loss).__name__}: {reason}"
             )
         counts = plugin_options(
+            type(self),
             loss,
+            miner,
             augmenter.num_targets,
             total_iterations,
             warmup_iterations,
@@ -70,15 +84,24 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction
         super().__init__(
             loss, miner, counts[0], "rotation", *counts[1:], collect_stats=collect_stats
         )
-        finish_plugin_init(self)
+        finish_plugin_init(self, counts[1])
         self.augmenter = augmenter
         if self.collect_stats:  # the wrapper's statistics come from the augmenter
-            augmenter.collect_stats = True
+            for module in augmenter.modules():  # (its centres too)
+                if isinstance(module, StatsOnDemand):
+                    module.start_collecting_stats()
         # the centre statistics, where the augmenter has centres (else none: a zero
         # on every record-keeper row would read as a measurement)
         self.center_stats = []
-        if isinstance(augmenter, BaseFeatureAugmenter):
+        self.per_sample = isinstance(augmenter, BaseFeatureAugmenter)
+        if self.per_sample:
             self.center_stats = ["mean_center_angle", "share_nearest_target"]
+        else:  # a method without targets records no num_targets
+            self._record_these.remove("num_targets")
+            self.needs = NEEDS.get(
+                type(augmenter).__name__,
+                f"{type(augmenter).__name__} found nothing to augment in them.",
+            )
         stats = getattr(self, "_record_these_stats", [])
         for name in ("mean_center_angle", "share_nearest_target"):
             if name in self.center_stats:

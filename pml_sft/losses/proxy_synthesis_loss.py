@@ -1,8 +1,12 @@
+from typing import Optional
+
 import torch
 from torch.func import functional_call
 
 from ..augmenters import ProxySynthesis
 from ..centers.base_class_centers import check_labels_in_range
+from ..utils.checks import checked_keywords
+from .checked_loss import MOVED
 from .feature_transform_loss import FeatureTransformLoss
 
 # the PML losses whose class proxies Proxy Synthesis extends: (parameter, class axis)
@@ -22,26 +26,34 @@ class ProxySynthesisLoss(FeatureTransformLoss):
     proxies are not changed; the synthetic ones exist for one call.
 
     The schedule, input checks and statistics are those of
-    :class:`~pml_sft.FeatureTransformLoss` (without a schedule argument,
-    augmentation starts once the loss stops falling).
+    :class:`~pml_sft.FeatureTransformLoss`.
 
     Args:
         loss: a built ``ProxyAnchorLoss``, ``NormalizedSoftmaxLoss`` or
             ``ProxyNCALoss``.
-        alpha, mu: as in :class:`~pml_sft.ProxySynthesis` (paper defaults 0.4, 1.0).
-        total_iterations, warmup_iterations, ramp_iterations, collect_stats: as in
-            :class:`~pml_sft.FeatureTransformLoss`.
+        alpha: the Beta distribution's parameter (the paper's default: 0.4).
+        mu: synthetic samples per real sample, in (0, 1] (default 1.0).
+        total_iterations: the length of training: no augmentation for the first
+            half, then the augmented loss's weight ramps from 0 to 1 over the next
+            quarter.
+        warmup_iterations: iterations before augmentation starts (default half of
+            ``total_iterations``; 0: from the first call). This or
+            ``total_iterations`` is required (a ValueError names both otherwise).
+        ramp_iterations: iterations of the ramp (default a quarter of
+            ``total_iterations``, else 0).
+        collect_stats: also make the augmenter collect its statistics, copied here.
     """
 
+    @checked_keywords(moved=MOVED)
     def __init__(
         self,
-        loss,
-        alpha=0.4,
-        mu=1.0,
-        total_iterations=None,
-        warmup_iterations=None,
-        ramp_iterations=None,
-        collect_stats=None,
+        loss: torch.nn.Module,
+        alpha: float = 0.4,
+        mu: float = 1.0,
+        total_iterations: Optional[int] = None,
+        warmup_iterations: Optional[int] = None,
+        ramp_iterations: Optional[int] = None,
+        collect_stats: Optional[bool] = None,
     ):
         name = type(loss).__name__
         if name not in PROXY_PARAMETERS:

@@ -5,7 +5,8 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction
 
 from ..upstream import sft_loss
 from ..utils import target_sampling
-from .checked_loss import CheckedLoss, finish_plugin_init, plugin_options
+from ..utils.checks import checked_keywords
+from .checked_loss import MOVED, CheckedLoss, finish_plugin_init, plugin_options
 
 
 class SFTLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
@@ -17,7 +18,10 @@ class SFTLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
 
     Each training call adds to the batch, for every sample whose class has at
     least two samples in it, ``num_targets`` copies rotated from its class centre
-    onto other classes' centres (norms kept), labelled with those classes. The
+    onto other such classes' centres (norms kept), labelled with those classes: a
+    batch needs two classes with two or more samples each (use PML's
+    ``MPerClassSampler``); a wrapper that moves few or no samples once its schedule
+    augments warns once. The
     wrapped loss, miner, distance and reducer see them as ordinary samples.
 
     Args:
@@ -41,8 +45,8 @@ class SFTLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
             ``DistributedLossWrapper`` makes the same samples. None (default): keyed
             under torch.distributed only.
         collect_stats: record ``mean_center_angle`` (degrees between the source and
-            target centres); ``num_augmented`` and ``current_aug_weight`` are
-            always recorded.
+            target centres; NaN at calls that augment nothing); ``num_augmented``
+            and ``current_aug_weight`` are always recorded.
 
     An iteration is one call in training mode with gradients enabled; calls in
     eval mode or under ``torch.no_grad()`` return the plain loss and change no
@@ -50,6 +54,7 @@ class SFTLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
     schedule in calls (m times the steps).
     """
 
+    @checked_keywords(moved=MOVED)
     def __init__(
         self,
         loss: torch.nn.Module,
@@ -64,12 +69,18 @@ class SFTLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction):
         collect_stats: Optional[bool] = None,
     ):
         counts = plugin_options(
-            loss, num_targets, total_iterations, warmup_iterations, ramp_iterations
+            type(self),
+            loss,
+            miner,
+            num_targets,
+            total_iterations,
+            warmup_iterations,
+            ramp_iterations,
         )
         super().__init__(
             loss, miner, counts[0], transform, *counts[1:], collect_stats=collect_stats
         )
-        finish_plugin_init(self)
+        finish_plugin_init(self, counts[1])
         self.generator = target_sampling.checked_generator(generator)
         self.keyed_draws = target_sampling.checked_keyed_draws(keyed_draws)
 

@@ -1,4 +1,10 @@
+from typing import Optional
+
+import torch
+
 from ..augmenters import SymmetricalSynthesis
+from ..utils.checks import checked_keywords
+from .checked_loss import MOVED
 from .feature_transform_loss import FeatureTransformLoss
 
 
@@ -9,19 +15,28 @@ class SymmetricalSynthesisLoss(FeatureTransformLoss):
     ``FeatureTransformLoss(loss, SymmetricalSynthesis(), miner, ...)`` in one line.
 
     Args:
-        loss, miner, total_iterations, warmup_iterations, ramp_iterations,
-            collect_stats: as in :class:`~pml_sft.FeatureTransformLoss` (without a
-            schedule argument, augmentation starts once the loss stops falling).
+        loss: the PML loss to wrap (its ``distance``/``reducer`` apply).
+        miner: an optional miner, run on the enlarged batch.
+        total_iterations: the length of training: no augmentation for the first
+            half, then the augmented loss's weight ramps from 0 to 1 over the next
+            quarter.
+        warmup_iterations: iterations before augmentation starts (default half of
+            ``total_iterations``; 0: from the first call). This or
+            ``total_iterations`` is required (a ValueError names both otherwise).
+        ramp_iterations: iterations of the ramp (default a quarter of
+            ``total_iterations``, else 0).
+        collect_stats: also make the augmenter collect its statistics, copied here.
     """
 
+    @checked_keywords(moved=MOVED)
     def __init__(
         self,
-        loss,
-        miner=None,
-        total_iterations=None,
-        warmup_iterations=None,
-        ramp_iterations=None,
-        collect_stats=None,
+        loss: torch.nn.Module,
+        miner: Optional[torch.nn.Module] = None,
+        total_iterations: Optional[int] = None,
+        warmup_iterations: Optional[int] = None,
+        ramp_iterations: Optional[int] = None,
+        collect_stats: Optional[bool] = None,
     ):
         super().__init__(
             loss,

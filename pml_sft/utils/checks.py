@@ -4,9 +4,15 @@ Every check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError
 (wrong shape or values) with a message that names the argument and the problem.
 """
 
+import difflib
+import functools
+import inspect
 import operator
+from typing import Any, Callable, Dict, Optional, Sequence, TypeVar, cast
 
 import torch
+
+Init = TypeVar("Init", bound=Callable[..., None])
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -140,6 +146,48 @@ def check_directions(x, name):
         )
 
 
+def checked_keywords(
+    init: Optional[Init] = None, *, moved: Optional[Dict[str, str]] = None
+) -> Any:
+    """Decorates a constructor that takes its options explicitly: a keyword argument
+    it does not take raises Python's TypeError, but naming the class called
+    (``type(self)``: a subclass that inherits the constructor, also on Python 3.9)
+    and the closest option it takes, or, for an option of ``moved``, where it went.
+    Use as ``@checked_keywords`` or ``@checked_keywords(moved={...})``."""
+    if init is None:
+        return lambda f: checked_keywords(f, moved=moved)
+    params = list(inspect.signature(init).parameters.values())[1:]
+    names = [
+        p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    if len(names) != len(params):
+        raise TypeError(f"{init.__qualname__} must take its options by name")
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        for name in kwargs:
+            if name not in names:
+                raise unexpected_keyword(type(self), name, names, moved)
+        init(self, *args, **kwargs)
+
+    return cast(Init, checked)
+
+
+def unexpected_keyword(
+    cls: type,
+    name: str,
+    names: Sequence[str],
+    moved: Optional[Dict[str, str]] = None,
+) -> TypeError:
+    """Python's TypeError for an unknown keyword argument of ``cls``'s constructor,
+    with where it went (``moved``) or the closest of ``names`` it takes."""
+    message = f"{cls.__name__}.__init__() got an unexpected keyword argument {name!r}"
+    if moved and name in moved:
+        return TypeError(f"{message}: it belongs to {moved[name]}")
+    close = difflib.get_close_matches(name, names, n=1)
+    return TypeError(message + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
 def unit_tolerance(dtype):
     """How far from 1 the norm of a 'unit' vector of this dtype may be."""
     return max(torch.finfo(dtype).eps ** 0.5, 1e-6)
@@ -147,9 +195,16 @@ def unit_tolerance(dtype):
 
 def as_count(value, name, minimum=1):
     """``value`` as a Python int if it is integer-like (int, numpy integer, 0-d
-    integer tensor; not a bool) and at least ``minimum``; else a ValueError."""
+    integer tensor or array; not a bool) and at least ``minimum``; else a
+    ValueError."""
+    shape = getattr(value, "shape", ())
+    kind = str(getattr(value, "dtype", ""))
     try:
-        count = None if isinstance(value, bool) else operator.index(value)
+        count = (
+            None
+            if isinstance(value, bool) or shape != () or "bool" in kind
+            else operator.index(value)
+        )
     except TypeError:
         count = None
     if count is None or count < minimum:

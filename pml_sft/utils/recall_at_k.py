@@ -1,4 +1,6 @@
 import functools
+import inspect
+from typing import Any, List, Sequence, Tuple, Union
 
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import (
@@ -22,10 +24,24 @@ class RecallAtK(AccuracyCalculator):
 
     Args:
         recall_ks: the K values.
-        **kwargs: ``AccuracyCalculator`` options (include, exclude, k, knn_func, ...).
+        k: neighbours retrieved, as for ``AccuracyCalculator`` (raised to
+            ``max(recall_ks)`` where fewer).
+        **kwargs: the other ``AccuracyCalculator`` options (include, exclude,
+            knn_func, ...).
     """
 
-    def __init__(self, recall_ks=(1, 2, 4, 8), k="max_bin_count", **kwargs):
+    def __init__(
+        self,
+        recall_ks: Sequence[int] = (1, 2, 4, 8),
+        k: Union[int, str, None] = "max_bin_count",
+        **kwargs: Any,
+    ):
+        options = ["recall_ks", *inspect.signature(AccuracyCalculator).parameters]
+        for name in kwargs:  # (named against this class, not AccuracyCalculator)
+            if name not in options:
+                from .checks import unexpected_keyword
+
+                raise unexpected_keyword(type(self), name, options)
         recall_ks = tuple(recall_ks)
         if not recall_ks or not all(isinstance(x, int) and x >= 1 for x in recall_ks):
             raise ValueError(f"recall_ks must be positive ints, got {recall_ks!r}")
@@ -38,10 +54,15 @@ class RecallAtK(AccuracyCalculator):
             )
         super().__init__(k=k, **kwargs)
 
-    def requires_knn(self):
+    def requires_knn(self) -> List[str]:
         return super().requires_knn() + [f"recall_at_{k}" for k in self.recall_ks]
 
-    def determine_k(self, bin_counts, num_reference_embeddings, ref_includes_query):
+    def determine_k(
+        self,
+        bin_counts: torch.Tensor,
+        num_reference_embeddings: int,
+        ref_includes_query: bool,
+    ) -> int:
         k = super().determine_k(
             bin_counts, num_reference_embeddings, ref_includes_query
         )
@@ -50,13 +71,15 @@ class RecallAtK(AccuracyCalculator):
 
     def recall_at_k(
         self,
-        knn_labels,
-        query_labels,
-        not_lone_query_mask,
-        label_counts,
-        recall_k,
-        **kwargs,
-    ):
+        knn_labels: torch.Tensor,
+        query_labels: torch.Tensor,
+        not_lone_query_mask: torch.Tensor,
+        label_counts: Tuple[torch.Tensor, torch.Tensor],
+        recall_k: int,
+        **kwargs: Any,
+    ) -> Union[float, List[float]]:
+        """The share of queries with a sample of their class among their
+        ``recall_k`` nearest neighbours (per class with ``return_per_class``)."""
         knn_labels, query_labels = try_getting_not_lone_labels(
             knn_labels, query_labels, not_lone_query_mask
         )

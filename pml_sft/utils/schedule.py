@@ -25,8 +25,16 @@ def training_iterations(
             dataset, batch_size, num_epochs, sampler))
     """
     num_epochs = as_count(num_epochs, "num_epochs")
+    batch_size = as_count(batch_size, "batch_size")
     if not iterations_per_epoch:  # None or 0: PML's trainers use the loader's length
         loader = c_f.get_train_dataloader(dataset, batch_size, sampler, 0, None)
         iterations_per_epoch = len(loader)
+        if iterations_per_epoch == 0:
+            samples = len(sampler) if sampler is not None else len(dataset)
+            raise ValueError(
+                f"batch_size={batch_size} is larger than the {samples} samples "
+                "an epoch draws: PML's trainers drop the last incomplete batch, so "
+                "no iteration would run"
+            )
     iterations_per_epoch = as_count(iterations_per_epoch, "iterations_per_epoch")
     return num_epochs * iterations_per_epoch
