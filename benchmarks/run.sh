@@ -5,8 +5,8 @@
 # from PyPI, offline), 64 px, blocks before 15 frozen and cached (the fast tier), last
 # block + head conv + embedder trained for 20 epochs; 4 losses x {none, translation,
 # sft}; SFT and translation start at half of training and ramp to full weight over the
-# next quarter (SFTLoss(loss, total_iterations=N)). About 16 min on 2 CPU cores from a
-# fresh clone (2026-12-04), 12.5 min of it training.
+# next quarter (SFTLoss(loss, total_iterations=N)). About 18 min on 2 CPU cores from a
+# fresh clone (2026-12-04, ad7c5b3), 13.6 min of it training.
 # Resumable. Results: runs/main/summary.md, runs.csv and plots. Extra arguments go to
 # benchmarks.compare. The from-scratch quick run: benchmarks/run_quick_from_scratch.sh.
 set -euo pipefail
