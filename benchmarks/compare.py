@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import report
-from .registry import method_options
+from . import registry, report
 from .train import (
     LOSSES,
     METHODS,
@@ -34,7 +33,8 @@ from .train import (
     settings_from_args,
 )
 
-OPTIONS = method_options()
+OPTIONS = registry.method_options()
+FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 
 DEFAULT_LOSSES = ("contrastive", "multisimilarity", "triplet", "proxyanchor")
 
@@ -98,7 +98,8 @@ def run_all(configs, out, workers):
     """The result of every config: finished runs are read here, the others are
     trained (in ``workers`` spawned processes, one per run, when workers > 1)."""
     results, jobs = [], []
-    for c in configs:
+    unique = {c.name(): c for c in configs}  # a run listed twice is trained once
+    for c in unique.values():
         finished = run_dir_result(c, out)
         if finished is not None:
             results.append(finished)
@@ -129,27 +130,29 @@ def run_all(configs, out, workers):
     # no progress bars from the workers (PML's trainer draws one per epoch); tqdm
     # reads TQDM_DISABLE when it is imported, so the spawned workers see it
     before = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"  # every worker, also those started later
     context = multiprocessing.get_context("spawn")
     start, seconds_done = time.time(), []
     try:
-        pool = context.Pool(workers, maxtasksperchild=1)
-    finally:  # the workers have their environment; this process keeps its own
+        with context.Pool(workers, maxtasksperchild=1) as pool:
+            for i, (result, seconds) in enumerate(
+                pool.imap_unordered(_run_job, jobs), 1
+            ):
+                seconds_done.append(seconds)
+                left = (len(jobs) - i) * sum(seconds_done) / len(seconds_done)
+                print(
+                    f"[{i}/{len(jobs)}] {result['name']}: R@1 "
+                    f"{result['metrics']['recall_at_1']:.4f} ({seconds:.0f} s; "
+                    f"{time.time() - start:.0f} s so far, about "
+                    f"{left / workers / 60:.0f} min left)",
+                    flush=True,
+                )
+                results.append(result)
+    finally:  # this process keeps its own environment
         if before is None:
             os.environ.pop("TQDM_DISABLE")
         else:
             os.environ["TQDM_DISABLE"] = before
-    with pool:
-        for i, (result, seconds) in enumerate(pool.imap_unordered(_run_job, jobs), 1):
-            seconds_done.append(seconds)
-            left = (len(jobs) - i) * sum(seconds_done) / len(seconds_done) / workers
-            print(
-                f"[{i}/{len(jobs)}] {result['name']}: R@1 "
-                f"{result['metrics']['recall_at_1']:.4f} ({seconds:.0f} s; "
-                f"{time.time() - start:.0f} s so far, about {left / 60:.0f} min left)",
-                flush=True,
-            )
-            results.append(result)
     return results
 
 
@@ -210,11 +213,10 @@ def build_parser():
 def base_settings(args, parser):
     """(the settings every run shares, the learning rate per loss)."""
     methods = ["sft"] if args.preset == "ablation" else args.methods
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
     base = {
         k: v
         for k, v in settings_from_args(args, parser, methods).items()
-        if k in fields or k in OPTIONS
+        if k in FIELDS or k in OPTIONS
     }
     base["threads"] = 1 if args.workers > 1 else 0
     base["progress"] = args.workers <= 1
@@ -244,6 +246,9 @@ def preset_configs(args, base, loss_lr):
     configs, labels = [], {}
 
     def add(label, **settings):
+        own = registry.METHODS[settings["method"]].options
+        if any(k not in FIELDS and k not in own for k in settings):
+            return  # a study variant whose options the method does not take
         configs.append(RunConfig.make(**{**base, **settings}))
         labels[configs[-1].name()] = label
 

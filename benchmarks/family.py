@@ -34,6 +34,7 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -96,19 +97,27 @@ def committed_results(configs, paths):
     results = {}
     for path in paths:
         with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                config = by_name.get(row["name"])  # the name ends with the key
-                if config is None:
-                    continue
-                results[row["name"]] = {
-                    "name": row["name"],
-                    "config": dataclasses.asdict(config),
-                    "metrics": {m: float(row[m]) for m in PAIRED_METRICS},
-                    "train_seconds": float(row["train_seconds"]),
-                    "commit": row.get("commit") or None,
-                    "data_fingerprint": row.get("data_fingerprint") or None,
-                    "cpu": row.get("cpu") or None,
-                }
+            rows = list(csv.DictReader(f))
+        if rows and not any(row["name"] in by_name for row in rows):
+            warnings.warn(
+                f"none of the {len(rows)} rows of {path} is a run of this comparison: "
+                "runs are named by their whole configuration since 2026-12-04 "
+                "(benchmarks/registry.py), so rows written before name their runs "
+                "otherwise; reproduce those at the commit they name"
+            )
+        for row in rows:
+            config = by_name.get(row["name"])  # the name ends with the key
+            if config is None:
+                continue
+            results[row["name"]] = {
+                "name": row["name"],
+                "config": dataclasses.asdict(config),
+                "metrics": {m: float(row[m]) for m in PAIRED_METRICS},
+                "train_seconds": float(row["train_seconds"]),
+                "commit": row.get("commit") or None,
+                "data_fingerprint": row.get("data_fingerprint") or None,
+                "cpu": row.get("cpu") or None,
+            }
     return results
 
 

@@ -75,9 +75,6 @@ class Method:
 
 
 LOSSES = {
-    "contrastive": Loss(
-        {"ContrastiveLoss": {"pos_margin": 0.0, "neg_margin": 0.5}}, lr=1e-2
-    ),
     "multisimilarity": Loss(
         {"MultiSimilarityLoss": {"alpha": 2, "beta": 50, "base": 0.5}},
         miner={"MultiSimilarityMiner": {"epsilon": 0.1}},
@@ -87,6 +84,9 @@ LOSSES = {
         {"TripletMarginLoss": {"margin": 0.1}},
         miner={"TripletMarginMiner": {"margin": 0.1, "type_of_triplets": "semihard"}},
         lr=3e-3,
+    ),
+    "contrastive": Loss(
+        {"ContrastiveLoss": {"pos_margin": 0.0, "neg_margin": 0.5}}, lr=1e-2
     ),
     "proxyanchor": Loss(
         {"ProxyAnchorLoss": {"margin": 0.1, "alpha": 32}}, lr=3e-3, proxies=True

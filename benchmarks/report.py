@@ -131,12 +131,16 @@ def paired_summary(frame, methods, losses):
     the paired difference to the baseline ("none") of the same seeds; sorted by
     data set, then ``losses``' and ``methods``' order."""
     rows = []
+    if not len(frame):
+        return pd.DataFrame(rows)
     for (dataset, loss, method), arm in frame.groupby(["dataset", "loss", "method"]):
         row = dict(dataset=dataset, loss=loss, method=method, seeds=len(arm))
         row["split"] = ",".join(sorted(set(arm["split"])))
         for m in PAIRED_METRICS:
-            row[f"{m}_mean"] = float(arm[m].mean())
-            row[f"{m}_std"] = float(arm[m].std(ddof=1)) if len(arm) > 1 else 0.0
+            row[f"{m}_mean"] = float(arm[m].mean(skipna=False))
+            row[f"{m}_std"] = (
+                float(arm[m].std(ddof=1, skipna=False)) if len(arm) > 1 else 0.0
+            )
         base = frame[
             (frame.dataset == dataset) & (frame.loss == loss) & (frame.method == "none")
         ]
@@ -163,6 +167,8 @@ def head_to_head(frame, losses, method="sft", reference="translation"):
     same seeds, with 95 % t intervals (SFT against translation, the baseline SFT
     claims to improve on)."""
     rows = []
+    if not len(frame):
+        return pd.DataFrame(rows)
     for (dataset, loss), block in frame.groupby(["dataset", "loss"]):
         runs, ref = block[block.method == method], block[block.method == reference]
         if len(runs) and len(ref):

@@ -14,13 +14,20 @@ from pathlib import Path
 
 
 def variant_name(run_dir):
-    """The run's loss, method and the method options it set (from config.json)."""
-    config = json.loads((run_dir / "config.json").read_text())
-    from .registry import METHODS
+    """What sets the run apart, from its config.json: the data set, loss and
+    method, then every setting away from the defaults but the seed."""
+    from .train import RunConfig
 
-    defaults = METHODS[config["method"]].options
-    options = [f"{k}={v}" for k, v in config["options"].items() if v != defaults[k]]
-    return "_".join([config["dataset"], config["loss"], config["method"], *options])
+    config = json.loads((run_dir / "config.json").read_text())
+    default = RunConfig(method=config["method"]).identity()
+    parts = [config["dataset"], config["loss"], config["method"]]
+    for key, value in sorted({**config, **config.pop("options")}.items()):
+        expected = default["options"].get(key, default.get(key))
+        if key not in ("dataset", "loss", "method", "seed", "options") and (
+            value != expected
+        ):
+            parts.append(f"{key}={value}")
+    return "_".join(str(p) for p in parts)
 
 
 def shares(folder):

@@ -259,3 +259,19 @@ def test_sft_against_translation_is_paired_by_seed():
     assert line.startswith(f"| icons | triplet | 3 | {100 * d.mean():+.2f} [")
     # the interval, [+0.5, +5.5] points, lies above 0
     assert line.endswith("| SFT higher |")
+
+
+def test_rows_of_another_harness_are_named_not_silently_retrained(tmp_path):
+    configs = family.family_configs({}, ["icons"], ["contrastive"], [0])
+    old = tmp_path / "runs.csv"
+    old.write_text(
+        "name,recall_at_1,mean_average_precision_at_r,train_seconds\n"
+        "icons_contrastive_none_backbone=x_split=test_seed=0,0.5,0.2,1.0\n"
+    )
+    with pytest.warns(UserWarning, match="none of the 1 rows .* reproduce those"):
+        assert family.committed_results(configs, [old]) == {}
+
+
+def test_a_summary_of_no_runs_is_empty():
+    assert family.paired_summary([]) == [] and family.head_to_head([]) == []
+    assert "| data set |" in family.markdown([])

@@ -87,6 +87,7 @@ def test_fast_tier_run_trains_only_the_head(tmp_path, fake_emoji, monkeypatch):
     logs = run_dir / "logs"
     stats = (logs / "metric_loss_FeatureTransformLoss.csv").read_text()
     assert "share_nearest_target" in stats.splitlines()[0]  # collected during it
+    assert not list(logs.glob("*parameters*"))  # no proxies or weights copied
     assert result["iterations"] > 0 and result["curves"]["recall_at_1"][-1] is not None
     assert fits == [result["num_train_samples"]] * 2  # epochs 1 and 3
     saved = torch.load(run_dir / "model.pt")
@@ -205,3 +206,27 @@ def test_share_nearest_target_reads_the_transform_logs(tmp_path, capsys):
     assert result == {variant: [(0.75, 0.5, 1.0), (0.5, 0.25, 0.75)]}
     share_nearest_target.main([str(tmp_path)])
     assert "runs=2 mean share 0.625 first 0.375 last 0.875" in capsys.readouterr().out
+
+
+def test_study_variants_a_method_cannot_take_are_left_out(tmp_path):
+    args = compare.build_parser().parse_args(
+        ["--preset", "study", "--methods", "none", "sft", "ee", "--seeds", "0"]
+    )
+    base, loss_lr = compare.base_settings(args, compare.build_parser())
+    configs, labels = compare.preset_configs(args, base, loss_lr)
+    names = [c.name() for c in configs]
+    assert len(names) == len(set(names))  # no run listed twice
+    ee = [c for c in configs if c.method == "ee"]
+    assert ee and all(not c.options.keys() - {"num_points"} for c in ee)
+
+
+def test_share_nearest_target_keeps_schedules_apart(tmp_path):
+    from benchmarks import share_nearest_target
+
+    names = set()
+    for options in ({}, {"warmup_epochs": 10.0, "ramp_epochs": 5.0}):
+        cfg = train.RunConfig.make(method="sft", **options)
+        (tmp_path / cfg.name()).mkdir()
+        (tmp_path / cfg.name() / "config.json").write_text(json.dumps(cfg.identity()))
+        names.add(share_nearest_target.variant_name(tmp_path / cfg.name()))
+    assert len(names) == 2 and any("warmup_epochs=10.0" in n for n in names)

@@ -23,7 +23,7 @@ def changed(value):
 FIELDS = [
     f.name
     for f in dataclasses.fields(train.RunConfig)
-    if f.name not in ("progress", "options")
+    if f.name not in (*train.RunConfig.NOT_IN_KEY, "options")
 ]
 
 
@@ -49,8 +49,28 @@ def test_every_method_option_changes_the_key(method, option):
     assert train.RunConfig(method=method, options={option: default}).key() == cfg.key()
 
 
-def test_progress_is_display_only():
-    assert train.RunConfig(progress=False).key() == train.RunConfig().key()
+@pytest.mark.parametrize("field", train.RunConfig.NOT_IN_KEY)
+def test_where_things_are_read_from_and_shown_is_not_in_the_key(field):
+    cfg = train.RunConfig()
+    other = dataclasses.replace(cfg, **{field: changed(getattr(cfg, field))})
+    assert other.key() == cfg.key()
+
+
+def test_equal_settings_written_differently_share_the_key(tmp_path):
+    assert (
+        train.RunConfig(warmup_epochs=10).key()
+        == train.RunConfig(warmup_epochs=10.0).key()
+    )
+    # the baseline has no schedule: one baseline for every schedule
+    none = train.RunConfig(method="none")
+    late = train.RunConfig(method="none", warmup_epochs=10, ramp_epochs=5)
+    assert late.key() == none.key()
+    assert (
+        train.RunConfig(method="sft", warmup_epochs=10).key()
+        != train.RunConfig(method="sft").key()
+    )
+    # a Path for the cache: the stored config is still JSON
+    json.dumps(train.RunConfig(cache_dir=tmp_path).identity())
 
 
 def test_a_finished_run_is_reused_only_for_the_same_config(tmp_path, monkeypatch):
@@ -92,3 +112,28 @@ def test_a_finished_run_is_reused_only_for_the_same_config(tmp_path, monkeypatch
     # the run's folder holds its whole config
     config = json.loads((tmp_path / small.name() / "config.json").read_text())
     assert config == json.loads(json.dumps(small.identity()))
+
+
+def test_an_option_typo_is_refused_wherever_it_is_given():
+    with pytest.raises(TypeError, match="unknown run setting 'num_pionts'"):
+        train.RunConfig.make(method="ee", options={"num_pionts": 3})
+    with pytest.raises(SystemExit):
+        train.main(["--method", "sfft"])
+    with pytest.raises(SystemExit):  # a pair that cannot be built: before any folder
+        train.main(["--loss", "multisimilarity", "--method", "ps", "--out", "/nowhere"])
+
+
+def test_an_interrupted_attempt_leaves_no_logs_behind(tmp_path, monkeypatch):
+    cfg = train.RunConfig(progress=False)
+    stale = tmp_path / cfg.name() / "logs"
+    stale.mkdir(parents=True)
+    (stale / "loss_histories.csv").write_text("from the interrupted attempt")
+    seen = []
+
+    def fake_training(cfg, run_dir):
+        seen.append(sorted(p.name for p in run_dir.rglob("*")))
+        return {}
+
+    monkeypatch.setattr(train, "train_and_evaluate", fake_training)
+    train.run(cfg, tmp_path)
+    assert seen == [["config.json"]]
