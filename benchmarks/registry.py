@@ -100,6 +100,7 @@ LOSSES = {
 }
 PAIR_LOSSES = ("multisimilarity", "triplet", "contrastive")
 PROXY_LOSSES = ("proxyanchor", "normsoftmax")
+SEE_LOSSES = ("proxyanchor", "multisimilarity", "normsoftmax")  # (issue 33's list)
 
 # the options of the SFT study (issue 11), beside the core: they choose the
 # centres and the contrib classes (their defaults build the core classes)
@@ -217,6 +218,16 @@ METHODS = {
         description="Proxy Synthesis (synthetic classes: Beta(alpha, alpha) mixes "
         "of samples and of their proxies)",
     ),
+    "see": Method(
+        "Spherical Embedding Expansion",
+        "SphericalEmbeddingExpansionLoss",
+        {"see_points": 16, "min_share": 0.04, "max_share": 0.4, "see_weight": 0.2},
+        ({"see_weight": 0.2}, {"see_weight": 0.1}, {"see_weight": 0.4}),
+        (),  # not yet compared: tuned first (issue 33)
+        kwargs={"see_points": "num_points", "see_weight": "aug_weight"},
+        description="Spherical Embedding Expansion (points on the sphere around "
+        "the class proxy or batch mean, at each expanded sample's angle)",
+    ),
     "das": Method(
         "Densely Anchored Sampling",
         "DenselyAnchoredSamplingLoss",
@@ -302,6 +313,8 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
     ):
         if name in params:
             kwargs[name] = value
+    if "generator" in params:
+        kwargs["generator"] = generator
     return cls(inner, **kwargs, **schedule), None
 
 
@@ -355,6 +368,7 @@ def pb_pairs():
                 method in ("none", "sft", "translation")
                 or loss in entry.losses
                 or (method == "das" and loss in PAIR_LOSSES)
+                or (method == "see" and loss in SEE_LOSSES)
             )
             if takes:
                 pairs.append((loss, method))

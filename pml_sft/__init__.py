@@ -9,6 +9,7 @@ from .augmenters import (
     EmbeddingExpansion,
     FeatureTranslation,
     ProxySynthesis,
+    SphericalEmbeddingExpansion,
     SphericalFeatureTransform,
     SymmetricalSynthesis,
 )
@@ -26,6 +27,7 @@ from .losses import (
     FeatureTranslationLoss,
     ProxySynthesisLoss,
     SFTLoss,
+    SphericalEmbeddingExpansionLoss,
     SymmetricalSynthesisLoss,
 )
 from .utils import RecallAtK, training_iterations
@@ -53,6 +55,7 @@ __all__ = [
     "SymmetricalSynthesis",
     "ProxySynthesis",
     "DenselyAnchoredSampling",
+    "SphericalEmbeddingExpansion",
     "SphericalFeatureTransform",
     "FeatureTranslation",
     "BaseClassCenters",
@@ -66,6 +69,7 @@ __all__ = [
     "SymmetricalSynthesisLoss",
     "ProxySynthesisLoss",
     "DenselyAnchoredSamplingLoss",
+    "SphericalEmbeddingExpansionLoss",
     "EmojiDataset",
     "IconThemesDataset",
     "RecallAtK",

@@ -204,8 +204,10 @@ def test_a_split_typo_fails_before_anything_is_fetched(tmp_path, monkeypatch):
 
 
 def test_collect_stats_on_the_wrapper_switches_on_the_augmenters_statistics():
-    augmenter = pml_sft.SphericalFeatureTransform()
-    assert not augmenter.collect_stats
+    augmenter = pml_sft.SphericalFeatureTransform(
+        centers=pml_sft.BatchClassCenters(collect_stats=False), collect_stats=False
+    )
+    assert not augmenter.collect_stats and not augmenter.centers.collect_stats
     loss_fn = pml_sft.FeatureTransformLoss(
         losses.ContrastiveLoss(), augmenter, warmup_iterations=0, collect_stats=True
     )

@@ -30,7 +30,7 @@ PAIRS = [(loss, m) for m, entry in registry.METHODS.items() for loss in entry.lo
 
 @pytest.mark.parametrize("loss,method", PAIRS)
 def test_every_compared_pair_builds_and_augments(loss, method):
-    cfg = train.RunConfig.make(loss=loss, method=method, embedding_size=16)
+    cfg = train.RunConfig.make(loss=loss, method=method, embedding_size=32)
     generator = torch.Generator().manual_seed(0)
     objective, miner = registry.build_objective(cfg, 8, 10, generator)
     assert miner is None  # the wrapper mines the enlarged batch itself
@@ -41,7 +41,7 @@ def test_every_compared_pair_builds_and_augments(loss, method):
     else:
         assert type(objective).__name__ == wrapper
     torch.manual_seed(0)
-    embeddings = torch.randn(32, 16, requires_grad=True)
+    embeddings = torch.randn(32, 32, requires_grad=True)
     labels = torch.arange(8).repeat_interleave(4)
     objective(embeddings, labels).backward()
     assert objective.num_augmented > 0  # warmup 0: it augments from the first call

@@ -4,5 +4,6 @@ from .densely_anchored_sampling import DenselyAnchoredSampling
 from .embedding_expansion import EmbeddingExpansion
 from .feature_translation import FeatureTranslation
 from .proxy_synthesis import ProxySynthesis
+from .spherical_embedding_expansion import SphericalEmbeddingExpansion
 from .spherical_feature_transform import SphericalFeatureTransform
 from .symmetrical_synthesis import SymmetricalSynthesis

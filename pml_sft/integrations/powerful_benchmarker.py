@@ -359,6 +359,7 @@ def register(runner):
         losses.SymmetricalSynthesisLoss,
         losses.ProxySynthesisLoss,
         losses.DenselyAnchoredSamplingLoss,
+        losses.SphericalEmbeddingExpansionLoss,
     ):
         runner.register("loss", cls)
     for cls in (
@@ -367,6 +368,7 @@ def register(runner):
         augmenters.EmbeddingExpansion,
         augmenters.SymmetricalSynthesis,
         augmenters.DenselyAnchoredSampling,
+        augmenters.SphericalEmbeddingExpansion,
     ):
         runner.register("feature_augmenter", cls)
     for cls in (centers.BatchClassCenters, centers.MovingAverageClassCenters):

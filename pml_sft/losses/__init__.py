@@ -9,4 +9,5 @@ from .feature_transform_loss import (
 from .feature_translation_loss import FeatureTranslationLoss
 from .proxy_synthesis_loss import PROXY_PARAMETERS, ProxySynthesisLoss
 from .sft_loss import SFTLoss
+from .spherical_embedding_expansion_loss import SphericalEmbeddingExpansionLoss
 from .symmetrical_synthesis_loss import SymmetricalSynthesisLoss

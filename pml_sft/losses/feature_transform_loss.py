@@ -21,6 +21,9 @@ NEEDS = {
     "samples in the batch.",
     "DenselyAnchoredSampling": "Densely Anchored Sampling needs a class with two "
     "or more samples in the batch.",
+    "SphericalEmbeddingExpansion": "Spherical Embedding Expansion expands samples "
+    "around their class proxy, or, without proxies, around the mean of a class with "
+    "two or more samples in the batch.",
 }
 
 
