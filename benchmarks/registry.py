@@ -62,6 +62,8 @@ class Method:
             objects a run's options choose (SFT and translation: the study's
             centres and ablations); None: ``wrapper(loss, miner, **options)``.
         description: one line for the generated configs.
+        configs: losses it gets a powerful-benchmarker config for besides those of
+            its comparison.
     """
 
     label: str
@@ -72,6 +74,7 @@ class Method:
     kwargs: dict = dataclasses.field(default_factory=dict)
     build: Optional[Callable] = None
     description: str = ""
+    configs: tuple = ()
 
 
 LOSSES = {
@@ -100,7 +103,6 @@ LOSSES = {
 }
 PAIR_LOSSES = ("multisimilarity", "triplet", "contrastive")
 PROXY_LOSSES = ("proxyanchor", "normsoftmax")
-SEE_LOSSES = ("proxyanchor", "multisimilarity", "normsoftmax")  # (issue 33's list)
 
 # the options of the SFT study (issue 11), beside the core: they choose the
 # centres and the contrib classes (their defaults build the core classes)
@@ -225,6 +227,7 @@ METHODS = {
         ({"see_weight": 0.2}, {"see_weight": 0.1}, {"see_weight": 0.4}),
         (),  # not yet compared: tuned first (issue 33)
         kwargs={"see_points": "num_points", "see_weight": "aug_weight"},
+        configs=("proxyanchor", "multisimilarity", "normsoftmax"),
         description="Spherical Embedding Expansion (points on the sphere around "
         "the class proxy or batch mean, at each expanded sample's angle)",
     ),
@@ -236,6 +239,7 @@ METHODS = {
         (),  # implemented, not yet in the comparison
         description="Densely Anchored Sampling (detached copies scaled on each "
         "class's top dimensions and shifted by remembered same-class differences)",
+        configs=PAIR_LOSSES,
     ),
 }
 
@@ -359,16 +363,15 @@ def pb_file_name(loss_name, method_name):
 
 def pb_pairs():
     """The (loss, method) pairs that get a powerful-benchmarker config: every
-    method on the losses of its comparison, DAS on the pair losses, and the
-    baselines, SFT and translation of ArcFace too."""
+    method on the losses of its comparison and of its ``configs``, and the
+    baselines, SFT and translation of every loss."""
     pairs = []
     for loss in LOSSES:
         for method, entry in METHODS.items():
             takes = (
                 method in ("none", "sft", "translation")
                 or loss in entry.losses
-                or (method == "das" and loss in PAIR_LOSSES)
-                or (method == "see" and loss in SEE_LOSSES)
+                or loss in entry.configs
             )
             if takes:
                 pairs.append((loss, method))
