@@ -246,27 +246,45 @@ def check_trains(
 
 def check_augmentation_matters(wrapped, emb, labels, indices):
     """The wrapped loss's gradient points elsewhere than the inner loss's on the
-    plain batch (cosine below 1 - 1e-6): otherwise augmentation would be a silent
-    no-op for training (as NPairsLoss was, and DAS on per-row losses)."""
+    plain batch: the embeddings' (cosine below 1 - 1e-6), or else the wrapped
+    loss's own parameters' (e.g. proxies, which Spherical Embedding Expansion's
+    detached points train) by a clear margin (cosine below 0.999). Otherwise
+    augmentation would be a silent no-op for training (as NPairsLoss was, and DAS
+    on per-row losses, which only rescale the one and turn the other by about
+    1e-5). The parameters' gradients of the training step are left as they were."""
+    params = list(wrapped.loss.parameters())
+    kept = [None if p.grad is None else p.grad.clone() for p in params]
     outcomes = []
     for loss_fn in (wrapped, wrapped.loss):
         state = copy.deepcopy(wrapped.state_dict())
         torch.manual_seed(7)
+        for p in params:
+            p.grad = None
         x = emb.clone().requires_grad_()
-        loss = loss_fn(x, labels, indices)
-        loss.backward()
-        outcomes.append((loss.detach(), x.grad))
+        loss_fn(x, labels, indices).backward()
+        own = [
+            torch.zeros_like(p).flatten() if p.grad is None else p.grad.flatten()
+            for p in params
+        ]
+        outcomes.append((x.grad.flatten(), torch.cat(own) if own else None))
         wrapped.load_state_dict(state)
-    (_, aug_grad), (_, plain_grad) = outcomes
+    for p, grad in zip(params, kept):
+        p.grad = grad
+    (aug_emb, aug_own), (plain_emb, plain_own) = outcomes
+
+    def cosine(a, b):
+        return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0)
+
     # the direction, not the value: a rescaled gradient (a detached copy that
     # shares no loss term) is a no-op for training
-    cos = torch.nn.functional.cosine_similarity(
-        aug_grad.flatten().double(), plain_grad.flatten().double(), dim=0
+    cos = cosine(aug_emb, plain_emb)
+    if cos < 1 - 1e-6:
+        return
+    if aug_own is not None and cosine(aug_own, plain_own) < 0.999:
+        return
+    raise AssertionError(
+        f"augmentation left the gradient's direction as it was (cosine {cos:.8f})"
     )
-    if not cos < 1 - 1e-6:
-        raise AssertionError(
-            f"augmentation left the gradient's direction as it was (cosine {cos:.8f})"
-        )
 
 
 # the wrappers whose augmenters apply to every supported loss (Proxy Synthesis
@@ -277,6 +295,10 @@ WRAPPERS = {
     "SymmetricalSynthesisLoss": pml_sft.SymmetricalSynthesisLoss,
     "DenselyAnchoredSamplingLoss": lambda loss, **kwargs: (
         pml_sft.DenselyAnchoredSamplingLoss(loss, NUM_CLASSES, EMBEDDING_SIZE, **kwargs)
+    ),
+    # (4 points: the toy embeddings have 8 dimensions)
+    "SphericalEmbeddingExpansionLoss": lambda loss, **kwargs: (
+        pml_sft.SphericalEmbeddingExpansionLoss(loss, num_points=4, **kwargs)
     ),
 }
 

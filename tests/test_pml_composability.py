@@ -11,6 +11,8 @@ from pml_sft.augmenters.densely_anchored_sampling import PER_ROW_LOSSES
 
 from . import compat_matrix as cm
 
+SEE_REFUSED = pml_sft.SphericalEmbeddingExpansion.unsupported_losses
+
 
 @pytest.mark.parametrize("wrapper", list(cm.WRAPPERS))
 @pytest.mark.parametrize("name", list(cm.exported_losses()))
@@ -18,6 +20,11 @@ def test_loss(name, wrapper):
     outcome = cm.loss_outcome(name, wrapper)
     if name not in cm.SUPPORTED_LOSSES:  # refused by name, with the reason
         assert outcome == f"refused: {wrapper} {cm.refusal(name)}"
+    elif wrapper == "SphericalEmbeddingExpansionLoss" and name in SEE_REFUSED:
+        assert outcome == (
+            "refused: SphericalEmbeddingExpansion cannot change the training signal "
+            f"of {name}: {SEE_REFUSED[name]}"
+        )
     elif wrapper == "DenselyAnchoredSamplingLoss" and name in PER_ROW_LOSSES:
         # its detached copies would only rescale these losses' gradients
         assert outcome == (

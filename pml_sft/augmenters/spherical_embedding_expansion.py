@@ -1,5 +1,5 @@
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -39,6 +39,14 @@ class SphericalEmbeddingExpansion(BaseAugmenter):
     """
 
     progress = 1.0  # the share of the augmenting phase done (set by the wrapper)
+    # per-row losses whose class weights the detached points barely move (the
+    # composability check: their gradient turns by a cosine above 0.999)
+    unsupported_losses: Dict[str, str] = dict.fromkeys(
+        ("LargeMarginSoftmaxLoss", "SphereFaceLoss"),
+        "each row's loss is its own term, so detached points leave the embeddings' "
+        "gradient as it is, and they turn the class weights' gradient by less than "
+        "a cosine of 0.999",
+    )
 
     @checked_keywords
     def __init__(
