@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
 from pytorch_metric_learning import losses, miners
 
 import pml_sft
@@ -293,7 +294,8 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
     method = METHODS[cfg.method]
     if method.wrapper is None:
         return inner, miner
-    schedule = dict(
+    schedule = dict(  # (the length too: SEE's share grows over it)
+        total_iterations=cfg.epochs * iterations_per_epoch,
         warmup_iterations=int(round(cfg.warmup_epochs * iterations_per_epoch)),
         ramp_iterations=int(round(cfg.ramp_epochs * iterations_per_epoch)),
         collect_stats=True,
@@ -319,7 +321,11 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
             kwargs[name] = value
     if "generator" in params:
         kwargs["generator"] = generator
-    return cls(inner, **kwargs, **schedule), None
+    built = cls(inner, **kwargs, **schedule)
+    # what the augmenter needs of the embeddings (their size), before any run
+    rows = torch.zeros(0, cfg.embedding_size)
+    built.augmenter.check_inputs(rows, torch.zeros(0, dtype=torch.long))
+    return built, None
 
 
 def pb_config(loss_name, method_name):

@@ -16,7 +16,7 @@ import pml_sft
 from .helpers import run_ranks
 
 WORLD, B, D, C = 2, 12, 8, 6
-WRAPPERS = ["sft", "translation", "ee", "ss", "ps", "das"]
+WRAPPERS = ["sft", "translation", "ee", "ss", "ps", "das", "see", "see_proxies"]
 
 
 def _data(step):
@@ -44,6 +44,12 @@ def _make(name):
         return pml_sft.SymmetricalSynthesisLoss(ms, **start)
     if name == "ps":
         return pml_sft.ProxySynthesisLoss(losses.ProxyAnchorLoss(C, D), **start)
+    if name == "see":
+        return pml_sft.SphericalEmbeddingExpansionLoss(ms, num_points=3, **start)
+    if name == "see_proxies":
+        return pml_sft.SphericalEmbeddingExpansionLoss(
+            losses.ProxyAnchorLoss(C, D), num_points=3, **start
+        )
     return pml_sft.DenselyAnchoredSamplingLoss(ms, C, D, **start)
 
 

@@ -181,3 +181,47 @@ def test_the_share_grows_over_the_augmenting_phase():
     assert seen[20] == pytest.approx(1 / 20) and seen[-1] == pytest.approx(1.0)
     assert wrapped.augmenter.num_expanded == round(0.4 * 32)
     assert math.isclose(wrapped.augmenter.share(), 0.4)
+
+
+def test_a_batch_without_pairs_or_mixed_dtypes_does_not_crash():
+    # no class with two samples (and no proxies): nothing to expand, no error
+    wrapped = pml_sft.SphericalEmbeddingExpansionLoss(
+        losses.ContrastiveLoss(), num_points=4, warmup_iterations=0
+    )
+    wrapped(torch.randn(4, 24, device=DEVICE), torch.arange(4, device=DEVICE))
+    assert wrapped.num_augmented == 0
+    # float64 embeddings with float32 proxies
+    inner = losses.ProxyAnchorLoss(4, 24).to(DEVICE)
+    wrapped = pml_sft.SphericalEmbeddingExpansionLoss(
+        inner, num_points=4, min_share=0.5, max_share=0.5, warmup_iterations=0
+    )
+    x, labels = batch()
+    wrapped(x.requires_grad_(), labels).backward()
+    assert wrapped.num_augmented == 8 * 4
+
+
+def test_its_own_wrapper_is_required_and_a_small_share_still_expands_one():
+    with pytest.raises(ValueError, match="use SphericalEmbeddingExpansionLoss"):
+        pml_sft.FeatureTransformLoss(
+            losses.ContrastiveLoss(),
+            pml_sft.SphericalEmbeddingExpansion(4),
+            warmup_iterations=0,
+        )
+    see = pml_sft.SphericalEmbeddingExpansion(2, 0.01, 0.01)  # 0.01 x 8 rounds to 0
+    x, labels = batch(classes=2)
+    see.augment(x, labels)
+    assert see.num_expanded == 1
+
+
+def test_the_harness_ramps_the_share_over_training():
+    from benchmarks import registry, train
+
+    cfg = train.RunConfig.make(
+        loss="proxyanchor", method="see", embedding_size=32, epochs=4,
+        warmup_epochs=2, ramp_epochs=1,
+    )  # fmt: skip
+    objective, _ = registry.build_objective(cfg, 8, 10, torch.Generator())
+    assert objective.total_iterations == 40 and objective.warmup_iterations == 20
+    small = train.RunConfig.make(loss="proxyanchor", method="see", embedding_size=16)
+    with pytest.raises(ValueError, match="at least 18 dimensions"):
+        registry.build_objective(small, 8, 10, None)

@@ -5,7 +5,14 @@ import torch
 
 from ..upstream.sft_loss import _batch_class_centers
 from ..utils.checks import as_count, checked_keywords
-from ..utils.target_sampling import call_seed, checked_generator
+from ..utils.target_sampling import (
+    call_seed,
+    checked_generator,
+    checked_keyed_draws,
+    is_keyed,
+    row_keys,
+    row_uniforms,
+)
 from .base_augmenter import BaseAugmenter
 
 
@@ -32,13 +39,18 @@ class SphericalEmbeddingExpansion(BaseAugmenter):
         min_share: share of the batch expanded when augmentation starts (0.04).
         max_share: share of the batch expanded at the end of training (0.4).
         generator: a ``torch.Generator`` for the random subspaces (its state is in
-            ``state_dict``); under torch.distributed every rank draws from rank
-            0's seed, so the ranks make the same points.
+            ``state_dict``).
+        keyed_draws: draw each sample's subspace from a hash of its content and a
+            per-call seed (rank 0's under torch.distributed), so that every rank of
+            ``DistributedLossWrapper`` makes the same points whatever the rows'
+            order. None (default): keyed under torch.distributed only.
         collect_stats: PML's statistics option; ``num_augmented`` and
             ``num_expanded`` are set at every call.
     """
 
     progress = 1.0  # the share of the augmenting phase done (set by the wrapper)
+    # the proxies and the share's schedule come from its own wrapper
+    needs_own_wrapper = "SphericalEmbeddingExpansionLoss"
     # per-row losses whose class weights the detached points barely move (the
     # composability check: their gradient turns by a cosine above 0.999)
     unsupported_losses: Dict[str, str] = dict.fromkeys(
@@ -56,9 +68,11 @@ class SphericalEmbeddingExpansion(BaseAugmenter):
         max_share: float = 0.4,
         *,
         generator: Optional[torch.Generator] = None,
+        keyed_draws: Optional[bool] = None,
         collect_stats: Optional[bool] = None,
     ):
         super().__init__(collect_stats=collect_stats)
+        self.keyed_draws = checked_keyed_draws(keyed_draws)
         self.num_points = as_count(num_points, "num_points")
         for name, value in (("min_share", min_share), ("max_share", max_share)):
             if isinstance(value, bool) or not (
@@ -99,18 +113,29 @@ class SphericalEmbeddingExpansion(BaseAugmenter):
         """:meth:`forward` for checked inputs; ``proxies`` (C, D): the class
         centres to expand around (default: the batch class means)."""
         unit, _ = self.directions(embeddings.detach())
+        # one seed a call, drawn (and under torch.distributed broadcast) even when
+        # nothing is expanded, so that the ranks' collectives stay in step
+        seed = call_seed(unit.device, self.generator)
         if proxies is None:
             _, centers, rows = _batch_class_centers(unit, labels)
             has = rows >= 0
+            if len(centers) == 0:  # no class with two samples: nothing to expand
+                centers = torch.zeros_like(unit[:1])
             center = centers[rows.clamp_min(0)]
         else:
             center, _ = self.directions(proxies.detach().to(embeddings.device))
-            center, has = center[labels], torch.ones_like(labels, dtype=torch.bool)
+            center = center.to(unit.dtype)[labels]
+            has = torch.ones_like(labels, dtype=torch.bool)
         cos = (unit * center).sum(dim=1)
         radial = unit - cos.unsqueeze(1) * center
         radius = torch.linalg.vector_norm(radial, dim=1)
-        has = has & (radius > torch.finfo(unit.dtype).eps ** 0.5)
-        count = min(int(round(self.share() * len(labels))), int(has.sum()))
+        # away from the centre by more than the output dtype resolves
+        has = has & (radius > torch.finfo(embeddings.dtype).eps ** 0.5)
+        eligible = int(has.sum())
+        share = self.share()
+        # at least one sample once the share is above 0 (a small batch would round
+        # the first steps' share to none)
+        count = min(max(int(round(share * len(labels))), int(share > 0)), eligible)
         self.num_expanded = count
         if count == 0:
             empty = embeddings[:0].detach()
@@ -118,21 +143,31 @@ class SphericalEmbeddingExpansion(BaseAugmenter):
             return empty, labels[:0], labels[:0]
         score = torch.where(has, cos, torch.full_like(cos, -math.inf))
         rows = torch.sort(torch.topk(score, count).indices).values
-        points = self.expand(center[rows], radial[rows], radius[rows], cos[rows])
+        keys = row_keys(embeddings[rows]) if is_keyed(self.keyed_draws) else None
+        points = self.expand(
+            center[rows], radial[rows], radius[rows], cos[rows], seed, keys
+        )
         aug = points.reshape(-1, unit.shape[1]).to(embeddings.dtype)
         sources = rows.repeat_interleave(self.num_points)
         self.num_augmented = aug.shape[0]
         return aug, labels[sources], sources
 
-    def expand(self, center, radial, radius, cos):
+    def expand(self, center, radial, radius, cos, seed, keys=None):
         """(K, num_points, D) points: ``cos * c + radius * s_j`` for the regular
         simplex s_0 = radial / radius, s_1..s_n in a random subspace orthogonal to
-        the centre c."""
+        the centre c (drawn per row from its content ``keys``, if given)."""
         k, d, n = radial.shape[0], radial.shape[1], self.num_points
         u = radial / radius.unsqueeze(1)
-        seed = call_seed(radial.device, self.generator)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        noise = torch.randn(k, d, n, generator=gen, dtype=torch.float64)
+        if keys is None:
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            noise = torch.randn(k, d, n, generator=gen, dtype=torch.float64)
+        else:  # Box-Muller on keyed uniforms: the same for a row on every rank
+            uniform = row_uniforms(keys, 2 * d * n, seed).double()
+            first, second = uniform[:, : d * n], uniform[:, d * n :]
+            noise = torch.sqrt(-2 * torch.log1p(-first)) * torch.cos(
+                2 * math.pi * second
+            )
+            noise = noise.view(k, d, n)
         noise = noise.to(device=radial.device, dtype=radial.dtype)
         for axis in (center, u):  # orthogonal to the centre and to the sample
             axis = axis.unsqueeze(2)

@@ -64,6 +64,12 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction
             raise TypeError(
                 f"augmenter must be a pml_sft augmenter, got {type(augmenter).__name__}"
             )
+        own = getattr(augmenter, "needs_own_wrapper", None)
+        if own is not None and type(self).__name__ != own:
+            raise ValueError(
+                f"{type(augmenter).__name__} takes its proxies and its schedule from "
+                f"its own wrapper: use {own}"
+            )
         if augmenter.needs_proxies and not self.gives_proxies:
             raise ValueError(
                 f"{type(augmenter).__name__} mixes class proxies, which "

@@ -40,6 +40,8 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
         ramp_iterations: iterations of the ramp (default a quarter of
             ``total_iterations``, else 0).
         generator: a ``torch.Generator`` for the random subspaces.
+        keyed_draws: as for :class:`~pml_sft.SphericalEmbeddingExpansion` (keyed
+            under torch.distributed by default).
         collect_stats: also make the augmenter collect its statistics.
     """
 
@@ -56,6 +58,7 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
         warmup_iterations: Optional[int] = None,
         ramp_iterations: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
+        keyed_draws: Optional[bool] = None,
         collect_stats: Optional[bool] = None,
     ):
         augmenter = SphericalEmbeddingExpansion(
@@ -63,6 +66,7 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
             min_share,
             max_share,
             generator=generator,
+            keyed_draws=keyed_draws,
             collect_stats=collect_stats,
         )
         super().__init__(
