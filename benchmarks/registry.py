@@ -232,6 +232,17 @@ METHODS = {
         description="Spherical Embedding Expansion (points on the sphere around "
         "the class proxy or batch mean, at each expanded sample's angle)",
     ),
+    "mixup": Method(
+        "embedding mixup",
+        "EmbeddingMixupLoss",
+        {"mixup_alpha": 1.0},
+        ({"mixup_alpha": 1.0}, {"mixup_alpha": 0.4}, {"mixup_alpha": 2.0}),
+        (),  # not yet compared: tuned first (issue 33)
+        kwargs={"mixup_alpha": "alpha"},
+        description="embedding mixup (rows of two classes mixed, trained as both "
+        "with the mixing weight)",
+        configs=("multisimilarity", "contrastive", "normsoftmax"),
+    ),
     "das": Method(
         "Densely Anchored Sampling",
         "DenselyAnchoredSamplingLoss",

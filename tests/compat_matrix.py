@@ -296,6 +296,7 @@ WRAPPERS = {
     "DenselyAnchoredSamplingLoss": lambda loss, **kwargs: (
         pml_sft.DenselyAnchoredSamplingLoss(loss, NUM_CLASSES, EMBEDDING_SIZE, **kwargs)
     ),
+    "EmbeddingMixupLoss": pml_sft.EmbeddingMixupLoss,
     # (4 points: the toy embeddings have 8 dimensions)
     "SphericalEmbeddingExpansionLoss": lambda loss, **kwargs: (
         pml_sft.SphericalEmbeddingExpansionLoss(loss, num_points=4, **kwargs)

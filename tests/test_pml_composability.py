@@ -12,6 +12,7 @@ from pml_sft.augmenters.densely_anchored_sampling import PER_ROW_LOSSES
 from . import compat_matrix as cm
 
 SEE_REFUSED = pml_sft.SphericalEmbeddingExpansion.unsupported_losses
+MIXUP_REFUSED = pml_sft.EmbeddingMixup.unsupported_losses
 
 
 @pytest.mark.parametrize("wrapper", list(cm.WRAPPERS))
@@ -24,6 +25,11 @@ def test_loss(name, wrapper):
         assert outcome == (
             "refused: SphericalEmbeddingExpansion cannot change the training signal "
             f"of {name}: {SEE_REFUSED[name]}"
+        )
+    elif wrapper == "EmbeddingMixupLoss" and name in MIXUP_REFUSED:
+        assert outcome == (
+            "refused: EmbeddingMixup cannot change the training signal "
+            f"of {name}: {MIXUP_REFUSED[name]}"
         )
     elif wrapper == "DenselyAnchoredSamplingLoss" and name in PER_ROW_LOSSES:
         # its detached copies would only rescale these losses' gradients

@@ -2,6 +2,7 @@ from .base_augmenter import BaseAugmenter
 from .base_feature_augmenter import BaseFeatureAugmenter
 from .densely_anchored_sampling import DenselyAnchoredSampling
 from .embedding_expansion import EmbeddingExpansion
+from .embedding_mixup import EmbeddingMixup
 from .feature_translation import FeatureTranslation
 from .proxy_synthesis import ProxySynthesis
 from .spherical_embedding_expansion import SphericalEmbeddingExpansion

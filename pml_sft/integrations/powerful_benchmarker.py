@@ -360,6 +360,7 @@ def register(runner):
         losses.ProxySynthesisLoss,
         losses.DenselyAnchoredSamplingLoss,
         losses.SphericalEmbeddingExpansionLoss,
+        losses.EmbeddingMixupLoss,
     ):
         runner.register("loss", cls)
     for cls in (
@@ -369,6 +370,7 @@ def register(runner):
         augmenters.SymmetricalSynthesis,
         augmenters.DenselyAnchoredSampling,
         augmenters.SphericalEmbeddingExpansion,
+        augmenters.EmbeddingMixup,
     ):
         runner.register("feature_augmenter", cls)
     for cls in (centers.BatchClassCenters, centers.MovingAverageClassCenters):

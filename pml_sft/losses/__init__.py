@@ -1,6 +1,7 @@
 from .checked_loss import CheckedLoss
 from .densely_anchored_sampling_loss import DenselyAnchoredSamplingLoss
 from .embedding_expansion_loss import EmbeddingExpansionLoss
+from .embedding_mixup_loss import EmbeddingMixupLoss
 from .feature_transform_loss import (
     UNSUPPORTED_LOSSES,
     UNSUPPORTED_MINERS,

@@ -21,6 +21,7 @@ NEEDS = {
     "samples in the batch.",
     "DenselyAnchoredSampling": "Densely Anchored Sampling needs a class with two "
     "or more samples in the batch.",
+    "EmbeddingMixup": "Embedding mixup needs two classes in the batch.",
     "SphericalEmbeddingExpansion": "Spherical Embedding Expansion expands samples "
     "around their class proxy, or, without proxies, around the mean of a class with "
     "two or more samples in the batch.",

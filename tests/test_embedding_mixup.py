@@ -1,0 +1,100 @@
+"""Embedding mixup (Metrix): mixed rows against a float64 reference, partners of
+another class, the two-label loss by hand, and the gradient's direction."""
+
+import pytest
+import torch
+from pytorch_metric_learning import losses, miners
+
+import pml_sft
+
+from .helpers import DEVICE
+
+
+def batch(classes=4, per_class=4, d=8, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(classes * per_class, d, generator=g, dtype=dtype)
+    return x.to(DEVICE), torch.arange(classes).repeat_interleave(per_class).to(DEVICE)
+
+
+def test_mixed_rows_are_convex_mixes_of_two_classes_unit_directions():
+    x, labels = batch()
+    mix = pml_sft.EmbeddingMixup(0.4, generator=torch.Generator().manual_seed(1))
+    mixed, first_labels, rows = mix(x, labels)
+    assert len(rows) == len(labels)  # every row has a partner of another class
+    unit = torch.nn.functional.normalize(x, dim=1)
+    lam, second = mix.lam, mix.partner_labels
+    assert 0 <= lam <= 1 and (second != first_labels).all()
+    for i, row in enumerate(rows.tolist()):
+        # the partner: the row of the second class the mixed row comes from
+        partner = (lam * unit[row] - mixed[i]) / (lam - 1)
+        matches = (unit - partner).norm(dim=1) < 1e-9
+        assert matches.sum() == 1 and labels[matches][0] == second[i]
+        assert first_labels[i] == labels[row]
+
+
+def test_the_loss_is_both_labels_weighted_by_lam():
+    x, labels = batch()
+    inner = losses.ContrastiveLoss()
+    wrapped = pml_sft.EmbeddingMixupLoss(
+        inner, warmup_iterations=0, generator=torch.Generator().manual_seed(2)
+    )
+    loss = wrapped(x, labels)
+    replay = pml_sft.EmbeddingMixup(generator=torch.Generator().manual_seed(2))
+    mixed, first, _ = replay(x, labels)
+    all_x = torch.cat([x, mixed])
+    as_first = inner(all_x, torch.cat([labels, first]))
+    as_second = inner(all_x, torch.cat([labels, replay.partner_labels]))
+    expected = replay.lam * as_first + (1 - replay.lam) * as_second
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner()),
+        lambda: (losses.ContrastiveLoss(), None),
+        lambda: (losses.NormalizedSoftmaxLoss(4, 8).double(), None),
+    ],
+)
+def test_mixup_changes_the_gradients_direction(make):
+    inner, miner = make()
+    wrapped = pml_sft.EmbeddingMixupLoss(inner.to(DEVICE), miner, warmup_iterations=0)
+    x, labels = batch()
+    grads = []
+    for fn in (
+        wrapped,
+        lambda e, y: inner(e, y, miner(e, y) if miner is not None else None),
+    ):
+        e = x.clone().requires_grad_()
+        fn(e, labels).backward()
+        grads.append(e.grad.flatten())
+    assert torch.nn.functional.cosine_similarity(*grads, dim=0) < 1 - 1e-6
+
+
+def test_one_class_gives_nothing_and_options_are_checked():
+    mix = pml_sft.EmbeddingMixup()
+    out, _, rows = mix(*batch(classes=1))
+    assert len(out) == 0 and len(rows) == 0
+    with pytest.raises(ValueError, match="alpha must be a number > 0"):
+        pml_sft.EmbeddingMixup(0)
+    with pytest.raises(TypeError, match="did you mean 'alpha'"):
+        pml_sft.EmbeddingMixup(alpah=1.0)
+
+
+def test_reproducible_from_its_generator_and_resumed_from_its_state():
+    x, labels = batch()
+    a = pml_sft.EmbeddingMixup(generator=torch.Generator().manual_seed(5))
+    b = pml_sft.EmbeddingMixup(generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a(x, labels)[0], b(x, labels)[0])
+    state = a.state_dict()
+    first = a(x, labels)[0]
+    b.load_state_dict(state)
+    assert torch.equal(first, b(x, labels)[0])
+
+
+def test_refused_under_torch_distributed(monkeypatch):
+    from pml_sft.utils import distributed
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    with pytest.raises(ValueError, match="not yet supported under torch.distributed"):
+        pml_sft.EmbeddingMixup()(*batch())
