@@ -243,6 +243,17 @@ METHODS = {
         "with the mixing weight)",
         configs=("multisimilarity", "contrastive", "normsoftmax"),
     ),
+    "cov": Method(
+        "class-covariance sampling",
+        "ClassCovarianceSamplingLoss",
+        {"cov_samples": 1, "cov_strength": 0.5},
+        ({"cov_strength": 0.5}, {"cov_strength": 0.25}, {"cov_strength": 1.0}),
+        (),  # not yet compared: tuned first (issue 33)
+        kwargs={"cov_samples": "num_samples", "cov_strength": "strength"},
+        description="class-covariance sampling (new samples of each class drawn "
+        "from its estimated covariance)",
+        configs=("multisimilarity", "contrastive", "normsoftmax"),
+    ),
     "das": Method(
         "Densely Anchored Sampling",
         "DenselyAnchoredSamplingLoss",

@@ -5,6 +5,7 @@ from . import contrib, functional
 from .augmenters import (
     BaseAugmenter,
     BaseFeatureAugmenter,
+    ClassCovarianceSampling,
     DenselyAnchoredSampling,
     EmbeddingExpansion,
     EmbeddingMixup,
@@ -22,6 +23,7 @@ from .centers import (
 )
 from .datasets import EmojiDataset, IconThemesDataset
 from .losses import (
+    ClassCovarianceSamplingLoss,
     DenselyAnchoredSamplingLoss,
     EmbeddingExpansionLoss,
     EmbeddingMixupLoss,
@@ -53,6 +55,7 @@ __all__ = [
     "functional",
     "BaseAugmenter",
     "BaseFeatureAugmenter",
+    "ClassCovarianceSampling",
     "EmbeddingExpansion",
     "EmbeddingMixup",
     "SymmetricalSynthesis",
@@ -66,6 +69,7 @@ __all__ = [
     "MovingAverageClassCenters",
     "ClassCenters",
     "FeatureTransformLoss",
+    "ClassCovarianceSamplingLoss",
     "SFTLoss",
     "FeatureTranslationLoss",
     "EmbeddingExpansionLoss",

@@ -297,6 +297,9 @@ WRAPPERS = {
         pml_sft.DenselyAnchoredSamplingLoss(loss, NUM_CLASSES, EMBEDDING_SIZE, **kwargs)
     ),
     "EmbeddingMixupLoss": pml_sft.EmbeddingMixupLoss,
+    "ClassCovarianceSamplingLoss": lambda loss, **kwargs: (
+        pml_sft.ClassCovarianceSamplingLoss(loss, NUM_CLASSES, EMBEDDING_SIZE, **kwargs)
+    ),
     # (4 points: the toy embeddings have 8 dimensions)
     "SphericalEmbeddingExpansionLoss": lambda loss, **kwargs: (
         pml_sft.SphericalEmbeddingExpansionLoss(loss, num_points=4, **kwargs)

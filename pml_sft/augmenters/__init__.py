@@ -1,5 +1,6 @@
 from .base_augmenter import BaseAugmenter
 from .base_feature_augmenter import BaseFeatureAugmenter
+from .class_covariance_sampling import ClassCovarianceSampling
 from .densely_anchored_sampling import DenselyAnchoredSampling
 from .embedding_expansion import EmbeddingExpansion
 from .embedding_mixup import EmbeddingMixup

@@ -361,6 +361,7 @@ def register(runner):
         losses.DenselyAnchoredSamplingLoss,
         losses.SphericalEmbeddingExpansionLoss,
         losses.EmbeddingMixupLoss,
+        losses.ClassCovarianceSamplingLoss,
     ):
         runner.register("loss", cls)
     for cls in (
@@ -371,6 +372,7 @@ def register(runner):
         augmenters.DenselyAnchoredSampling,
         augmenters.SphericalEmbeddingExpansion,
         augmenters.EmbeddingMixup,
+        augmenters.ClassCovarianceSampling,
     ):
         runner.register("feature_augmenter", cls)
     for cls in (centers.BatchClassCenters, centers.MovingAverageClassCenters):

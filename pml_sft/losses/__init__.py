@@ -1,4 +1,5 @@
 from .checked_loss import CheckedLoss
+from .class_covariance_sampling_loss import ClassCovarianceSamplingLoss
 from .densely_anchored_sampling_loss import DenselyAnchoredSamplingLoss
 from .embedding_expansion_loss import EmbeddingExpansionLoss
 from .embedding_mixup_loss import EmbeddingMixupLoss

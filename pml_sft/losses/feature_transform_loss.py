@@ -22,6 +22,8 @@ NEEDS = {
     "DenselyAnchoredSampling": "Densely Anchored Sampling needs a class with two "
     "or more samples in the batch.",
     "EmbeddingMixup": "Embedding mixup needs two classes in the batch.",
+    "ClassCovarianceSampling": "Class-covariance sampling needs two samples of a "
+    "class seen (in this batch or before) to estimate its covariance.",
     "SphericalEmbeddingExpansion": "Spherical Embedding Expansion expands samples "
     "around their class proxy, or, without proxies, around the mean of a class with "
     "two or more samples in the batch.",

@@ -1,0 +1,110 @@
+"""Class-covariance sampling: the online estimate against the pooled float64 mean
+and covariance, the draws' spread, state and the gradient's direction."""
+
+import pytest
+import torch
+from pytorch_metric_learning import losses, miners
+
+import pml_sft
+
+from .helpers import DEVICE
+
+
+def batch(classes=4, per_class=4, d=6, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(classes * per_class, d, generator=g, dtype=dtype)
+    return x.to(DEVICE), torch.arange(classes).repeat_interleave(per_class).to(DEVICE)
+
+
+def test_the_estimate_is_the_pooled_mean_and_covariance_of_all_samples_seen():
+    aug = pml_sft.ClassCovarianceSampling(4, 6).double().to(DEVICE)
+    seen = []
+    for seed in range(3):
+        x, labels = batch(seed=seed, per_class=3 + seed)
+        aug.augment(x, labels)
+        seen.append((torch.nn.functional.normalize(x, dim=1), labels))
+    unit = torch.cat([u for u, _ in seen])
+    labels = torch.cat([y for _, y in seen])
+    for c in range(4):
+        rows = unit[labels == c]
+        mean = rows.mean(0)
+        cov = (rows - mean).T @ (rows - mean) / len(rows)  # the population covariance
+        assert aug.count[c] == len(rows)
+        torch.testing.assert_close(aug.mean[c], mean)
+        torch.testing.assert_close(aug.covariance[c], cov)
+
+
+def test_draws_spread_as_the_class_covariance_and_keep_the_label():
+    torch.manual_seed(0)
+    d = 3
+    aug = pml_sft.ClassCovarianceSampling(
+        1,
+        d,
+        num_samples=4000,
+        strength=1e-4,
+        generator=torch.Generator().manual_seed(0),
+    ).double()
+    # one class whose directions spread along the second axis only
+    scale = torch.tensor([0.0, 0.3, 0.003], dtype=torch.float64)
+    x = (
+        torch.tensor([[1.0, 0, 0]], dtype=torch.float64)
+        + torch.randn(64, d, dtype=torch.float64) * scale
+    )
+    labels = torch.zeros(64, dtype=torch.long)
+    aug.augment(x, labels)  # learns the covariance
+    single = x[:1]
+    points, point_labels, sources = aug.augment(single, labels[:1])
+    assert (point_labels == 0).all() and (sources == 0).all()
+    torch.testing.assert_close(points.norm(dim=1), torch.ones(4000, dtype=points.dtype))
+    offsets = points - torch.nn.functional.normalize(single, dim=1)
+    spread = offsets.std(dim=0)
+    assert spread[2] < spread[1] / 10  # along the class's own spread, not isotropic
+
+
+def test_samples_keep_gradient_and_change_its_direction():
+    for inner, miner in (
+        (losses.MultiSimilarityLoss(), miners.MultiSimilarityMiner()),
+        (losses.ContrastiveLoss(), None),
+        (losses.NormalizedSoftmaxLoss(4, 6).double(), None),
+    ):
+        wrapped = pml_sft.ClassCovarianceSamplingLoss(
+            inner.to(DEVICE), 4, 6, miner, warmup_iterations=0
+        ).double()
+        x, labels = batch()
+        grads = []
+        for fn in (
+            wrapped,
+            lambda e, y: inner(e, y, miner(e, y) if miner is not None else None),
+        ):
+            e = x.clone().requires_grad_()
+            fn(e, labels).backward()
+            grads.append(e.grad.flatten())
+        assert wrapped.num_augmented == len(labels)
+        assert torch.nn.functional.cosine_similarity(*grads, dim=0) < 1 - 1e-6
+
+
+def test_state_resumes_exactly_and_bad_input_is_named():
+    a = pml_sft.ClassCovarianceSampling(
+        4, 6, generator=torch.Generator().manual_seed(1)
+    )
+    x, labels = batch(dtype=torch.float32)
+    a.augment(x, labels)
+    b = pml_sft.ClassCovarianceSampling(4, 6, generator=torch.Generator())
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.augment(x, labels)[0], b.augment(x, labels)[0])
+    with pytest.raises(ValueError, match="embedding_size=6"):
+        a(torch.randn(4, 5), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels"):
+        a(torch.randn(4, 6), torch.full((4,), 9))
+    with pytest.raises(ValueError, match="strength must be a number > 0"):
+        pml_sft.ClassCovarianceSampling(4, 6, strength=0)
+
+
+def test_few_samples_in_many_dimensions_draw_without_failing():
+    # 4 samples of a class in 128 dimensions, float32: a rank-3 covariance that
+    # float32 updates leave not exactly positive semi-definite (Cholesky failed)
+    aug = pml_sft.ClassCovarianceSampling(8, 128)
+    for seed in range(3):
+        x, labels = batch(classes=8, per_class=4, d=128, seed=seed, dtype=torch.float32)
+        points, _, _ = aug.augment(x.cpu(), labels.cpu())
+        assert torch.isfinite(points).all() and len(points) == 32
