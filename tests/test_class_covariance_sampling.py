@@ -108,3 +108,17 @@ def test_few_samples_in_many_dimensions_draw_without_failing():
         x, labels = batch(classes=8, per_class=4, d=128, seed=seed, dtype=torch.float32)
         points, _, _ = aug.augment(x.cpu(), labels.cpu())
         assert torch.isfinite(points).all() and len(points) == 32
+
+
+def test_an_evaluation_leaves_the_estimate_as_it_was():
+    aug = pml_sft.ClassCovarianceSampling(4, 6).double()
+    x, labels = batch()
+    aug.augment(x.cpu(), labels.cpu())
+    state = {k: v.clone() for k, v in aug.state_dict().items() if torch.is_tensor(v)}
+    with torch.no_grad():
+        aug(x.cpu(), labels.cpu())
+    aug.eval()
+    aug(x.cpu(), labels.cpu())
+    for k, v in aug.state_dict().items():
+        if torch.is_tensor(v):
+            assert torch.equal(v, state[k]), k

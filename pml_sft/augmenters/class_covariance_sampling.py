@@ -19,7 +19,8 @@ class ClassCovarianceSampling(BaseAugmenter):
     spread. The estimate is detached; gradients flow through x.
 
     The estimate is exact over the samples seen (count-weighted, as ISDA's
-    estimator), updated at each augmenting call before the draw, and kept in the
+    estimator), updated at each augmenting call in training mode with gradients
+    enabled before the draw (an evaluation changes nothing), and kept in the
     ``state_dict``. It holds ``num_classes * embedding_size ** 2`` numbers.
 
     Args:
@@ -107,7 +108,8 @@ class ClassCovarianceSampling(BaseAugmenter):
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         unit, _ = self.directions(embeddings)
         seed = call_seed(unit.device, self.generator)
-        self.update(unit.detach(), labels)
+        if self.training and torch.is_grad_enabled():  # evaluations change nothing
+            self.update(unit.detach(), labels)
         rows = (self.count[labels] >= 2).nonzero(as_tuple=True)[0]
         if len(rows) == 0:
             self.num_augmented = 0
