@@ -96,8 +96,12 @@ def test_state_resumes_exactly_and_bad_input_is_named():
         a(torch.randn(4, 5), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="labels"):
         a(torch.randn(4, 6), torch.full((4,), 9))
-    with pytest.raises(ValueError, match="strength must be a number > 0"):
-        pml_sft.ClassCovarianceSampling(4, 6, strength=0)
+    for strength in (0, float("inf")):
+        with pytest.raises(ValueError, match="strength must be a finite number > 0"):
+            pml_sft.ClassCovarianceSampling(4, 6, strength=strength)
+    # the count stays exact in half precision (a float16 count stopped at 2048)
+    half = pml_sft.ClassCovarianceSampling(2, 6).half()
+    assert half.count.dtype == torch.long
 
 
 def test_few_samples_in_many_dimensions_draw_without_failing():

@@ -25,11 +25,13 @@ def test_mixed_rows_are_convex_mixes_of_two_classes_unit_directions():
     lam, second = mix.lam, mix.partner_labels
     assert 0 <= lam <= 1 and (second != first_labels).all()
     for i, row in enumerate(rows.tolist()):
-        # the partner: the row of the second class the mixed row comes from
-        partner = (lam * unit[row] - mixed[i]) / (lam - 1)
-        matches = (unit - partner).norm(dim=1) < 1e-9
+        # the partner: the one row of the second class whose mix with this row,
+        # normalised, is the mixed row
+        mixes = torch.nn.functional.normalize(lam * unit[row] + (1 - lam) * unit, dim=1)
+        matches = (mixes - mixed[i]).norm(dim=1) < 1e-9
         assert matches.sum() == 1 and labels[matches][0] == second[i]
         assert first_labels[i] == labels[row]
+    torch.testing.assert_close(mixed.norm(dim=1), torch.ones(len(rows)).double())
 
 
 def test_the_loss_is_both_labels_weighted_by_lam():
@@ -75,8 +77,9 @@ def test_one_class_gives_nothing_and_options_are_checked():
     mix = pml_sft.EmbeddingMixup()
     out, _, rows = mix(*batch(classes=1))
     assert len(out) == 0 and len(rows) == 0
-    with pytest.raises(ValueError, match="alpha must be a number > 0"):
-        pml_sft.EmbeddingMixup(0)
+    for alpha in (0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
+            pml_sft.EmbeddingMixup(alpha)
     with pytest.raises(TypeError, match="did you mean 'alpha'"):
         pml_sft.EmbeddingMixup(alpah=1.0)
 
@@ -98,3 +101,20 @@ def test_refused_under_torch_distributed(monkeypatch):
     monkeypatch.setattr(distributed, "is_distributed", lambda: True)
     with pytest.raises(ValueError, match="not yet supported under torch.distributed"):
         pml_sft.EmbeddingMixup()(*batch())
+
+
+def test_do_nothing_reducer_keeps_both_labellings_and_the_plain_batch():
+    from pytorch_metric_learning.reducers import DoNothingReducer
+
+    wrapped = pml_sft.EmbeddingMixupLoss(
+        losses.ContrastiveLoss(reducer=DoNothingReducer()),
+        warmup_iterations=0,
+        ramp_iterations=4,
+    )
+    x, labels = batch(classes=4, per_class=2)
+    out = wrapped(x, labels)  # weight 0.25: mixed and plain entries
+    assert {"pos_loss", "pos_loss_second", "pos_loss_plain"} <= set(out)
+    plain = losses.ContrastiveLoss(reducer=DoNothingReducer())(x, labels)
+    pairs = len(plain["pos_loss"]["losses"])
+    assert len(out["pos_loss_plain"]["losses"]) == pairs  # the plain batch's pairs
+    assert len(out["pos_loss_second"]["losses"]) > pairs

@@ -1,3 +1,4 @@
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -49,13 +50,14 @@ class ClassCovarianceSampling(BaseAugmenter):
         num_classes, embedding_size = check_sizes(num_classes, embedding_size)
         self.num_samples = as_count(num_samples, "num_samples")
         if isinstance(strength, bool) or not (
-            isinstance(strength, (int, float)) and strength > 0
+            isinstance(strength, (int, float)) and 0 < strength < math.inf
         ):
-            raise ValueError(f"strength must be a number > 0, got {strength!r}")
+            raise ValueError(f"strength must be a finite number > 0, got {strength!r}")
         self.strength = float(strength)
         self.generator = checked_generator(generator)
         d = embedding_size
-        self.register_buffer("count", torch.zeros(num_classes))
+        # (an integer: .half() would stop a float count at 2048)
+        self.register_buffer("count", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("mean", torch.zeros(num_classes, d))
         self.register_buffer("covariance", torch.zeros(num_classes, d, d))
         self.add_to_recordable_attributes(
@@ -99,7 +101,7 @@ class ClassCovarianceSampling(BaseAugmenter):
             * delta.unsqueeze(2)
             * delta.unsqueeze(1)
         )
-        self.count[classes] = total.to(self.count.dtype)
+        self.count[classes] = total.round().long()
         self.mean[classes] = mean.to(self.mean.dtype)
         self.covariance[classes] = cov.to(self.covariance.dtype)
 

@@ -1,3 +1,4 @@
+import math
 from typing import Dict, Optional, Tuple
 
 import numpy
@@ -12,7 +13,7 @@ from .base_augmenter import BaseAugmenter
 class EmbeddingMixup(BaseAugmenter):
     """Embedding mixup (Metrix, Venkataramanan et al., ICLR 2022): each sample is
     mixed with a sample of another class of the batch, ``lam * a + (1 - lam) * b``
-    on their unit directions, with one ``lam ~ Beta(alpha, alpha)`` per call. A mixed
+    on their unit directions (L2-normalised), with one ``lam ~ Beta(alpha, alpha)`` per call. A mixed
     row belongs to both classes: :class:`~pml_sft.EmbeddingMixupLoss` trains it as
     class a with weight ``lam`` and as class b with weight ``1 - lam``. Gradients
     flow to both sources.
@@ -45,9 +46,9 @@ class EmbeddingMixup(BaseAugmenter):
     ):
         super().__init__(collect_stats=collect_stats)
         if isinstance(alpha, bool) or not (
-            isinstance(alpha, (int, float)) and alpha > 0
+            isinstance(alpha, (int, float)) and 0 < alpha < math.inf
         ):
-            raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
         self.alpha = float(alpha)
         self.generator = checked_generator(generator)
         self.lam = 1.0
@@ -79,6 +80,7 @@ class EmbeddingMixup(BaseAugmenter):
         rows = (best >= 0).nonzero(as_tuple=True)[0]
         partner = partner[rows]
         mixed = lam * unit[rows] + (1 - lam) * unit[partner]
+        mixed = torch.nn.functional.normalize(mixed, dim=1)  # unit, as the family's
         self.lam = lam
         self.partner_labels = labels[partner]
         self.num_augmented = len(rows)

@@ -3,7 +3,6 @@ from typing import Optional
 import torch
 
 from ..augmenters import EmbeddingMixup
-from ..upstream.sft_loss import _mix
 from ..utils.checks import checked_keywords
 from .checked_loss import MOVED
 from .feature_transform_loss import FeatureTransformLoss
@@ -65,4 +64,11 @@ class EmbeddingMixupLoss(FeatureTransformLoss):
         as_first = super().inner_loss(embeddings, labels, indices_tuple, n)
         second = torch.cat([labels[:n], self.augmenter.partner_labels.to(labels)])
         as_second = super().inner_loss(embeddings, second, indices_tuple, n)
-        return _mix(as_second, as_first, self.augmenter.lam)
+        lam = self.augmenter.lam
+        if not isinstance(as_first, dict):
+            return lam * as_first + (1 - lam) * as_second
+        # DoNothingReducer: both labellings' entries, the second's under "_second"
+        out = {k: dict(v, losses=v["losses"] * lam) for k, v in as_first.items()}
+        for k, v in as_second.items():
+            out[f"{k}_second"] = dict(v, losses=v["losses"] * (1 - lam))
+        return out
