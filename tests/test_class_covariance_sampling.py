@@ -126,3 +126,19 @@ def test_an_evaluation_leaves_the_estimate_as_it_was():
     for k, v in aug.state_dict().items():
         if torch.is_tensor(v):
             assert torch.equal(v, state[k]), k
+
+
+def test_the_wrapper_estimates_during_the_warm_up():
+    wrapped = pml_sft.ClassCovarianceSamplingLoss(
+        losses.ContrastiveLoss(), 4, 6, warmup_iterations=3
+    )
+    x, labels = batch(dtype=torch.float32)
+    for step in range(3):  # the warm-up: nothing drawn, the estimate grows
+        wrapped(x.cpu().requires_grad_(), labels.cpu())
+        assert wrapped.num_augmented == 0
+        assert (wrapped.augmenter.count == 4 * (step + 1)).all()
+    with torch.no_grad():
+        wrapped(x.cpu(), labels.cpu())
+    assert (wrapped.augmenter.count == 12).all()
+    wrapped(x.cpu().requires_grad_(), labels.cpu())
+    assert wrapped.num_augmented == 16 and (wrapped.augmenter.count == 16).all()

@@ -35,6 +35,10 @@ class ClassCovarianceSampling(BaseAugmenter):
             call.
     """
 
+    # the estimate is updated here, unless a wrapper updates it at every training
+    # call, warm-up included (ClassCovarianceSamplingLoss)
+    updates_when_augmenting = True
+
     @checked_keywords
     def __init__(
         self,
@@ -110,8 +114,8 @@ class ClassCovarianceSampling(BaseAugmenter):
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         unit, _ = self.directions(embeddings)
         seed = call_seed(unit.device, self.generator)
-        if self.training and torch.is_grad_enabled():  # evaluations change nothing
-            self.update(unit.detach(), labels)
+        if self.updates_when_augmenting and self.training and torch.is_grad_enabled():
+            self.update(unit.detach(), labels)  # (evaluations change nothing)
         rows = (self.count[labels] >= 2).nonzero(as_tuple=True)[0]
         if len(rows) == 0:
             self.num_augmented = 0

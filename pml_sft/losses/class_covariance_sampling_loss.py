@@ -10,9 +10,8 @@ from .feature_transform_loss import FeatureTransformLoss
 
 class ClassCovarianceSamplingLoss(FeatureTransformLoss):
     """A PML loss trained on each batch plus samples drawn from each class's
-    estimated covariance (:class:`~pml_sft.ClassCovarianceSampling`):
-    ``FeatureTransformLoss(loss, ClassCovarianceSampling(...), miner, ...)`` in one
-    line.
+    estimated covariance (:class:`~pml_sft.ClassCovarianceSampling`). The estimate
+    is updated at every training call, the warm-up included, before the draw.
 
     Args:
         loss: the PML loss to wrap.
@@ -65,3 +64,14 @@ class ClassCovarianceSamplingLoss(FeatureTransformLoss):
             ramp_iterations=ramp_iterations,
             collect_stats=collect_stats,
         )
+        augmenter.updates_when_augmenting = False  # every training call: below
+
+    def check_inputs(self, embeddings, labels, indices_tuple=None):
+        """The entry's check, then (the inputs known good) the class estimates
+        updated with the batch at every call in training mode with gradients
+        enabled, the warm-up included (as ISDA estimates from the start), before
+        the call's draw."""
+        super().check_inputs(embeddings, labels, indices_tuple)
+        if self.training and torch.is_grad_enabled() and len(embeddings):
+            unit, _ = self.augmenter.directions(embeddings.detach())
+            self.augmenter.update(unit, labels.to(embeddings.device).long())
