@@ -6,6 +6,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from ..upstream.sft_loss import _compute_dtype, _unit
 from ..utils.checks import check_batch, check_directions, checked_keywords
 from ..utils.records import StatsOnDemand
+from ..utils.target_sampling import generator_state, load_generator_state
 
 
 class BaseAugmenter(StatsOnDemand):
@@ -67,6 +68,17 @@ class BaseAugmenter(StatsOnDemand):
         """Unit directions and norms (N, 1) of the rows, in the compute dtype
         (float32 for half precision), differentiable."""
         return _unit(embeddings.to(_compute_dtype(embeddings.dtype)))
+
+
+class GeneratorState:
+    """For an augmenter with a ``generator`` (None: torch's global RNG): its state
+    in the module's ``state_dict``, so a resumed run draws the same."""
+
+    def get_extra_state(self):
+        return generator_state(self.generator)
+
+    def set_extra_state(self, state):
+        load_generator_state(self.generator, state, type(self).__name__)
 
 
 def same_class_pairs(labels):

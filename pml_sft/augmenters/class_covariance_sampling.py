@@ -7,10 +7,10 @@ from ..centers.base_class_centers import check_sizes, check_table
 from ..utils import distributed
 from ..utils.checks import as_count, checked_keywords
 from ..utils.target_sampling import call_seed, checked_generator
-from .base_augmenter import BaseAugmenter
+from .base_augmenter import BaseAugmenter, GeneratorState
 
 
-class ClassCovarianceSampling(BaseAugmenter):
+class ClassCovarianceSampling(GeneratorState, BaseAugmenter):
     """Class-covariance sampling (ISDA, Wang et al., NeurIPS 2019 / TPAMI 2021, and
     the intra-class augmentation of IAA): each class's mean and covariance of the
     unit directions are estimated online over training, and every sample of a
@@ -135,13 +135,3 @@ class ClassCovarianceSampling(BaseAugmenter):
         sources = rows.repeat_interleave(self.num_samples)
         self.num_augmented = points.shape[0]
         return points.to(embeddings.dtype), labels[sources], sources
-
-    def get_extra_state(self):
-        from ..utils.target_sampling import generator_state
-
-        return generator_state(self.generator)
-
-    def set_extra_state(self, state):
-        from ..utils.target_sampling import load_generator_state
-
-        load_generator_state(self.generator, state, type(self).__name__)

@@ -7,10 +7,10 @@ import torch
 from ..utils import distributed
 from ..utils.checks import checked_keywords
 from ..utils.target_sampling import call_seed, checked_generator
-from .base_augmenter import BaseAugmenter
+from .base_augmenter import BaseAugmenter, GeneratorState
 
 
-class EmbeddingMixup(BaseAugmenter):
+class EmbeddingMixup(GeneratorState, BaseAugmenter):
     """Embedding mixup (Metrix, Venkataramanan et al., ICLR 2022): each sample is
     mixed with a sample of another class of the batch, ``lam * a + (1 - lam) * b``
     on their unit directions (L2-normalised), with one ``lam ~ Beta(alpha, alpha)`` per call. A mixed
@@ -85,13 +85,3 @@ class EmbeddingMixup(BaseAugmenter):
         self.partner_labels = labels[partner]
         self.num_augmented = len(rows)
         return mixed.to(embeddings.dtype), labels[rows], rows
-
-    def get_extra_state(self):
-        from ..utils.target_sampling import generator_state
-
-        return generator_state(self.generator)
-
-    def set_extra_state(self, state):
-        from ..utils.target_sampling import load_generator_state
-
-        load_generator_state(self.generator, state, type(self).__name__)

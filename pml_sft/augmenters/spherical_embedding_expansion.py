@@ -13,10 +13,10 @@ from ..utils.target_sampling import (
     row_keys,
     row_uniforms,
 )
-from .base_augmenter import BaseAugmenter
+from .base_augmenter import BaseAugmenter, GeneratorState
 
 
-class SphericalEmbeddingExpansion(BaseAugmenter):
+class SphericalEmbeddingExpansion(GeneratorState, BaseAugmenter):
     """Spherical Embedding Expansion (SEE, IJCAI 2025): each of the samples
     nearest their class centre is expanded into ``num_points`` points on the
     sphere at the sample's own angle to the centre, spread around the centre's
@@ -181,13 +181,3 @@ class SphericalEmbeddingExpansion(BaseAugmenter):
         s = -u.unsqueeze(2) / n + math.sqrt(1.0 - 1.0 / n**2) * w
         points = cos.view(k, 1, 1) * center.unsqueeze(2) + radius.view(k, 1, 1) * s
         return points.transpose(1, 2)
-
-    def get_extra_state(self):
-        from ..utils.target_sampling import generator_state
-
-        return generator_state(self.generator)
-
-    def set_extra_state(self, state):
-        from ..utils.target_sampling import load_generator_state
-
-        load_generator_state(self.generator, state, type(self).__name__)

@@ -1,6 +1,3 @@
-import os
-from typing import Any, Callable, Optional, Union
-
 from . import emoji
 from .rendered_dataset import RenderedDataset
 
@@ -26,17 +23,3 @@ class EmojiDataset(RenderedDataset):
     source = emoji
     folder = "emoji"
     fetched_with = "the emoji packages, from the npm registry"
-
-    def __init__(
-        self,
-        root: Union[str, os.PathLike[str]],
-        split: str = "train+test",
-        transform: Optional[Callable[[Any], Any]] = None,
-        image_size: int = 32,
-        max_classes: Optional[int] = None,
-        download: bool = False,
-        return_dict: bool = False,
-    ):
-        super().__init__(
-            root, split, transform, image_size, max_classes, download, return_dict
-        )

@@ -1,6 +1,3 @@
-import os
-from typing import Any, Callable, Optional, Union
-
 from . import icon_themes
 from .rendered_dataset import RenderedDataset
 
@@ -29,17 +26,3 @@ class IconThemesDataset(RenderedDataset):
     source = icon_themes
     folder = "icon_themes"
     fetched_with = "the icon-theme packages, with apt-get download"
-
-    def __init__(
-        self,
-        root: Union[str, os.PathLike[str]],
-        split: str = "train+test",
-        transform: Optional[Callable[[Any], Any]] = None,
-        image_size: int = 32,
-        max_classes: Optional[int] = None,
-        download: bool = False,
-        return_dict: bool = False,
-    ):
-        super().__init__(
-            root, split, transform, image_size, max_classes, download, return_dict
-        )

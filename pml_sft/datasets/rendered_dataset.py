@@ -1,3 +1,6 @@
+import os
+from typing import Any, Callable, Optional, Union
+
 import numpy as np
 import torch
 
@@ -16,13 +19,13 @@ class RenderedDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        root,
-        split="train+test",
-        transform=None,
-        image_size=32,
-        max_classes=None,
-        download=False,
-        return_dict=False,
+        root: Union[str, os.PathLike],
+        split: str = "train+test",
+        transform: Optional[Callable[[Any], Any]] = None,
+        image_size: int = 32,
+        max_classes: Optional[int] = None,
+        download: bool = False,
+        return_dict: bool = False,
     ):
         if max_classes is not None and not (
             type(max_classes) is int and max_classes >= 1

@@ -17,6 +17,13 @@ PROXY_PARAMETERS = {
 }
 
 
+def class_proxies(loss):
+    """A proxy loss's proxies (a loss of ``PROXY_PARAMETERS``), one row per class."""
+    attribute, axis = PROXY_PARAMETERS[type(loss).__name__]
+    proxies = getattr(loss, attribute)
+    return proxies if axis == 0 else proxies.t()
+
+
 class ProxySynthesisLoss(FeatureTransformLoss):
     """Proxy Synthesis (Gu, Ko & Kim, AAAI 2021) around a PML proxy loss: each
     training batch gains synthetic classes, mixes of pairs of samples of different
@@ -76,9 +83,7 @@ class ProxySynthesisLoss(FeatureTransformLoss):
 
     def class_proxies(self):
         """The loss's proxies, one row per class."""
-        attribute, axis = PROXY_PARAMETERS[type(self.loss).__name__]
-        proxies = getattr(self.loss, attribute)
-        return proxies if axis == 0 else proxies.t()
+        return class_proxies(self.loss)
 
     def check_inputs(self, embeddings, labels, indices_tuple=None):
         super().check_inputs(embeddings, labels, indices_tuple)

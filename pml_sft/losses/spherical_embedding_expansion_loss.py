@@ -7,7 +7,7 @@ from ..centers.base_class_centers import check_labels_in_range
 from ..utils.checks import checked_keywords
 from .checked_loss import MOVED
 from .feature_transform_loss import FeatureTransformLoss
-from .proxy_synthesis_loss import PROXY_PARAMETERS
+from .proxy_synthesis_loss import PROXY_PARAMETERS, class_proxies
 
 
 class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
@@ -87,9 +87,7 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
         self.add_to_recordable_attributes(name="aug_weight", is_stat=False)
 
     def class_proxies(self):
-        attribute, axis = PROXY_PARAMETERS[type(self.loss).__name__]
-        proxies = getattr(self.loss, attribute)
-        return proxies if axis == 0 else proxies.t()
+        return class_proxies(self.loss)
 
     def check_inputs(self, embeddings, labels, indices_tuple=None):
         super().check_inputs(embeddings, labels, indices_tuple)
