@@ -89,28 +89,112 @@ def family_configs(base, datasets, losses, seeds, chosen=None):
     return configs
 
 
+# How runs were named before they were keyed by their whole configuration
+# (benchmarks/train.py up to d309b7c): the fields below, each where it differed from
+# its default then; every field the old name left out had to be at its old default.
+LEGACY_METHODS = ("none", "translation", "sft", "ee", "ss", "ps")
+LEGACY_METHOD_FIELDS = {
+    "centers": "batch",
+    "center_every": 1,
+    "num_targets": 1,
+    "target_pool": "batch",
+    "nearest_targets": 0,
+    "strength": 1.0,
+    "consistent_only": False,
+    "aug_weight": 1.0,
+    "objective": "joint",
+    "warmup_epochs": 0.0,
+    "ramp_epochs": 0.0,
+    "start": "epochs",
+    "synthetic_role": "any",
+    "detach_augmented": False,
+    "num_points": 2,
+    "ps_alpha": 0.4,
+    "ps_mu": 1.0,
+}
+LEGACY_RUN_FIELDS = {
+    "backbone": "small_cnn",
+    "pretrained": False,
+    "freeze_bn": False,
+    "trunk_lr": 0.0,
+    "train_from_block": 0,
+    "cached_copies": 4,
+    "epochs": 6,
+    "lr": 1e-3,
+    "proxy_lr": 1e-1,
+    "image_size": 32,
+    "m_per_class": 4,
+}
+LEGACY_FIXED = {  # not in the old name: the comparison's value then
+    "max_classes": 0,
+    "val_fraction": 0.2,
+    "width": 32,
+    "embedding_size": 128,
+    "batch_size": 128,
+    "weight_decay": 1e-4,
+    "eval_every": 5,
+    "eval_batch_size": 512,
+    "device": "cpu",
+    "num_workers": 0,
+    "ema_momentum": 0.9,
+}
+
+
+def legacy_name(config):
+    """The name the harness before run keys (up to d309b7c) gave the run of
+    ``config``, or None where that harness could not have run it (a method it did
+    not have, or a field its name did not record away from the value it had then).
+    A committed row under this name is the run of ``config`` trained by the code
+    of the commit the row names."""
+    if config.method not in LEGACY_METHODS:
+        return None
+    fields = {**dataclasses.asdict(config), **config.method_options()}
+    fields["start"] = "epochs"
+    if any(fields.get(k, v) != v for k, v in LEGACY_FIXED.items()):
+        return None
+    parts = [config.dataset, config.loss, config.method]
+    if config.method != "none":
+        parts += [
+            f"{k}={fields[k]}"
+            for k, default in LEGACY_METHOD_FIELDS.items()
+            if fields.get(k, default) != default
+        ]
+    parts += [
+        f"{k}={fields[k]}"
+        for k, default in LEGACY_RUN_FIELDS.items()
+        if fields[k] != default
+    ]
+    parts += [f"split={config.split}", f"seed={config.seed}"]
+    return "_".join(str(p) for p in parts)
+
+
 def committed_results(configs, paths):
     """Results of finished runs read back from committed runs.csv files: the rows
     whose run name is one of ``configs``' (a row carries the metrics the summary
-    needs, the training time and the commit that trained it)."""
+    needs, the training time and the commit that trained it). Rows written before
+    runs were keyed by their whole configuration are found by their old name
+    (:func:`legacy_name`) and come back under the new one, with their commit."""
     by_name = {c.name(): c for c in configs}
+    for c in configs:
+        old = legacy_name(c)
+        if old is not None:
+            by_name.setdefault(old, c)
     results = {}
     for path in paths:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         if rows and not any(row["name"] in by_name for row in rows):
             warnings.warn(
-                f"none of the {len(rows)} rows of {path} is a run of this comparison: "
-                "runs are named by their whole configuration since 2026-12-04 "
-                "(benchmarks/registry.py), so rows written before name their runs "
-                "otherwise; reproduce those at the commit they name"
+                f"none of the {len(rows)} rows of {path} is a run of this comparison, "
+                "by its name or by the name the harness gave it before runs were "
+                "keyed by their whole configuration (legacy_name)"
             )
         for row in rows:
             config = by_name.get(row["name"])  # the name ends with the key
             if config is None:
                 continue
-            results[row["name"]] = {
-                "name": row["name"],
+            results[config.name()] = {
+                "name": config.name(),
                 "config": dataclasses.asdict(config),
                 "metrics": {m: float(row[m]) for m in PAIRED_METRICS},
                 "train_seconds": float(row["train_seconds"]),

@@ -104,6 +104,7 @@ LOSSES = {
 }
 PAIR_LOSSES = ("multisimilarity", "triplet", "contrastive")
 PROXY_LOSSES = ("proxyanchor", "normsoftmax")
+MIX_LOSSES = ("multisimilarity", "contrastive", "normsoftmax")  # mixup, covariance
 
 # the options of the SFT study (issue 11), beside the core: they choose the
 # centres and the contrib classes (their defaults build the core classes)
@@ -226,9 +227,8 @@ METHODS = {
         "SphericalEmbeddingExpansionLoss",
         {"see_points": 16, "min_share": 0.04, "max_share": 0.4, "see_weight": 0.2},
         ({"see_weight": 0.2}, {"see_weight": 0.1}, {"see_weight": 0.4}),
-        (),  # not yet compared: tuned first (issue 33)
+        ("proxyanchor", "multisimilarity", "normsoftmax"),
         kwargs={"see_points": "num_points", "see_weight": "aug_weight"},
-        configs=("proxyanchor", "multisimilarity", "normsoftmax"),
         description="Spherical Embedding Expansion (points on the sphere around "
         "the class proxy or batch mean, at each expanded sample's angle)",
     ),
@@ -237,32 +237,29 @@ METHODS = {
         "EmbeddingMixupLoss",
         {"mixup_alpha": 1.0},
         ({"mixup_alpha": 1.0}, {"mixup_alpha": 0.4}, {"mixup_alpha": 2.0}),
-        (),  # not yet compared: tuned first (issue 33)
+        MIX_LOSSES,
         kwargs={"mixup_alpha": "alpha"},
         description="embedding mixup (rows of two classes mixed, trained as both "
         "with the mixing weight)",
-        configs=("multisimilarity", "contrastive", "normsoftmax"),
     ),
     "cov": Method(
         "class-covariance sampling",
         "ClassCovarianceSamplingLoss",
         {"cov_samples": 1, "cov_strength": 0.5},
         ({"cov_strength": 0.5}, {"cov_strength": 0.25}, {"cov_strength": 1.0}),
-        (),  # not yet compared: tuned first (issue 33)
+        MIX_LOSSES,
         kwargs={"cov_samples": "num_samples", "cov_strength": "strength"},
         description="class-covariance sampling (new samples of each class drawn "
         "from its estimated covariance)",
-        configs=("multisimilarity", "contrastive", "normsoftmax"),
     ),
     "das": Method(
         "Densely Anchored Sampling",
         "DenselyAnchoredSamplingLoss",
         {"num_produce": 3},
         ({"num_produce": 3}, {"num_produce": 1}, {"num_produce": 5}),
-        (),  # implemented, not yet in the comparison
+        PAIR_LOSSES,
         description="Densely Anchored Sampling (detached copies scaled on each "
         "class's top dimensions and shifted by remembered same-class differences)",
-        configs=PAIR_LOSSES,
     ),
 }
 
