@@ -24,8 +24,10 @@ go to superseded_runs.csv).
 
 Results in ``--out``: runs.csv (one row per run), summary.csv (per data set, loss
 and method: means and stds over seeds, and the paired difference to the baseline
-with a 95 % t interval over seeds), sft_vs_translation.csv (SFT minus translation
-per data set and loss, paired the same way), summary.md and paired_differences.png.
+with a 95 % t interval over seeds), sft_vs_peers.csv (SFT minus each of its peers,
+translation, Spherical Embedding Expansion and class-covariance sampling, per data
+set and loss where both ran, paired the same way), summary.md and
+paired_differences.png.
 """
 
 import argparse
@@ -54,6 +56,9 @@ FAMILY = {loss: registry.family_methods(loss) for loss in registry.FAMILY_LOSSES
 METHOD_NAMES = {name: method.label for name, method in registry.METHODS.items()}
 PAIRED_METRICS = report.PAIRED_METRICS
 SFT_VERDICT = {"above": "SFT higher", "below": "SFT lower"}
+# the methods SFT is compared with head to head: translation (the transfer SFT
+# replaces), and the spherical and the covariance peer
+PEERS = ("translation", "see", "cov")
 LOSS_LR = {name: loss.lr for name, loss in registry.LOSSES.items()}
 
 
@@ -211,10 +216,11 @@ def loss_order(loss):
 
 
 def head_to_head_table(rows):
-    """Markdown: one line per (dataset, loss) of ``report.head_to_head``."""
+    """Markdown: one line per (peer, dataset, loss) of :func:`head_to_head`."""
     return report.markdown(
         rows,
         {
+            "peer": lambda r: METHOD_NAMES[r["reference"]],
             "data set": "dataset",
             "loss": "loss",
             "seeds": "paired_seeds",
@@ -280,11 +286,16 @@ def paired_summary(results):
     )
 
 
-def head_to_head(results, method="sft", reference="translation"):
+def head_to_head(results, method="sft", references=PEERS):
+    """``method`` minus each of ``references``, per data set and loss where both
+    ran, paired by seed (``report.head_to_head``), the references in turn."""
     frame = report.runs_frame(results)
-    return report.head_to_head(frame, list(FAMILY), method, reference).to_dict(
-        "records"
-    )
+    rows = []
+    for reference in references:
+        rows += report.head_to_head(frame, list(FAMILY), method, reference).to_dict(
+            "records"
+        )
+    return rows
 
 
 def build_parser(description, split):
@@ -395,7 +406,7 @@ def train_missing(configs, finished, out, workers, limit=None):
     todo = [c for c in configs if c.name() not in finished]
     if limit is not None:
         todo = todo[: max(limit, 0)]
-    for result in run_all(todo, out, workers):
+    for result in run_all(todo, out, workers) if todo else []:
         finished[result["name"]] = result
     return len(todo)
 
@@ -405,7 +416,7 @@ def per_run_rows(results):
 
 
 def write_reports(out, results, total, trained, base, args, command, started):
-    """runs.csv, summary.csv, sft_vs_translation.csv, paired_differences.png,
+    """runs.csv, summary.csv, sft_vs_peers.csv, paired_differences.png,
     summary.md and command.json of the comparison in ``out``; returns the rows."""
     chosen = args.chosen
     report.write_csv(out / "runs.csv", per_run_rows(results))
@@ -413,7 +424,7 @@ def write_reports(out, results, total, trained, base, args, command, started):
     report.write_csv(out / "summary.csv", rows)
     report.plot_differences(rows, out / "paired_differences.png", METHOD_NAMES)
     contrast = head_to_head(results)
-    report.write_csv(out / "sft_vs_translation.csv", contrast)
+    report.write_csv(out / "sft_vs_peers.csv", contrast)
     remaining = total - len(results)
     head = report.header(
         command,
@@ -443,7 +454,7 @@ def write_reports(out, results, total, trained, base, args, command, started):
         markdown(rows),
         "## ΔR@1 per data set (points; the verdict of its 95 % interval)\n\n"
         + verdict_table(rows),
-        "## SFT against translation (SFT minus translation, same seeds)\n\n"
+        "## SFT against its peers (SFT minus the peer, same seeds)\n\n"
         + head_to_head_table(contrast),
     )
     (out / "command.json").write_text(
