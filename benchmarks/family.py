@@ -19,8 +19,10 @@ images, the cached features and the labels) and the CPU; a method and its baseli
 are paired only when both agree (rows from before they were recorded pair with
 anything). Train each seed's runs on one machine in one session: runs
 are bit-for-bit repeatable there, not across machines. A (data set, loss, seed)
-block left incomplete on another machine is trained again whole (its earlier rows
-go to superseded_runs.csv).
+block left incomplete on another machine, or holding rows that do not record their
+CPU, is trained again whole (its earlier rows go to superseded_runs.csv); so a
+method added to the comparison pairs with a baseline trained beside it.
+``--methods`` runs only those methods and the baseline.
 
 Results in ``--out``: runs.csv (one row per run), summary.csv (per data set, loss
 and method: means and stds over seeds, and the paired difference to the baseline
@@ -62,16 +64,22 @@ PEERS = ("translation", "see", "cov")
 LOSS_LR = {name: loss.lr for name, loss in registry.LOSSES.items()}
 
 
-def family_configs(base, datasets, losses, seeds, chosen=None):
+def compared_methods(loss, methods=None):
+    """The methods compared on ``loss`` (FAMILY's), only those of ``methods`` when
+    given (the baseline always runs)."""
+    return tuple(m for m in FAMILY[loss] if methods is None or m in methods)
+
+
+def family_configs(base, datasets, losses, seeds, chosen=None, methods=None):
     """Every run of the comparison, seed-major (a partial run holds whole pairs
-    first). ``chosen`` (benchmarks.family_tuning's chosen.json) gives, per data set,
+    first); ``methods``: only these besides the baseline. ``chosen`` (benchmarks.family_tuning's chosen.json) gives, per data set,
     loss and method, the learning rate and options chosen on validation classes;
     without it each loss takes LOSS_LR and each method its paper's defaults."""
     configs = []
     for seed in seeds:
         for dataset in datasets:
             for loss in losses:
-                for method in ("none", *FAMILY[loss]):
+                for method in ("none", *compared_methods(loss, methods)):
                     if chosen is None:
                         options = {"lr": LOSS_LR.get(loss, RunConfig().lr)}
                     else:
@@ -309,6 +317,14 @@ def build_parser(description, split):
         "--datasets", nargs="+", default=["emoji", "icons"], choices=("emoji", "icons")
     )
     parser.add_argument("--losses", nargs="+", default=list(FAMILY), choices=FAMILY)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=[m for m in METHOD_NAMES if m != "none"],
+        help="only these methods (on the losses they are compared on) and the "
+        "baseline; default: every method",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
         "--max-runs", type=int, default=None, help="train at most this many new runs"
@@ -367,18 +383,18 @@ def finished_results(configs, out, reuse):
 def partial_blocks_from_elsewhere(configs, finished, cpu):
     """Names of the finished runs to train again: those of every (data set, loss,
     seed) block that is incomplete and holds a run trained on another device than
-    ``cpu`` (``device_description``: the CPU, or the GPU on CUDA). The block's missing runs, trained here, would not pair with those runs
-    (``comparable``), so the whole block is trained again. Complete blocks and rows
-    without a CPU stay as they are."""
+    ``cpu`` (``device_description``: the CPU, or the GPU on CUDA), or one that does
+    not record its device (rows from before 2026-12-02, which do not record their
+    data either: an icons baseline of then does not reproduce here). The block's
+    missing runs, trained here, would not pair with those runs, so the whole block
+    is trained again. Complete blocks stay as they are."""
     blocks = defaultdict(list)
     for c in configs:
         blocks[(c.dataset, c.loss, c.seed)].append(c.name())
     stale = []
     for names in blocks.values():
         done = [n for n in names if n in finished]
-        if len(done) < len(names) and any(
-            finished[n].get("cpu") not in (None, cpu) for n in done
-        ):
+        if len(done) < len(names) and any(finished[n].get("cpu") != cpu for n in done):
             stale += done
     return stale
 
@@ -479,7 +495,9 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = json.loads(Path(args.chosen).read_text()) if args.chosen else None
-    configs = family_configs(base, args.datasets, args.losses, args.seeds, chosen)
+    configs = family_configs(
+        base, args.datasets, args.losses, args.seeds, chosen, args.methods
+    )
     finished = finished_results(configs, out, args.reuse)
     if args.max_runs != 0:
         here = device_description(base["device"])

@@ -33,12 +33,12 @@ import numpy as np
 
 from . import registry, report
 from .family import (
-    FAMILY,
     LOSS_LR,
     METHOD_NAMES,
     PAIRED_METRICS,
     base_options,
     build_parser,
+    compared_methods,
     finished_results,
     per_run_rows,
     train_missing,
@@ -98,9 +98,9 @@ def choose(scores):
     return int(np.argmax(scores))  # argmax takes the first of equal maxima
 
 
-def tune(base, datasets, losses, seeds, finished, train):
-    """Tune every arm; ``train(configs)`` trains the missing runs of ``configs``
-    into ``finished``. Returns (rows, chosen): one row per setting tried, and per
+def tune(base, datasets, losses, seeds, finished, train, methods=None):
+    """Tune every arm (``methods``: only those); ``train(configs)`` trains the
+    missing runs of ``configs`` into ``finished``. Returns (rows, chosen): one row per setting tried, and per
     data set, loss and method the options of the winning setting (complete arms
     only)."""
     rows, chosen = [], {}
@@ -119,7 +119,7 @@ def tune(base, datasets, losses, seeds, finished, train):
             continue
         best = settings[choose(scores)]
         chosen.setdefault(arm[0], {}).setdefault(arm[1], {})["none"] = best
-        for method in FAMILY[arm[1]]:
+        for method in compared_methods(arm[1], methods):
             method_runs = method_settings(method, best["lr"])
             methods[(*arm, method)] = (
                 method_runs,
@@ -201,14 +201,18 @@ def main(argv=None):
             budget[0] = limit - trained
 
     started = time.time()
-    rows, chosen = tune(base, args.datasets, args.losses, args.seeds, finished, train)
+    rows, chosen = tune(
+        base, args.datasets, args.losses, args.seeds, finished, train, args.methods
+    )
     command = "python -m benchmarks.family_tuning " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     report.write_csv(out / "runs.csv", per_run_rows(finished.values()))
     report.write_csv(out / "tuning.csv", rows)
     (out / "chosen.json").write_text(json.dumps(chosen, indent=1, sort_keys=True))
-    arms = sum(1 + len(FAMILY[loss]) for loss in args.losses) * len(args.datasets)
+    arms = len(args.datasets) * sum(
+        1 + len(compared_methods(loss, args.methods)) for loss in args.losses
+    )
     done = sum(len(m) for d in chosen.values() for m in d.values())
     head = report.header(
         command,
