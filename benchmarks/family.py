@@ -196,7 +196,7 @@ def committed_results(configs, paths):
     for path in paths:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        if rows and not any(row["name"] in by_name for row in rows):
+        if rows and by_name and not any(row["name"] in by_name for row in rows):
             warnings.warn(
                 f"none of the {len(rows)} rows of {path} is a run of this comparison, "
                 "by its name or by the name the harness gave it before runs were "

@@ -110,7 +110,7 @@ def tune(base, datasets, losses, seeds, finished, train, methods=None):
         for arm in arms
     }
     train([c for runs in baselines.values() for runs_ in runs for c in runs_])
-    methods = {}
+    method_arms = {}
     for arm in arms:
         settings = baseline_settings(arm[1])
         scores = [score(finished, runs) for runs in baselines[arm]]
@@ -121,12 +121,12 @@ def tune(base, datasets, losses, seeds, finished, train, methods=None):
         chosen.setdefault(arm[0], {}).setdefault(arm[1], {})["none"] = best
         for method in compared_methods(arm[1], methods):
             method_runs = method_settings(method, best["lr"])
-            methods[(*arm, method)] = (
+            method_arms[(*arm, method)] = (
                 method_runs,
                 arm_configs(base, *arm, method, method_runs, seeds),
             )
-    train([c for _, runs in methods.values() for runs_ in runs for c in runs_])
-    for (dataset, loss, method), (settings, runs) in methods.items():
+    train([c for _, runs in method_arms.values() for runs_ in runs for c in runs_])
+    for (dataset, loss, method), (settings, runs) in method_arms.items():
         scores = [score(finished, r) for r in runs]
         rows += setting_rows((dataset, loss), method, settings, runs, scores, finished)
         if None not in scores:

@@ -3,6 +3,7 @@ tiny end-to-end tuning on fake icons whose choices drive the test comparison."""
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,56 @@ def test_tuning_end_to_end_then_the_comparison_takes_its_choices(tmp_path, monke
         setting = chosen["icons"][config["loss"]][config["method"]]
         assert {k: config[k] for k in setting} == setting
     assert "chosen on validation classes" in (cmp_out / "summary.md").read_text()
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks/results/family_tuning"
+
+
+def committed_tuning(methods=None):
+    """``tune`` over the committed tuning rows (found by their old names); returns
+    the configs it would train, and its choices."""
+    args = family.build_parser("", "val").parse_args([])
+    base = family.base_options(args)
+    finished, wanted = {}, []
+    rows_csv = [COMMITTED / "runs.csv"]
+
+    def train(configs):
+        finished.update(family.committed_results(configs, rows_csv))
+        wanted.extend(c for c in configs if c.name() not in finished)
+
+    _, chosen = family_tuning.tune(
+        base,
+        ["emoji", "icons"],
+        list(family.FAMILY),
+        [100, 101],
+        finished,
+        train,
+        methods,
+    )
+    return wanted, chosen, finished
+
+
+def test_the_committed_tuning_rows_are_found_and_give_the_committed_choices():
+    wanted, chosen, finished = committed_tuning()
+    with open(COMMITTED / "runs.csv", newline="") as f:
+        assert len(finished) == len(list(csv.DictReader(f)))  # every row found
+    with open(COMMITTED / "chosen.json") as f:
+        committed = json.load(f)
+    for dataset, losses in committed.items():
+        for loss, methods in losses.items():
+            for method, setting in methods.items():
+                assert chosen[dataset][loss][method] == setting
+    # what is left to train: the arms of the methods tuned since, 3 settings x 2 seeds
+    arms = {(c.dataset, c.loss, c.method) for c in wanted}
+    assert {m for _, _, m in arms} <= {"see", "mixup", "cov", "das"}
+    assert len(wanted) == 6 * len(arms)
+
+
+def test_tuning_only_some_methods():
+    wanted, chosen, _ = committed_tuning(["see"])
+    assert {(c.dataset, c.loss, c.method) for c in wanted} == {
+        (d, loss, "see")
+        for d in ("emoji", "icons")
+        for loss in registry.METHODS["see"].losses
+    }
+    assert set(chosen["icons"]["multisimilarity"]) == {"none"}
