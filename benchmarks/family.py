@@ -36,6 +36,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -181,31 +182,32 @@ def legacy_name(config):
     return "_".join(str(p) for p in parts)
 
 
-def committed_results(configs, paths):
+def committed_results(configs, paths, warn=True):
     """Results of finished runs read back from committed runs.csv files: the rows
     whose run name is one of ``configs``' (a row carries the metrics the summary
     needs, the training time and the commit that trained it). Rows written before
     runs were keyed by their whole configuration are found by their old name
     (:func:`legacy_name`) and come back under the new one, with their commit."""
     by_name = {c.name(): c for c in configs}
+    old_names = {}
     for c in configs:
         old = legacy_name(c)
         if old is not None:
-            by_name.setdefault(old, c)
+            old_names.setdefault(old, c)
     results = {}
     for path in paths:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        if rows and by_name and not any(row["name"] in by_name for row in rows):
-            warnings.warn(
-                f"none of the {len(rows)} rows of {path} is a run of this comparison, "
-                "by its name or by the name the harness gave it before runs were "
-                "keyed by their whole configuration (legacy_name)"
-            )
+        taken = 0
         for row in rows:
             config = by_name.get(row["name"])  # the name ends with the key
+            if config is None and row.get("commit"):
+                # an old name says less than a key: only rows of the family
+                # comparison and its tuning, which record their commit, are taken
+                config = old_names.get(row["name"])
             if config is None:
                 continue
+            taken += 1
             results[config.name()] = {
                 "name": config.name(),
                 "config": dataclasses.asdict(config),
@@ -215,6 +217,13 @@ def committed_results(configs, paths):
                 "data_fingerprint": row.get("data_fingerprint") or None,
                 "cpu": row.get("cpu") or None,
             }
+        if warn and rows and configs and not taken:
+            warnings.warn(
+                f"none of the {len(rows)} rows of {path} is a run of this comparison, "
+                "by its name or by the name the harness gave it before runs were "
+                "keyed by their whole configuration (legacy_name; such rows are "
+                "taken only with the commit that trained them)"
+            )
     return results
 
 
@@ -372,10 +381,11 @@ def base_options(args):
     return base
 
 
-def finished_results(configs, out, reuse):
+def finished_results(configs, out, reuse, warn=True):
     """name -> result of the runs of ``configs`` already finished: committed rows
-    (``reuse``), overridden by run directories under ``out``."""
-    finished = committed_results(configs, reuse)
+    (``reuse``; ``warn``: about a file none of whose rows is one of them),
+    overridden by run directories under ``out``."""
+    finished = committed_results(configs, reuse, warn)
     for c in configs:
         result = run_dir_result(c, out)
         if result is not None:
@@ -384,39 +394,50 @@ def finished_results(configs, out, reuse):
 
 
 def partial_blocks_from_elsewhere(configs, finished, cpu):
-    """Names of the finished runs to train again: those of every (data set, loss,
-    seed) block that is incomplete and holds a run trained on another device than
+    """Names of the finished runs to train again: in every (data set, loss, seed)
+    block of ``configs`` that is incomplete, the runs trained on another device than
     ``cpu`` (``device_description``: the CPU, or the GPU on CUDA). The block's
-    missing runs, trained here, would not pair with those runs, so the whole block
-    is trained again. Complete blocks and rows without a CPU (from before
-    2026-12-02) stay as they are."""
+    missing runs, trained here, would not pair with them, so they are trained here
+    too and the block ends up trained on one device; its runs trained here stay.
+    Complete blocks and rows without a CPU (from before f103468, 2026-12-02 15:37)
+    stay as they are."""
     blocks = defaultdict(list)
     for c in configs:
         blocks[(c.dataset, c.loss, c.seed)].append(c.name())
     stale = []
     for names in blocks.values():
         done = [n for n in names if n in finished]
-        if len(done) < len(names) and any(
-            finished[n].get("cpu") not in (None, cpu) for n in done
-        ):
-            stale += done
+        if len(done) < len(names):
+            stale += [n for n in done if finished[n].get("cpu") not in (None, cpu)]
     return stale
 
 
 def set_aside(names, finished, out):
     """Removes ``names`` from ``finished``, moves their run directories (if any) to
-    ``out/superseded/`` and adds their rows to ``out/superseded_runs.csv``."""
+    ``out/superseded/`` (replacing one set aside before) and adds their rows to
+    ``out/superseded_runs.csv`` (once: a committed row read again by a later call
+    is not added twice)."""
     path = out / "superseded_runs.csv"
     rows = []
     if path.exists():
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-    rows += per_run_rows([finished.pop(n) for n in names]).to_dict("records")
+    new = per_run_rows([finished.pop(n) for n in names]).to_dict("records")
+
+    def key(row):
+        commit = row.get("commit")
+        return row["name"], commit if isinstance(commit, str) else ""
+
+    seen = {key(r) for r in rows}
+    rows += [r for r in new if key(r) not in seen]
     for name in names:
         run_dir = out / name
         if run_dir.exists():
-            (out / "superseded").mkdir(exist_ok=True)
-            run_dir.rename(out / "superseded" / name)
+            target = out / "superseded" / name
+            target.parent.mkdir(exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            run_dir.rename(target)
     report.write_csv(path, rows)
 
 
@@ -502,10 +523,16 @@ def main(argv=None):
     configs = family_configs(
         base, args.datasets, args.losses, args.seeds, chosen, args.methods
     )
-    finished = finished_results(configs, out, args.reuse)
+    # whether a block is complete is judged on all its methods, with --methods too
+    # (where the chosen settings name them all)
+    try:
+        blocks = family_configs(base, args.datasets, args.losses, args.seeds, chosen)
+    except ValueError:
+        blocks = configs
+    finished = finished_results(blocks, out, args.reuse)
     if args.max_runs != 0:
         here = device_description(base["device"])
-        stale = partial_blocks_from_elsewhere(configs, finished, here)
+        stale = partial_blocks_from_elsewhere(blocks, finished, here)
         if stale:
             print(
                 f"training again {len(stale)} finished runs of incomplete blocks "

@@ -194,7 +194,9 @@ def main(argv=None):
     budget = [args.max_runs]
 
     def train(configs):
-        finished.update(finished_results(configs, out, args.reuse))
+        # the first call (the baselines) says whether a --reuse file holds none
+        warn = not finished
+        finished.update(finished_results(configs, out, args.reuse, warn))
         limit = budget[0]
         trained = train_missing(configs, finished, out, args.workers, limit)
         if limit is not None:

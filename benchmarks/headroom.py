@@ -7,16 +7,19 @@ On the comparison's test classes, with the comparison's evaluation (PML's
 GlobalEmbeddingSpaceTester, R@1 and MAP@R), it evaluates what the trained part of a
 run starts from:
 
-* **pretrained features**: the pretrained EfficientNet-Lite0's pooled features
-  (1280-d), no embedding layer, nothing trained (one number per data set);
-* **initial model**: the run's model before its first step (the same features
-  through the run's randomly initialised embedding layer), per seed;
+* **backbone features**: the backbone's pooled features with no embedding layer,
+  nothing trained: in the comparison's setup the ImageNet-pretrained
+  EfficientNet-Lite0's 1280 features (one number per data set);
+* **initial model**: the run's model before its first step, per seed: the same
+  features through the run's randomly initialised embedding layer (its BatchNorm
+  in eval mode, at its initial running mean 0 and variance 1: a random projection
+  of the features);
 
 and sets them beside the trained baselines of the committed comparison
 (``--reuse``: the final-epoch rows of method ``none``), per loss. The gain of
-training over the pretrained features is what the trained part adds: on the hold-out
-outside the project (a frozen encoder with a trained head), where no method helped,
-it was about one point of R@1.
+training over the backbone features is what the trained part adds: on the hold-out
+kept outside the project (a frozen encoder with a trained head; issue 33), where no
+method helped, it was about one point of R@1.
 
 Writes headroom.csv (one row per data set and model) and headroom.md to ``--out``.
 Nothing is trained; a few minutes on the 2-core VM once the feature caches exist.
@@ -34,7 +37,7 @@ from . import report
 from .family import FAMILY, base_options, build_parser
 from .train import RunConfig, RunHooks, build_run
 
-NOT_TRAINED = ("pretrained features", "initial model")
+NOT_TRAINED = ("backbone features", "initial model")
 
 
 def evaluate(cfg, run_dir, features_only):
@@ -88,7 +91,9 @@ def trained_rows(paths, datasets, seeds):
         & runs.dataset.isin(datasets)
         & runs.seed.isin(seeds)
     ]
-    runs = runs.drop_duplicates("name")
+    # one row per run: a committed row and its rerun (or the same run under its old
+    # and new name) count once
+    runs = runs.drop_duplicates(["dataset", "loss", "seed"])
     return runs.assign(model="trained baseline: " + runs.loss)[
         ["dataset", "model", "seed", "data_fingerprint", *report.PAIRED_METRICS]
     ]
@@ -98,20 +103,24 @@ def data_line(dataset, untrained, trained):
     """Whether the trained rows of ``dataset`` trained on the data evaluated here."""
     here = set(untrained[untrained.dataset == dataset].data_fingerprint)
     rows = trained[trained.dataset == dataset].data_fingerprint if len(trained) else []
-    there = set(pd.Series(rows, dtype=object).dropna())
+    rows = pd.Series(rows, dtype=object)
+    if not len(rows):
+        return f"{dataset}: no trained rows (--reuse)."
+    there = set(rows.dropna())
+    recorded = f"{rows.notna().sum()} of {len(rows)} trained rows record their data"
     if not there:
         return f"{dataset}: the trained rows do not record their data."
     if there == here:
-        return f"{dataset}: the trained rows trained on the data evaluated here."
-    return f"{dataset}: the trained rows' data ({sorted(there)}) is not {sorted(here)}."
+        return f"{dataset}: {recorded}, and trained on the data evaluated here."
+    return f"{dataset}: {recorded}: {sorted(there)}, not {sorted(here)}."
 
 
 def table(frame):
-    """Per data set and model: seeds, means and stds, and R@1 over the pretrained
-    features (points)."""
+    """Per data set and model: seeds, means and stds, and R@1 over the backbone
+    features."""
     rows = []
     for (dataset, model), group in frame.groupby(["dataset", "model"], sort=False):
-        row = dict(dataset=dataset, model=model, seeds=len(group))
+        row = dict(dataset=dataset, model=model, seeds=group.seed.nunique())
         for m in report.PAIRED_METRICS:
             row[f"{m}_mean"] = group[m].mean()
             row[f"{m}_std"] = group[m].std(ddof=1) if len(group) > 1 else 0.0
@@ -133,7 +142,7 @@ def markdown(rows):
             "seeds": "seeds",
             "R@1": lambda r: report.mean_std(r, "recall_at_1"),
             "MAP@R": lambda r: report.mean_std(r, "mean_average_precision_at_r"),
-            "R@1 over the pretrained features": lambda r: (
+            "R@1 over the backbone features": lambda r: (
                 f"{100 * r['gain_recall_at_1_over_features']:+.1f}"
             ),
         },

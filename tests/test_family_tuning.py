@@ -129,7 +129,7 @@ def committed_tuning(methods=None):
     rows_csv = [COMMITTED / "runs.csv"]
 
     def train(configs):
-        finished.update(family.committed_results(configs, rows_csv))
+        finished.update(family.committed_results(configs, rows_csv, not finished))
         wanted.extend(c for c in configs if c.name() not in finished)
 
     _, chosen = family_tuning.tune(

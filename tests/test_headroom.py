@@ -4,6 +4,7 @@ tiny fake icons."""
 import csv
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -62,6 +63,8 @@ def test_the_table_sets_the_trained_baselines_beside_the_untrained_models(
     rows = [
         ("icons_multisimilarity_none_a", "multisimilarity", "none", 0, "test", 0.9),
         ("icons_multisimilarity_none_b", "multisimilarity", "none", 1, "test", 0.7),
+        # the same run under its old name: counted once
+        ("icons_multisimilarity_none_old", "multisimilarity", "none", 1, "test", 0.7),
         ("icons_multisimilarity_sft_a", "multisimilarity", "sft", 0, "test", 0.1),
         ("icons_multisimilarity_none_c", "multisimilarity", "none", 0, "val", 0.1),
         ("icons_multisimilarity_none_d", "multisimilarity", "none", 9, "test", 0.1),
@@ -81,21 +84,29 @@ def test_the_table_sets_the_trained_baselines_beside_the_untrained_models(
     with open(out / "headroom.csv") as f:
         table = {r["model"]: r for r in csv.DictReader(f)}
     assert list(table) == [
-        "pretrained features",
+        "backbone features",
         "initial model",
         "trained baseline: multisimilarity",
     ]
     assert [table[m]["seeds"] for m in table] == ["1", "2", "2"]
     trained = table["trained baseline: multisimilarity"]
     assert float(trained["recall_at_1_mean"]) == pytest.approx(0.8)
-    start = float(table["pretrained features"]["recall_at_1_mean"])
+    start = float(table["backbone features"]["recall_at_1_mean"])
     assert float(trained["gain_recall_at_1_over_features"]) == pytest.approx(
         0.8 - start
     )
     assert np.isclose(
-        float(table["pretrained features"]["gain_recall_at_1_over_features"]), 0
+        float(table["backbone features"]["gain_recall_at_1_over_features"]), 0
     )
     text = (out / "headroom.md").read_text()
     assert "icons: the trained rows do not record their data." in text
+    assert headroom.data_line(
+        "icons",
+        pd.DataFrame({"dataset": ["icons"], "data_fingerprint": ["f"]}),
+        pd.DataFrame({"dataset": ["icons"] * 2, "data_fingerprint": ["f", None]}),
+    ) == (
+        "icons: 1 of 2 trained rows record their data, and trained on the data "
+        "evaluated here."
+    )
     with pytest.raises(SystemExit):
         headroom.main(argv + ["--split", "val"])
