@@ -27,6 +27,7 @@ Nothing is trained; a few minutes on the 2-core VM once the feature caches exist
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -164,7 +165,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    frame = untrained_rows(base, args.datasets, args.seeds, out / "tester")
+    with tempfile.TemporaryDirectory() as logs:  # the tester's record-keeper logs
+        frame = untrained_rows(base, args.datasets, args.seeds, Path(logs))
     trained = trained_rows(args.reuse, args.datasets, args.seeds)
     data = [data_line(d, frame, trained) for d in args.datasets]
     frame = pd.concat([frame, trained], ignore_index=True)
