@@ -71,11 +71,16 @@ def compared_methods(loss, methods=None):
     return tuple(m for m in FAMILY[loss] if methods is None or m in methods)
 
 
-def family_configs(base, datasets, losses, seeds, chosen=None, methods=None):
+def family_configs(
+    base, datasets, losses, seeds, chosen=None, methods=None, untuned="refuse"
+):
     """Every run of the comparison, seed-major (a partial run holds whole pairs
-    first); ``methods``: only these besides the baseline. ``chosen`` (benchmarks.family_tuning's chosen.json) gives, per data set,
-    loss and method, the learning rate and options chosen on validation classes;
-    without it each loss takes LOSS_LR and each method its paper's defaults."""
+    first); ``methods``: only these besides the baseline. ``chosen``
+    (benchmarks.family_tuning's chosen.json) gives, per data set, loss and method,
+    the learning rate and options chosen on validation classes; without it each
+    loss takes LOSS_LR and each method its paper's defaults. A method ``chosen``
+    has no entry for is refused (``untuned="refuse"``) or left out ("skip", for a
+    report of what is finished)."""
     configs = []
     for seed in seeds:
         for dataset in datasets:
@@ -83,14 +88,16 @@ def family_configs(base, datasets, losses, seeds, chosen=None, methods=None):
                 for method in ("none", *compared_methods(loss, methods)):
                     if chosen is None:
                         options = {"lr": LOSS_LR.get(loss, RunConfig().lr)}
+                    elif method in chosen.get(dataset, {}).get(loss, {}):
+                        options = chosen[dataset][loss][method]
+                    elif untuned == "skip":
+                        continue
                     else:
-                        try:
-                            options = chosen[dataset][loss][method]
-                        except KeyError:
-                            raise ValueError(
-                                f"the chosen settings have no entry for {dataset}, "
-                                f"{loss}, {method}: finish its tuning first"
-                            ) from None
+                        raise ValueError(
+                            f"the chosen settings have no entry for {dataset}, "
+                            f"{loss}, {method}: finish its tuning first (a report "
+                            "of what is finished: --max-runs 0 leaves it out)"
+                        )
                     configs.append(
                         RunConfig.make(
                             **{**base, **options},
@@ -520,9 +527,20 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = json.loads(Path(args.chosen).read_text()) if args.chosen else None
+    untuned = "skip" if args.max_runs == 0 else "refuse"
     configs = family_configs(
-        base, args.datasets, args.losses, args.seeds, chosen, args.methods
+        base, args.datasets, args.losses, args.seeds, chosen, args.methods, untuned
     )
+    if chosen is not None and untuned == "skip":
+        left_out = sorted(
+            (d, loss, m)
+            for d in args.datasets
+            for loss in args.losses
+            for m in compared_methods(loss, args.methods)
+            if m not in chosen.get(d, {}).get(loss, {})
+        )
+        if left_out:
+            print(f"not tuned yet, left out of the report: {left_out}", flush=True)
     # whether a block is complete is judged on all its methods, with --methods too
     # (where the chosen settings name them all)
     try:

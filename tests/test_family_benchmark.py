@@ -412,3 +412,13 @@ def test_every_run_uses_one_thread_whatever_the_workers(workers):
     # the thread count changes a run's numbers; the committed rows used one
     args = family.build_parser("", "test").parse_args(["--workers", workers])
     assert family.base_options(args)["threads"] == 1
+
+
+def test_a_method_without_chosen_settings_is_refused_or_left_out_of_a_report():
+    chosen = {"icons": {"contrastive": {"none": {"lr": 0.01}, "sft": {"lr": 0.01}}}}
+    with pytest.raises(ValueError, match="icons, contrastive, translation: finish"):
+        family.family_configs({}, ["icons"], ["contrastive"], [0], chosen)
+    configs = family.family_configs(
+        {}, ["icons"], ["contrastive"], [0], chosen, untuned="skip"
+    )
+    assert [(c.method, c.lr) for c in configs] == [("none", 0.01), ("sft", 0.01)]
