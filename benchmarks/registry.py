@@ -65,6 +65,8 @@ class Method:
         description: one line for the generated configs.
         configs: losses it gets a powerful-benchmarker config for besides those of
             its comparison.
+        proxy_only: options the wrapper takes with a proxy loss only (left out of
+            its arguments with another loss, where it would refuse them).
     """
 
     label: str
@@ -76,6 +78,17 @@ class Method:
     build: Optional[Callable] = None
     description: str = ""
     configs: tuple = ()
+    proxy_only: tuple = ()
+
+    def wrapper_options(self, loss, options):
+        """``options`` (run option -> value) as the wrapper's arguments for
+        ``loss``."""
+        proxies = LOSSES[loss].proxies
+        return {
+            self.kwargs.get(k, k): v
+            for k, v in options.items()
+            if proxies or k not in self.proxy_only
+        }
 
 
 LOSSES = {
@@ -226,9 +239,14 @@ METHODS = {
         "Spherical Embedding Expansion",
         "SphericalEmbeddingExpansionLoss",
         {"see_points": 16, "min_share": 0.04, "max_share": 0.4, "see_weight": 0.2},
-        ({"see_weight": 0.2}, {"see_weight": 0.1}, {"see_weight": 0.4}),
+        # the largest share expanded (the paper's threshold schedule, 0.4 -> 0.04,
+        # as a share): an option every loss honours (see_weight weighs the proxy
+        # losses' separate term only; a first grid over it ran MultiSimilarity
+        # three times alike)
+        ({"max_share": 0.4}, {"max_share": 0.2}, {"max_share": 0.8}),
         ("proxyanchor", "multisimilarity", "normsoftmax"),
         kwargs={"see_points": "num_points", "see_weight": "aug_weight"},
+        proxy_only=("see_weight",),
         description="Spherical Embedding Expansion (points on the sphere around "
         "the class proxy or batch mean, at each expanded sample's angle)",
     ),
@@ -323,7 +341,7 @@ def build_objective(cfg, num_classes, iterations_per_epoch, generator):
         context = dict(num_classes=num_classes, generator=generator, schedule=schedule)
         return method.build(cfg, inner, miner, context), None
     cls = getattr(pml_sft, method.wrapper)
-    kwargs = {method.kwargs.get(k, k): v for k, v in cfg.method_options().items()}
+    kwargs = method.wrapper_options(cfg.loss, cfg.method_options())
     params = inspect.signature(cls).parameters
     if "miner" in params:
         kwargs["miner"] = miner
@@ -360,11 +378,10 @@ def pb_config(loss_name, method_name):
             {"tuple_miner": entry.miner} if entry.miner else {}
         )
     else:
-        own = {
-            method.kwargs.get(k, k): v
-            for k, v in method.options.items()
-            if k not in STUDY_OPTIONS
-        }
+        own = method.wrapper_options(
+            loss_name,
+            {k: v for k, v in method.options.items() if k not in STUDY_OPTIONS},
+        )
         if (
             "embedding_size"
             in inspect.signature(getattr(pml_sft, method.wrapper)).parameters

@@ -85,3 +85,19 @@ def test_a_method_without_a_miner_refuses_a_loss_with_one():
     cfg = train.RunConfig.make(loss="multisimilarity", method="ps")
     with pytest.raises(ValueError, match="takes no miner"):
         registry.build_objective(cfg, 8, 10, None)
+
+
+def test_every_tuning_setting_reaches_the_wrapper_differently_on_every_loss():
+    # three settings that build the same objective would tune nothing (SEE's first
+    # grid, over a weight MultiSimilarity does not use, ran three identical runs)
+    for name, method in registry.METHODS.items():
+        if method.wrapper is None:
+            continue
+        for loss in method.losses:
+            built = set()
+            for setting in method.grid:
+                setting = dict(setting)
+                lr = setting.pop("lr_factor", 1.0)
+                options = method.wrapper_options(loss, {**method.options, **setting})
+                built.add((lr, tuple(sorted(options.items()))))
+            assert len(built) == len(method.grid) == 3, (name, loss)

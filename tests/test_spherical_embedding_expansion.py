@@ -169,6 +169,26 @@ def test_with_a_pair_loss_the_points_join_the_batch_and_move_its_gradient(loss, 
     assert cos < 1 - 1e-6
 
 
+def test_aug_weight_is_for_proxy_losses_only():
+    # with a pair loss the points join the batch: no separate term to weigh, so a
+    # weight would change nothing (the tuning's first grid found three identical
+    # runs); it is refused, naming why
+    with pytest.raises(ValueError, match="aug_weight weighs the separate term"):
+        pml_sft.SphericalEmbeddingExpansionLoss(
+            losses.MultiSimilarityLoss(), aug_weight=0.4, warmup_iterations=0
+        )
+    pair = pml_sft.SphericalEmbeddingExpansionLoss(
+        losses.MultiSimilarityLoss(), warmup_iterations=0
+    )
+    proxy = pml_sft.SphericalEmbeddingExpansionLoss(
+        losses.ProxyAnchorLoss(4, 24), aug_weight=0.4, warmup_iterations=0
+    )
+    default = pml_sft.SphericalEmbeddingExpansionLoss(
+        losses.ProxyAnchorLoss(4, 24), warmup_iterations=0
+    )
+    assert (pair.aug_weight, proxy.aug_weight, default.aug_weight) == (0.2, 0.4, 0.2)
+
+
 def test_the_share_grows_over_the_augmenting_phase():
     wrapped = pml_sft.SphericalEmbeddingExpansionLoss(
         losses.ContrastiveLoss(), num_points=2, total_iterations=40

@@ -29,8 +29,10 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
         num_points: points per expanded sample (16).
         min_share, max_share: share of the batch expanded when augmentation starts
             and at the end of training (0.04, 0.4).
-        aug_weight: the separate term's weight with a proxy loss (the paper's
-            lambda, 0.2).
+        aug_weight: the separate term's weight, with a proxy loss only (the
+            paper's lambda; default 0.2). With another loss the points join the
+            batch and there is no separate term to weigh, so a value is refused
+            (ValueError).
         total_iterations: the length of training: no augmentation for the first
             half, then the augmented loss's weight ramps from 0 to 1 over the next
             quarter.
@@ -53,7 +55,7 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
         num_points: int = 16,
         min_share: float = 0.04,
         max_share: float = 0.4,
-        aug_weight: float = 0.2,
+        aug_weight: Optional[float] = None,
         total_iterations: Optional[int] = None,
         warmup_iterations: Optional[int] = None,
         ramp_iterations: Optional[int] = None,
@@ -78,12 +80,20 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
             ramp_iterations=ramp_iterations,
             collect_stats=collect_stats,
         )
+        self.proxy_loss = type(loss).__name__ in PROXY_PARAMETERS
+        if aug_weight is not None and not self.proxy_loss:
+            raise ValueError(
+                f"aug_weight weighs the separate term of a proxy loss "
+                f"({', '.join(PROXY_PARAMETERS)}); with {type(loss).__name__} the "
+                "points join the batch, so it would change nothing: leave it out"
+            )
+        if aug_weight is None:
+            aug_weight = 0.2
         if isinstance(aug_weight, bool) or not (
             isinstance(aug_weight, (int, float)) and aug_weight > 0
         ):
             raise ValueError(f"aug_weight must be a number > 0, got {aug_weight!r}")
         self.aug_weight = float(aug_weight)
-        self.proxy_loss = type(loss).__name__ in PROXY_PARAMETERS
         self.add_to_recordable_attributes(name="aug_weight", is_stat=False)
 
     def class_proxies(self):
