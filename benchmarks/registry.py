@@ -22,6 +22,7 @@ import torch
 from pytorch_metric_learning import losses, miners
 
 import pml_sft
+from pml_sft.losses import PROXY_PARAMETERS
 
 LR_FACTORS = (1.0, 0.5, 2.0)
 
@@ -46,6 +47,13 @@ class Loss:
     proxies: bool = False
 
 
+def takes_proxy_options(loss):
+    """Whether the loss ``loss`` has the proxies a method's ``proxy_only`` options
+    act on (ProxyAnchor, NormalizedSoftmax, ProxyNCA; not the per-row losses with
+    class weights, such as ArcFace)."""
+    return next(iter(LOSSES[loss].spec)) in PROXY_PARAMETERS
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """A feature-space augmentation method (or the baseline, ``wrapper=None``).
@@ -65,8 +73,10 @@ class Method:
         description: one line for the generated configs.
         configs: losses it gets a powerful-benchmarker config for besides those of
             its comparison.
-        proxy_only: options the wrapper takes with a proxy loss only (left out of
-            its arguments with another loss, where it would refuse them).
+        proxy_only: options the wrapper takes with a proxy loss only (one of
+            ``pml_sft.losses.PROXY_PARAMETERS``): left out of its arguments with
+            another loss, where the wrapper would refuse them, and refused in a
+            run that sets them there.
     """
 
     label: str
@@ -83,7 +93,7 @@ class Method:
     def wrapper_options(self, loss, options):
         """``options`` (run option -> value) as the wrapper's arguments for
         ``loss``."""
-        proxies = LOSSES[loss].proxies
+        proxies = takes_proxy_options(loss)
         return {
             self.kwargs.get(k, k): v
             for k, v in options.items()

@@ -130,6 +130,12 @@ class RunConfig:
                 f"method {self.method!r} does not take {unknown}; its options: "
                 f"{sorted(own)}"
             )
+        proxy_only = set(registry.METHODS[self.method].proxy_only) & set(self.options)
+        if proxy_only and not registry.takes_proxy_options(self.loss):
+            raise ValueError(
+                f"{sorted(proxy_only)} of method {self.method!r} act on a proxy "
+                f"loss's proxies; loss {self.loss!r} has none"
+            )
 
     def method_options(self):
         """The method's options: its defaults, updated by ``options``."""

@@ -162,9 +162,8 @@ def test_the_committed_tuning_rows_are_found_and_give_the_committed_choices():
 
 def test_tuning_only_some_methods():
     wanted, chosen, _ = committed_tuning(["see"])
-    assert {(c.dataset, c.loss, c.method) for c in wanted} == {
-        (d, loss, "see")
-        for d in ("emoji", "icons")
-        for loss in registry.METHODS["see"].losses
-    }
-    assert set(chosen["icons"]["multisimilarity"]) == {"none"}
+    assert {c.method for c in wanted} <= {"see"}
+    assert {c.loss for c in wanted} <= set(registry.METHODS["see"].losses)
+    # the icons arms are committed; only SEE's choice is made besides the baseline's
+    assert set(chosen["icons"]["multisimilarity"]) == {"none", "see"}
+    assert set(chosen["icons"]["triplet"]) == {"none"}

@@ -186,7 +186,24 @@ def test_aug_weight_is_for_proxy_losses_only():
     default = pml_sft.SphericalEmbeddingExpansionLoss(
         losses.ProxyAnchorLoss(4, 24), warmup_iterations=0
     )
-    assert (pair.aug_weight, proxy.aug_weight, default.aug_weight) == (0.2, 0.4, 0.2)
+    assert (pair.aug_weight, proxy.aug_weight, default.aug_weight) == (None, 0.4, 0.2)
+    assert "aug_weight" not in pair._record_these
+    with pytest.raises(ValueError, match="aug_weight weighs"):  # class weights too
+        pml_sft.SphericalEmbeddingExpansionLoss(
+            losses.ArcFaceLoss(4, 24), aug_weight=0.4, warmup_iterations=0
+        )
+
+
+def test_min_share_needs_the_length_of_training():
+    # without total_iterations the largest share is expanded at once
+    with pytest.raises(ValueError, match="min_share .* needs total_iterations"):
+        pml_sft.SphericalEmbeddingExpansionLoss(
+            losses.MultiSimilarityLoss(), min_share=0.3, warmup_iterations=0
+        )
+    wrapped = pml_sft.SphericalEmbeddingExpansionLoss(
+        losses.MultiSimilarityLoss(), min_share=0.3, total_iterations=10
+    )
+    assert wrapped.augmenter.min_share == 0.3
 
 
 def test_the_share_grows_over_the_augmenting_phase():

@@ -28,11 +28,15 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
         miner: an optional miner, run on the enlarged batch (pair losses).
         num_points: points per expanded sample (16).
         min_share, max_share: share of the batch expanded when augmentation starts
-            and at the end of training (0.04, 0.4).
-        aug_weight: the separate term's weight, with a proxy loss only (the
-            paper's lambda; default 0.2). With another loss the points join the
-            batch and there is no separate term to weigh, so a value is refused
-            (ValueError).
+            and at the end of training (0.04, 0.4); ``min_share`` needs
+            ``total_iterations`` (without it the largest share is expanded at once,
+            and a ``min_share`` other than ``max_share`` is refused).
+        aug_weight: the separate term's weight, with ProxyAnchorLoss,
+            NormalizedSoftmaxLoss or ProxyNCALoss only (the paper's lambda; default
+            0.2). With any other loss (the per-row losses with class weights, such
+            as ArcFaceLoss, included) the points join the batch and there is no
+            separate term to weigh, so a value is refused (ValueError) and
+            ``aug_weight`` is None.
         total_iterations: the length of training: no augmentation for the first
             half, then the augmented loss's weight ramps from 0 to 1 over the next
             quarter.
@@ -53,7 +57,7 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
         loss: torch.nn.Module,
         miner: Optional[torch.nn.Module] = None,
         num_points: int = 16,
-        min_share: float = 0.04,
+        min_share: Optional[float] = None,
         max_share: float = 0.4,
         aug_weight: Optional[float] = None,
         total_iterations: Optional[int] = None,
@@ -63,9 +67,16 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
         keyed_draws: Optional[bool] = None,
         collect_stats: Optional[bool] = None,
     ):
+        if min_share not in (None, max_share) and total_iterations is None:
+            raise ValueError(
+                "min_share (unless it equals max_share) is the share when "
+                "augmentation starts, growing to "
+                "max_share over the rest of training: it needs total_iterations "
+                "(without it the largest share is expanded at once)"
+            )
         augmenter = SphericalEmbeddingExpansion(
             num_points,
-            min_share,
+            0.04 if min_share is None else min_share,
             max_share,
             generator=generator,
             keyed_draws=keyed_draws,
@@ -81,12 +92,16 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
             collect_stats=collect_stats,
         )
         self.proxy_loss = type(loss).__name__ in PROXY_PARAMETERS
-        if aug_weight is not None and not self.proxy_loss:
-            raise ValueError(
-                f"aug_weight weighs the separate term of a proxy loss "
-                f"({', '.join(PROXY_PARAMETERS)}); with {type(loss).__name__} the "
-                "points join the batch, so it would change nothing: leave it out"
-            )
+        self.aug_weight = None  # no separate term to weigh
+        if not self.proxy_loss:
+            if aug_weight is not None:
+                raise ValueError(
+                    f"aug_weight weighs the separate term of a proxy loss "
+                    f"({', '.join(PROXY_PARAMETERS)}); with {type(loss).__name__} "
+                    "the points join the batch, so it would change nothing: leave "
+                    "it out"
+                )
+            return
         if aug_weight is None:
             aug_weight = 0.2
         if isinstance(aug_weight, bool) or not (
