@@ -221,3 +221,13 @@ def test_collect_stats_on_the_wrapper_switches_on_the_augmenters_statistics():
     assert 2 <= augmenter.num_target_classes <= 8 and augmenter.num_augmented == 32
     assert "num_centers" in augmenter.centers._record_these_stats
     assert augmenter.centers.num_centers == 8
+
+
+def test_the_losses_inside_multiple_losses_are_checked_too():
+    inner = losses.MultipleLosses([losses.ContrastiveLoss(), losses.NPairsLoss()])
+    with pytest.raises(ValueError, match="cannot wrap NPairsLoss"):
+        pml_sft.SFTLoss(inner, warmup_iterations=0)
+    pml_sft.SFTLoss(
+        losses.MultipleLosses([losses.ContrastiveLoss(), losses.TripletMarginLoss()]),
+        warmup_iterations=0,
+    )

@@ -142,3 +142,30 @@ def test_the_wrapper_estimates_during_the_warm_up():
     assert (wrapped.augmenter.count == 12).all()
     wrapped(x.cpu().requires_grad_(), labels.cpu())
     assert wrapped.num_augmented == 16 and (wrapped.augmenter.count == 16).all()
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+)
+def test_every_integer_label_dtype_is_taken_and_given_back(dtype):
+    # (uint8 labels would index as a mask, int8 and int16 not at all)
+    aug = pml_sft.ClassCovarianceSampling(4, 6, generator=torch.Generator())
+    x, labels = batch(dtype=torch.float32)
+    aug(x, labels)
+    points, out_labels, rows = aug(x, labels.to(dtype))
+    assert len(points) == 16 and out_labels.dtype == dtype
+    assert torch.equal(out_labels.long(), labels[rows])
+
+
+def test_an_evaluation_leaves_the_generator_as_it_was():
+    aug = pml_sft.ClassCovarianceSampling(
+        4, 6, generator=torch.Generator().manual_seed(4)
+    ).double()
+    x, labels = batch()
+    aug(x.cpu(), labels.cpu())
+    state = aug.generator.get_state()
+    with torch.no_grad():
+        aug(x.cpu(), labels.cpu())
+    aug.eval()
+    aug(x.cpu(), labels.cpu())
+    assert torch.equal(aug.generator.get_state(), state)

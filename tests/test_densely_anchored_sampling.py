@@ -271,3 +271,17 @@ def test_das_loss_needs_a_schedule():
         losses.ContrastiveLoss(), 3, 6, warmup_iterations=0
     )
     assert wrapped.warmup_iterations == 0 and wrapped.ramp_iterations == 0
+
+
+def test_a_refused_loss_inside_multiple_losses_is_refused():
+    # DAS's detached copies only rescale a per-row loss's gradient: refused
+    # whether the loss comes alone or inside MultipleLosses
+    for inner in (
+        losses.NormalizedSoftmaxLoss(3, 6),
+        losses.MultipleLosses([losses.NormalizedSoftmaxLoss(3, 6)]),
+        losses.MultipleLosses(
+            {"a": losses.ContrastiveLoss(), "b": losses.ArcFaceLoss(3, 6)}
+        ),
+    ):
+        with pytest.raises(ValueError, match="cannot change the training signal of"):
+            DenselyAnchoredSamplingLoss(inner, 3, 6, warmup_iterations=0)

@@ -118,3 +118,54 @@ def test_do_nothing_reducer_keeps_both_labellings_and_the_plain_batch():
     pairs = len(plain["pos_loss"]["losses"])
     assert len(out["pos_loss_plain"]["losses"]) == pairs  # the plain batch's pairs
     assert len(out["pos_loss_second"]["losses"]) > pairs
+
+
+def test_only_its_own_wrapper_trains_the_two_labels():
+    # FeatureTransformLoss would train a mixed row as its first class only
+    with pytest.raises(ValueError, match="use EmbeddingMixupLoss"):
+        pml_sft.FeatureTransformLoss(
+            losses.MultiSimilarityLoss(), pml_sft.EmbeddingMixup(), warmup_iterations=0
+        )
+
+
+def test_a_mix_of_opposite_rows_is_left_out_and_gradients_stay_bounded():
+    # lam within about 1e-5 of 0.5: the mix of x and -x has a norm of about 1e-5,
+    # below float32's resolution of a direction (eps ** 0.5, as Proxy Synthesis)
+    x = torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]])
+    labels = torch.tensor([0, 1])
+    mix = pml_sft.EmbeddingMixup(1e9, generator=torch.Generator().manual_seed(0))
+    mixed, _, rows = mix(x.to(DEVICE), labels.to(DEVICE))
+    assert len(mixed) == len(rows) == 0 and mix.num_augmented == 0
+    # with a third, orthogonal class the mixes that are not opposite remain, and
+    # the wrapped loss's gradient stays of the plain loss's order
+    x = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0], [0, 0.99, 0.1]])
+    labels = torch.tensor([0, 1, 2, 2])
+    for seed in range(5):
+        wrapped = pml_sft.EmbeddingMixupLoss(
+            losses.ContrastiveLoss(),
+            alpha=1e9,
+            warmup_iterations=0,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        e = x.clone().to(DEVICE).requires_grad_()
+        wrapped(e, labels.to(DEVICE)).backward()
+        assert e.grad.abs().max() < 10
+
+
+def test_an_empty_batch_gives_nothing_and_an_evaluation_keeps_the_generator():
+    mix = pml_sft.EmbeddingMixup(generator=torch.Generator().manual_seed(3))
+    out, out_labels, rows = mix(torch.zeros(0, 8, device=DEVICE), torch.zeros(0).long())
+    assert out.shape == (0, 8) and len(out_labels) == len(rows) == 0
+    x, labels = batch()
+    for evaluation in ("eval", "no_grad"):
+        state = mix.generator.get_state()
+        if evaluation == "eval":
+            mix.eval()
+            mix(x, labels)
+            mix.train()
+        else:
+            with torch.no_grad():
+                mix(x, labels)
+        assert torch.equal(mix.generator.get_state(), state), evaluation
+    mix(x, labels)  # training draws
+    assert not torch.equal(mix.generator.get_state(), state)

@@ -204,6 +204,20 @@ def test_min_share_needs_the_length_of_training():
         losses.MultiSimilarityLoss(), min_share=0.3, total_iterations=10
     )
     assert wrapped.augmenter.min_share == 0.3
+    # the default start, 0.04, follows a smaller max_share; without the length of
+    # training the largest share is expanded at once
+    for total in (None, 10):
+        wrapped = pml_sft.SphericalEmbeddingExpansionLoss(
+            losses.MultiSimilarityLoss(),
+            max_share=0.02,
+            total_iterations=total,
+            warmup_iterations=0,
+        )
+        assert wrapped.augmenter.min_share == 0.02
+    with pytest.raises(ValueError, match="max_share=0 would expand no sample"):
+        pml_sft.SphericalEmbeddingExpansionLoss(
+            losses.MultiSimilarityLoss(), max_share=0, warmup_iterations=0
+        )
 
 
 def test_the_share_grows_over_the_augmenting_phase():
@@ -262,3 +276,30 @@ def test_the_harness_ramps_the_share_over_training():
     small = train.RunConfig.make(loss="proxyanchor", method="see", embedding_size=16)
     with pytest.raises(ValueError, match="at least 18 dimensions"):
         registry.build_objective(small, 8, 10, None)
+
+
+def test_a_proxy_loss_inside_multiple_losses_is_refused():
+    # the points would expand around batch means and skip the proxies' own term
+    inner = losses.MultipleLosses([losses.ProxyAnchorLoss(4, 24)])
+    with pytest.raises(ValueError, match="wrap the proxy loss itself"):
+        pml_sft.SphericalEmbeddingExpansionLoss(inner, warmup_iterations=0)
+    # a refused per-row loss inside MultipleLosses is refused too
+    inner = losses.MultipleLosses([losses.SphereFaceLoss(4, 24)])
+    with pytest.raises(ValueError, match="cannot change the training signal of"):
+        pml_sft.SphericalEmbeddingExpansionLoss(inner, warmup_iterations=0)
+
+
+def test_an_evaluation_leaves_the_generator_as_it_was():
+    see = pml_sft.SphericalEmbeddingExpansion(
+        2, 0.5, 0.5, generator=torch.Generator().manual_seed(2)
+    )
+    x, labels = batch()
+    state = see.generator.get_state()
+    with torch.no_grad():
+        see(x, labels)
+    see.eval()
+    see(x, labels)
+    assert torch.equal(see.generator.get_state(), state)
+    see.train()
+    see(x, labels)
+    assert not torch.equal(see.generator.get_state(), state)

@@ -1,4 +1,5 @@
-from typing import Dict, Optional, Tuple
+import contextlib
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
@@ -27,6 +28,8 @@ class BaseAugmenter(StatsOnDemand):
     # losses whose training signal the augmenter cannot change: name -> why
     unsupported_losses: Dict[str, str] = {}
     needs_proxies = False  # (Proxy Synthesis: only through ProxySynthesisLoss)
+    # (the wrapper that alone can train its rows, why), or None: any wrapper
+    needs_own_wrapper: Optional[Tuple[str, str]] = None
 
     @checked_keywords
     def __init__(self, *, collect_stats: Optional[bool] = None):
@@ -48,8 +51,10 @@ class BaseAugmenter(StatsOnDemand):
         check_batch(embeddings, labels)
         check_directions(embeddings, "embeddings")
         labels = c_f.to_device(labels, embeddings)
-        self.check_inputs(embeddings, labels)
-        return self.augment(embeddings, labels)
+        self.check_inputs(embeddings, labels.long())
+        # augment indexes with the labels: int64 (uint8 would index as a mask)
+        aug, aug_labels, sources = self.augment(embeddings, labels.long())
+        return aug, aug_labels.to(labels.dtype), sources
 
     def check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         """What this augmenter needs of a batch beyond its shape (labels within its
@@ -72,13 +77,35 @@ class BaseAugmenter(StatsOnDemand):
 
 class GeneratorState:
     """For an augmenter with a ``generator`` (None: torch's global RNG): its state
-    in the module's ``state_dict``, so a resumed run draws the same."""
+    in the module's ``state_dict``, so a resumed run draws the same, and
+    :meth:`evaluation_keeps_generator` around its draws, so an evaluation (eval
+    mode or no_grad) leaves the generator as it was."""
 
-    def get_extra_state(self):
+    generator: Optional[torch.Generator]
+    training: bool
+
+    def get_extra_state(self) -> Dict[str, Optional[torch.Tensor]]:
+        """The generator's state, so that a resumed run draws the same."""
         return generator_state(self.generator)
 
-    def set_extra_state(self, state):
+    def set_extra_state(self, state: Dict[str, Optional[torch.Tensor]]) -> None:
         load_generator_state(self.generator, state, type(self).__name__)
+
+    @contextlib.contextmanager
+    def evaluation_keeps_generator(self) -> Iterator[None]:
+        """Draws inside leave ``generator`` as it was unless training (train mode
+        with gradients on); without a generator, torch's global RNG advances, as
+        any torch random call does."""
+        saved = None
+        if self.generator is not None and not (
+            self.training and torch.is_grad_enabled()
+        ):
+            saved = self.generator.get_state()
+        try:
+            yield
+        finally:
+            if saved is not None:
+                self.generator.set_state(saved)
 
 
 def same_class_pairs(labels):

@@ -1,6 +1,6 @@
 import functools
 import math
-from typing import Any, Dict, Optional, Tuple, cast
+from typing import Any, Optional, Tuple, cast
 
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
@@ -19,13 +19,11 @@ from ..utils.checks import (
 from ..utils.target_sampling import (
     checked_generator,
     checked_keyed_draws,
-    generator_state,
     is_keyed,
-    load_generator_state,
     row_keys,
     target_scores,
 )
-from .base_augmenter import BaseAugmenter
+from .base_augmenter import BaseAugmenter, GeneratorState
 
 TARGET_POOLS = ("batch", "all")
 # the options the study ablated, now in pml_sft.contrib
@@ -59,7 +57,7 @@ def ablation_checked(init: Init) -> Init:
     return cast(Init, refuse_ablated)
 
 
-class BaseFeatureAugmenter(BaseAugmenter):
+class BaseFeatureAugmenter(GeneratorState, BaseAugmenter):
     """Creates new samples in feature space by moving embeddings of class i to another
     class j, using class centres.
 
@@ -205,14 +203,10 @@ class BaseFeatureAugmenter(BaseAugmenter):
         table_labels, table = self.estimate_centers(
             unit, labels, keys, ref_emb, ref_labels
         )
-        saved = None  # an evaluation leaves the generator as it was
-        if self.generator is not None and not (
-            self.training and torch.is_grad_enabled()
-        ):
-            saved = self.generator.get_state()
-        scores = target_scores(embeddings, table_labels, keyed, self.generator, keys)
-        if saved is not None:
-            self.generator.set_state(saved)
+        with self.evaluation_keeps_generator():
+            scores = target_scores(
+                embeddings, table_labels, keyed, self.generator, keys
+            )
         scores = self.restrict_scores(scores, unit, labels, table_labels, table)
         aug, sources, src_rows, dst_rows = _transform(
             embeddings,
@@ -312,13 +306,6 @@ class BaseFeatureAugmenter(BaseAugmenter):
         if self.target_pool == "batch":
             return centers.labels[centers.in_batch], centers.centers[centers.in_batch]
         return centers.labels, centers.centers
-
-    def get_extra_state(self) -> Dict[str, Optional[torch.Tensor]]:
-        """The generator's state, so that a resumed run draws the same targets."""
-        return generator_state(self.generator)
-
-    def set_extra_state(self, state: Dict[str, Optional[torch.Tensor]]) -> None:
-        load_generator_state(self.generator, state, type(self).__name__)
 
     def record_stats(
         self,

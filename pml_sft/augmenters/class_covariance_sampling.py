@@ -113,7 +113,8 @@ class ClassCovarianceSampling(GeneratorState, BaseAugmenter):
         self, embeddings: torch.Tensor, labels: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         unit, _ = self.directions(embeddings)
-        seed = call_seed(unit.device, self.generator)
+        with self.evaluation_keeps_generator():  # (an evaluation: as it was)
+            seed = call_seed(unit.device, self.generator)
         if self.updates_when_augmenting and self.training and torch.is_grad_enabled():
             self.update(unit.detach(), labels)  # (evaluations change nothing)
         rows = (self.count[labels] >= 2).nonzero(as_tuple=True)[0]

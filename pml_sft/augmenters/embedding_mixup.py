@@ -30,6 +30,10 @@ class EmbeddingMixup(GeneratorState, BaseAugmenter):
             at every call.
     """
 
+    needs_own_wrapper = (
+        "EmbeddingMixupLoss",
+        "a mixed row belongs to two classes, weighted by lam, which only it trains",
+    )
     # the wrapper calls the loss twice a step (one label each)
     unsupported_losses: Dict[str, str] = {
         "DynamicSoftMarginLoss": "it updates a histogram at every call, and mixup "
@@ -68,11 +72,15 @@ class EmbeddingMixup(GeneratorState, BaseAugmenter):
         self, embeddings: torch.Tensor, labels: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         unit, _ = self.directions(embeddings)
-        seed = call_seed(unit.device, self.generator)
+        with self.evaluation_keeps_generator():  # (an evaluation: as it was)
+            seed = call_seed(unit.device, self.generator)
+        n = len(labels)
+        if n == 0:
+            self.partner_labels, self.num_augmented = labels[:0], 0
+            return embeddings[:0].detach(), labels[:0], labels[:0]
         lam = float(numpy.random.default_rng(seed).beta(self.alpha, self.alpha))
         # each row's partner: a random row of another class (none: left out)
         gen = torch.Generator().manual_seed(seed)
-        n = len(labels)
         scores = torch.rand(n, n, generator=gen).to(unit.device)
         other = labels.unsqueeze(0) != labels.unsqueeze(1)
         scores = torch.where(other, scores, torch.full_like(scores, -1.0))
@@ -80,7 +88,18 @@ class EmbeddingMixup(GeneratorState, BaseAugmenter):
         rows = (best >= 0).nonzero(as_tuple=True)[0]
         partner = partner[rows]
         mixed = lam * unit[rows] + (1 - lam) * unit[partner]
-        mixed = torch.nn.functional.normalize(mixed, dim=1)  # unit, as the family's
+        # a mix of near-opposite rows is near zero: its direction (and gradient)
+        # would be noise, so it is left out, as Proxy Synthesis does
+        norms = torch.linalg.vector_norm(mixed, dim=1, keepdim=True)
+        keep = norms.squeeze(1) > torch.finfo(unit.dtype).eps ** 0.5
+        if not bool(keep.all()):
+            rows, partner, mixed, norms = (
+                rows[keep],
+                partner[keep],
+                mixed[keep],
+                norms[keep],
+            )
+        mixed = mixed / norms  # unit, as the family's
         self.lam = lam
         self.partner_labels = labels[partner]
         self.num_augmented = len(rows)

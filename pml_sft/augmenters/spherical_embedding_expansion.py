@@ -37,7 +37,8 @@ class SphericalEmbeddingExpansion(GeneratorState, BaseAugmenter):
         num_points: points per expanded sample (the paper's default: 16); the
             embedding size must exceed ``num_points + 1``.
         min_share: share of the batch expanded when augmentation starts (0.04).
-        max_share: share of the batch expanded at the end of training (0.4).
+        max_share: share of the batch expanded at the end of training (0.4; above
+            0).
         generator: a ``torch.Generator`` for the random subspaces (its state is in
             ``state_dict``).
         keyed_draws: draw each sample's subspace from a hash of its content and a
@@ -50,7 +51,10 @@ class SphericalEmbeddingExpansion(GeneratorState, BaseAugmenter):
 
     progress = 1.0  # the share of the augmenting phase done (set by the wrapper)
     # the proxies and the share's schedule come from its own wrapper
-    needs_own_wrapper = "SphericalEmbeddingExpansionLoss"
+    needs_own_wrapper = (
+        "SphericalEmbeddingExpansionLoss",
+        "it gives the schedule of the share expanded and the class proxies",
+    )
     # per-row losses whose class weights the detached points barely move (the
     # composability check: their gradient turns by a cosine above 0.999)
     unsupported_losses: Dict[str, str] = dict.fromkeys(
@@ -81,6 +85,8 @@ class SphericalEmbeddingExpansion(GeneratorState, BaseAugmenter):
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
         if min_share > max_share:
             raise ValueError(f"min_share={min_share} exceeds max_share={max_share}")
+        if max_share == 0:
+            raise ValueError("max_share=0 would expand no sample: give a share > 0")
         self.min_share, self.max_share = float(min_share), float(max_share)
         self.generator = checked_generator(generator)
         self.num_expanded = 0
@@ -115,7 +121,8 @@ class SphericalEmbeddingExpansion(GeneratorState, BaseAugmenter):
         unit, _ = self.directions(embeddings.detach())
         # one seed a call, drawn (and under torch.distributed broadcast) even when
         # nothing is expanded, so that the ranks' collectives stay in step
-        seed = call_seed(unit.device, self.generator)
+        with self.evaluation_keeps_generator():  # (an evaluation: as it was)
+            seed = call_seed(unit.device, self.generator)
         if proxies is None:
             _, centers, rows = _batch_class_centers(unit, labels)
             has = rows >= 0

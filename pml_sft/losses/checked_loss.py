@@ -1,5 +1,5 @@
 import warnings
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from pytorch_metric_learning.miners import BaseMiner
@@ -221,10 +221,26 @@ def plugin_options(wrapper, loss, miner, num_targets, *schedule):
     return counts
 
 
+def inner_losses(loss: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``loss`` and, for PML's ``MultipleLosses``, every loss it combines (at any
+    depth): the losses the batch reaches, which the refusals check one by one."""
+    yield loss
+    if type(loss).__name__ == "MultipleLosses":
+        losses = loss.losses
+        for inner in losses.values() if hasattr(losses, "values") else losses:
+            yield from inner_losses(inner)
+
+
 def check_loss_class(wrapper, loss):
-    """The loss's class must be one the wrapper was tested with, by name (PML's
-    contract for loss wrappers): a subclass may change what the loss does with
-    the batch. The refusal says how to try another loss anyway."""
+    """The class of the loss, and of every loss a ``MultipleLosses`` combines,
+    must be one the wrapper was tested with, by name (PML's contract for loss
+    wrappers): a subclass may change what the loss does with the batch. The
+    refusal says how to try another loss anyway."""
+    for inner in inner_losses(loss):
+        check_one_loss_class(wrapper, inner)
+
+
+def check_one_loss_class(wrapper, loss):
     name = type(loss).__name__
     if name in wrapper.supported_losses():
         return

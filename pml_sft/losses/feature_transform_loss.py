@@ -8,7 +8,13 @@ from ..augmenters import BaseAugmenter, BaseFeatureAugmenter
 from ..upstream import sft_loss
 from ..utils.checks import checked_keywords
 from ..utils.records import StatsOnDemand
-from .checked_loss import MOVED, CheckedLoss, finish_plugin_init, plugin_options
+from .checked_loss import (
+    MOVED,
+    CheckedLoss,
+    finish_plugin_init,
+    inner_losses,
+    plugin_options,
+)
 
 # The PML losses and miners the upstream SFTLoss refuses, and why.
 UNSUPPORTED_LOSSES = sft_loss.UNSUPPORTED_LOSSES
@@ -67,23 +73,24 @@ class FeatureTransformLoss(CheckedLoss, sft_loss.SFTLoss, BaseMetricLossFunction
             raise TypeError(
                 f"augmenter must be a pml_sft augmenter, got {type(augmenter).__name__}"
             )
-        own = getattr(augmenter, "needs_own_wrapper", None)
-        if own is not None and type(self).__name__ != own:
+        own = augmenter.needs_own_wrapper
+        if own is not None and type(self).__name__ != own[0]:
             raise ValueError(
-                f"{type(augmenter).__name__} takes its proxies and its schedule from "
-                f"its own wrapper: use {own}"
+                f"{type(augmenter).__name__} needs its own wrapper: use {own[0]} "
+                f"({own[1]})"
             )
         if augmenter.needs_proxies and not self.gives_proxies:
             raise ValueError(
                 f"{type(augmenter).__name__} mixes class proxies, which "
                 f"FeatureTransformLoss does not pass it: use ProxySynthesisLoss"
             )
-        reason = augmenter.unsupported_losses.get(type(loss).__name__)
-        if reason is not None:
-            raise ValueError(
-                f"{type(augmenter).__name__} cannot change the training signal of "
-                f"{type(loss).__name__}: {reason}"
-            )
+        for inner in inner_losses(loss):  # (each loss of a MultipleLosses too)
+            reason = augmenter.unsupported_losses.get(type(inner).__name__)
+            if reason is not None:
+                raise ValueError(
+                    f"{type(augmenter).__name__} cannot change the training signal "
+                    f"of {type(inner).__name__}: {reason}"
+                )
         counts = plugin_options(
             type(self),
             loss,

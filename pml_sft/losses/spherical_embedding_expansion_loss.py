@@ -5,7 +5,7 @@ import torch
 from ..augmenters import SphericalEmbeddingExpansion
 from ..centers.base_class_centers import check_labels_in_range
 from ..utils.checks import checked_keywords
-from .checked_loss import MOVED
+from .checked_loss import MOVED, inner_losses
 from .feature_transform_loss import FeatureTransformLoss
 from .proxy_synthesis_loss import PROXY_PARAMETERS, class_proxies
 
@@ -28,9 +28,10 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
         miner: an optional miner, run on the enlarged batch (pair losses).
         num_points: points per expanded sample (16).
         min_share, max_share: share of the batch expanded when augmentation starts
-            and at the end of training (0.04, 0.4); ``min_share`` needs
-            ``total_iterations`` (without it the largest share is expanded at once,
-            and a ``min_share`` other than ``max_share`` is refused).
+            and at the end of training (default: 0.04, or ``max_share`` if smaller;
+            0.4); ``min_share`` needs ``total_iterations`` (without it the largest
+            share is expanded at once, and a ``min_share`` other than
+            ``max_share`` is refused).
         aug_weight: the separate term's weight, with ProxyAnchorLoss,
             NormalizedSoftmaxLoss or ProxyNCALoss only (the paper's lambda; default
             0.2). With any other loss (the per-row losses with class weights, such
@@ -76,7 +77,7 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
             )
         augmenter = SphericalEmbeddingExpansion(
             num_points,
-            0.04 if min_share is None else min_share,
+            default_min_share(min_share, max_share, total_iterations),
             max_share,
             generator=generator,
             keyed_draws=keyed_draws,
@@ -92,6 +93,13 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
             collect_stats=collect_stats,
         )
         self.proxy_loss = type(loss).__name__ in PROXY_PARAMETERS
+        inside = [type(x).__name__ for x in inner_losses(loss)][1:]
+        if any(name in PROXY_PARAMETERS for name in inside):
+            raise ValueError(
+                f"SphericalEmbeddingExpansionLoss expands around the proxies of the "
+                f"loss it wraps, not of the losses inside {type(loss).__name__} "
+                f"({', '.join(inside)}): wrap the proxy loss itself"
+            )
         self.aug_weight = None  # no separate term to weigh
         if not self.proxy_loss:
             if aug_weight is not None:
@@ -142,3 +150,14 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
             for k, v in points.items()
         }
         return {**plain, **scaled}
+
+
+def default_min_share(min_share, max_share, total_iterations):
+    """The share when augmentation starts: as given, else the paper's 0.04 (or
+    ``max_share``, if smaller) with ``total_iterations``, and without it
+    ``max_share`` (the largest share at once)."""
+    if min_share is not None:
+        return min_share
+    if total_iterations is None or not isinstance(max_share, (int, float)):
+        return max_share  # (a bad max_share: the augmenter names it)
+    return min(0.04, max_share)
