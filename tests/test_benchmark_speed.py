@@ -51,7 +51,9 @@ def test_speed_benchmark_smoke(tmp_path, capsys):
     own = seconds["wrapped"] - seconds["inner (enlarged batch)"]
     share = result["step_ratios"]["wrapper's own work / full training step"]["median"]
     assert share == pytest.approx(own / seconds["full step"])
-    assert seconds["full step"] > seconds["wrapped"]  # the backbone costs something
+    # (timings only: which is larger is the benchmark's finding, not the test's;
+    # "full step" > "wrapped" flipped under load in CI)
+    assert all(0 < t < float("inf") for t in seconds.values())
 
 
 def test_speed_benchmark_times_the_cached_feature_step(tmp_path, capsys):
