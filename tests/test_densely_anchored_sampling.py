@@ -285,3 +285,15 @@ def test_a_refused_loss_inside_multiple_losses_is_refused():
     ):
         with pytest.raises(ValueError, match="cannot change the training signal of"):
             DenselyAnchoredSamplingLoss(inner, 3, 6, warmup_iterations=0)
+
+
+def test_options_that_would_copy_the_anchors_unchanged_are_refused():
+    for options in (
+        dict(num_scaled_dims=0, shift_scale=0),
+        dict(scale_range=(1, 1), shift_scale=0.0),
+    ):
+        with pytest.raises(ValueError, match="every copy would equal its anchor"):
+            DenselyAnchoredSampling(3, 6, **options)
+    with pytest.raises(ValueError, match="shift_scale must be in"):
+        DenselyAnchoredSampling(3, 6, shift_scale=False)
+    DenselyAnchoredSampling(3, 6, num_scaled_dims=0)  # the shift alone still moves

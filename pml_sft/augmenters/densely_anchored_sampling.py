@@ -122,12 +122,19 @@ class DenselyAnchoredSampling(BaseAugmenter):
             raise ValueError(
                 f"scale_range must satisfy 0 < low <= high, got {scale_range!r}"
             )
-        if not (isinstance(shift_scale, (int, float)) and 0 <= shift_scale < low / 2):
+        if isinstance(shift_scale, bool) or not (
+            isinstance(shift_scale, (int, float)) and 0 <= shift_scale < low / 2
+        ):
             # a copy's norm is at least low - 2 * shift_scale (differences of unit
             # rows are at most 2 long), so no copy can vanish
             raise ValueError(
                 f"shift_scale must be in [0, scale_range[0] / 2) = [0, {low / 2:g}), "
                 f"so that no copy can vanish, got {shift_scale!r}"
+            )
+        if shift_scale == 0 and (num_scaled_dims == 0 or low == high == 1):
+            raise ValueError(
+                "with shift_scale=0 and no scaling (num_scaled_dims=0 or "
+                "scale_range=(1, 1)) every copy would equal its anchor"
             )
         self.num_classes, self.embedding_size = num_classes, embedding_size
         self.num_produce = num_produce
