@@ -5,7 +5,7 @@ import torch
 
 from ..centers.base_class_centers import check_sizes, check_table
 from ..utils import distributed
-from ..utils.checks import as_count, checked_keywords
+from ..utils.checks import as_count, as_number, checked_keywords
 from ..utils.target_sampling import call_seed, checked_generator
 from .base_augmenter import BaseAugmenter, GeneratorState
 
@@ -53,11 +53,9 @@ class ClassCovarianceSampling(GeneratorState, BaseAugmenter):
         super().__init__(collect_stats=collect_stats)
         num_classes, embedding_size = check_sizes(num_classes, embedding_size)
         self.num_samples = as_count(num_samples, "num_samples")
-        if isinstance(strength, bool) or not (
-            isinstance(strength, (int, float)) and 0 < strength < math.inf
-        ):
-            raise ValueError(f"strength must be a finite number > 0, got {strength!r}")
-        self.strength = float(strength)
+        self.strength = as_number(
+            strength, "strength", "a finite number > 0", lambda v: 0 < v < math.inf
+        )
         self.generator = checked_generator(generator)
         d = embedding_size
         # (an integer: .half() would stop a float count at 2048)

@@ -3,7 +3,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..centers.base_class_centers import check_sizes, check_table
-from ..utils.checks import as_count, checked_keywords
+from ..utils.checks import as_count, as_number, checked_keywords
 from ..utils.target_sampling import (
     call_seed,
     checked_keyed_draws,
@@ -122,15 +122,15 @@ class DenselyAnchoredSampling(BaseAugmenter):
             raise ValueError(
                 f"scale_range must satisfy 0 < low <= high, got {scale_range!r}"
             )
-        if isinstance(shift_scale, bool) or not (
-            isinstance(shift_scale, (int, float)) and 0 <= shift_scale < low / 2
-        ):
-            # a copy's norm is at least low - 2 * shift_scale (differences of unit
-            # rows are at most 2 long), so no copy can vanish
-            raise ValueError(
-                f"shift_scale must be in [0, scale_range[0] / 2) = [0, {low / 2:g}), "
-                f"so that no copy can vanish, got {shift_scale!r}"
-            )
+        # a copy's norm is at least low - 2 * shift_scale (differences of unit
+        # rows are at most 2 long), so no copy can vanish
+        shift_scale = as_number(
+            shift_scale,
+            "shift_scale",
+            f"in [0, scale_range[0] / 2) = [0, {low / 2:g}), so that no copy can "
+            "vanish",
+            lambda v: 0 <= v < low / 2,
+        )
         if shift_scale == 0 and (num_scaled_dims == 0 or low == high == 1):
             raise ValueError(
                 "with shift_scale=0 and no scaling (num_scaled_dims=0 or "

@@ -5,7 +5,7 @@ import numpy
 import torch
 
 from ..utils import distributed
-from ..utils.checks import checked_keywords
+from ..utils.checks import as_number, checked_keywords
 from ..utils.target_sampling import call_seed, checked_generator
 from .base_augmenter import BaseAugmenter, GeneratorState
 
@@ -49,11 +49,9 @@ class EmbeddingMixup(GeneratorState, BaseAugmenter):
         collect_stats: Optional[bool] = None,
     ):
         super().__init__(collect_stats=collect_stats)
-        if isinstance(alpha, bool) or not (
-            isinstance(alpha, (int, float)) and 0 < alpha < math.inf
-        ):
-            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = as_number(
+            alpha, "alpha", "a finite number > 0", lambda v: 0 < v < math.inf
+        )
         self.generator = checked_generator(generator)
         self.lam = 1.0
         self.partner_labels = None

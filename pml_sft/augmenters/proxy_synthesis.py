@@ -5,6 +5,7 @@ import torch
 
 from ..centers.base_class_centers import check_labels_in_range
 from ..utils.checks import (
+    as_number,
     check_batch,
     check_directions,
     check_embeddings,
@@ -65,14 +66,10 @@ class ProxySynthesis(BaseAugmenter):
     ):
         super().__init__(collect_stats=collect_stats)
         self.keyed_draws = checked_keyed_draws(keyed_draws)
-        numbers = (int, float)
-        if isinstance(alpha, bool) or not (
-            isinstance(alpha, numbers) and 0 < alpha < float("inf")
-        ):
-            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-        if isinstance(mu, bool) or not (isinstance(mu, numbers) and 0 < mu <= 1):
-            raise ValueError(f"mu must be in (0, 1], got {mu!r}")
-        self.alpha, self.mu = float(alpha), float(mu)
+        self.alpha = as_number(
+            alpha, "alpha", "a finite number > 0", lambda v: 0 < v < float("inf")
+        )
+        self.mu = as_number(mu, "mu", "in (0, 1]", lambda v: 0 < v <= 1)
         self.add_to_recordable_attributes(list_of_names=["alpha", "mu"], is_stat=False)
         self.add_to_recordable_attributes(name="mix_weight", is_stat=True)
 

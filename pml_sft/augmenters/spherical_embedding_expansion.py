@@ -4,7 +4,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from ..upstream.sft_loss import _batch_class_centers
-from ..utils.checks import as_count, checked_keywords
+from ..utils.checks import as_count, as_number, checked_keywords
 from ..utils.target_sampling import (
     call_seed,
     checked_generator,
@@ -79,10 +79,7 @@ class SphericalEmbeddingExpansion(GeneratorState, BaseAugmenter):
         self.keyed_draws = checked_keyed_draws(keyed_draws)
         self.num_points = as_count(num_points, "num_points")
         for name, value in (("min_share", min_share), ("max_share", max_share)):
-            if isinstance(value, bool) or not (
-                isinstance(value, (int, float)) and 0 <= value <= 1
-            ):
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+            as_number(value, name, "a number in [0, 1]", lambda v: 0 <= v <= 1)
         if min_share > max_share:
             raise ValueError(f"min_share={min_share} exceeds max_share={max_share}")
         if max_share == 0:

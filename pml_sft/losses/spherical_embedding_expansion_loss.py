@@ -4,7 +4,7 @@ import torch
 
 from ..augmenters import SphericalEmbeddingExpansion
 from ..centers.base_class_centers import check_labels_in_range
-from ..utils.checks import checked_keywords
+from ..utils.checks import as_number, checked_keywords
 from .checked_loss import MOVED, inner_losses
 from .feature_transform_loss import FeatureTransformLoss
 from .proxy_synthesis_loss import PROXY_PARAMETERS, class_proxies
@@ -112,11 +112,9 @@ class SphericalEmbeddingExpansionLoss(FeatureTransformLoss):
             return
         if aug_weight is None:
             aug_weight = 0.2
-        if isinstance(aug_weight, bool) or not (
-            isinstance(aug_weight, (int, float)) and aug_weight > 0
-        ):
-            raise ValueError(f"aug_weight must be a number > 0, got {aug_weight!r}")
-        self.aug_weight = float(aug_weight)
+        self.aug_weight = as_number(
+            aug_weight, "aug_weight", "a number > 0", lambda v: v > 0
+        )
         self.add_to_recordable_attributes(name="aug_weight", is_stat=False)
 
     def class_proxies(self):

@@ -210,3 +210,15 @@ def as_count(value, name, minimum=1):
     if count is None or count < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return count
+
+
+def as_number(
+    value: Any, name: str, requirement: str, accept: Callable[[float], bool]
+) -> float:
+    """``value`` as a float if it is a real number (an int or a float, not a bool)
+    that ``accept`` takes; else a ValueError: "``name`` must be ``requirement``"."""
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, float)) and accept(float(value))
+    ):
+        raise ValueError(f"{name} must be {requirement}, got {value!r}")
+    return float(value)
