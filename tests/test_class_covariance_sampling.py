@@ -169,3 +169,12 @@ def test_an_evaluation_leaves_the_generator_as_it_was():
     aug.eval()
     aug(x.cpu(), labels.cpu())
     assert torch.equal(aug.generator.get_state(), state)
+
+
+def test_a_proxy_loss_of_another_size_is_refused_at_construction():
+    for inner in (losses.NormalizedSoftmaxLoss(4, 5), losses.ProxyAnchorLoss(3, 6)):
+        with pytest.raises(ValueError, match="does not fit"):
+            pml_sft.ClassCovarianceSamplingLoss(inner, 4, 6, warmup_iterations=0)
+    pml_sft.ClassCovarianceSamplingLoss(
+        losses.NormalizedSoftmaxLoss(4, 6), 4, 6, warmup_iterations=0
+    )

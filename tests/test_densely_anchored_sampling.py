@@ -297,3 +297,11 @@ def test_options_that_would_copy_the_anchors_unchanged_are_refused():
     with pytest.raises(ValueError, match="shift_scale must be in"):
         DenselyAnchoredSampling(3, 6, shift_scale=False)
     DenselyAnchoredSampling(3, 6, num_scaled_dims=0)  # the shift alone still moves
+
+
+def test_a_proxy_loss_of_another_size_is_refused_at_construction():
+    with pytest.raises(ValueError, match="does not fit ProxyAnchorLoss"):
+        DenselyAnchoredSamplingLoss(
+            losses.ProxyAnchorLoss(3, 8), 3, 6, warmup_iterations=0
+        )
+    DenselyAnchoredSamplingLoss(losses.ProxyAnchorLoss(3, 6), 3, 6, warmup_iterations=0)

@@ -6,6 +6,7 @@ from ..augmenters import ClassCovarianceSampling
 from ..utils.checks import checked_keywords
 from .checked_loss import MOVED
 from .feature_transform_loss import FeatureTransformLoss
+from .proxy_synthesis_loss import check_table_fits_proxies
 
 
 class ClassCovarianceSamplingLoss(FeatureTransformLoss):
@@ -63,6 +64,10 @@ class ClassCovarianceSamplingLoss(FeatureTransformLoss):
             warmup_iterations=warmup_iterations,
             ramp_iterations=ramp_iterations,
             collect_stats=collect_stats,
+        )
+        # (after the sizes are checked)
+        check_table_fits_proxies(
+            loss, num_classes, embedding_size, "ClassCovarianceSamplingLoss"
         )
         augmenter.updates_when_augmenting = False  # every training call: below
 

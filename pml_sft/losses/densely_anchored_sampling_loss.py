@@ -6,6 +6,7 @@ from ..augmenters import DenselyAnchoredSampling
 from ..utils.checks import checked_keywords
 from .checked_loss import MOVED
 from .feature_transform_loss import FeatureTransformLoss
+from .proxy_synthesis_loss import check_table_fits_proxies
 
 
 class DenselyAnchoredSamplingLoss(FeatureTransformLoss):
@@ -61,4 +62,8 @@ class DenselyAnchoredSamplingLoss(FeatureTransformLoss):
             warmup_iterations=warmup_iterations,
             ramp_iterations=ramp_iterations,
             collect_stats=collect_stats,
+        )
+        # (after the sizes are checked)
+        check_table_fits_proxies(
+            loss, num_classes, embedding_size, "DenselyAnchoredSamplingLoss"
         )

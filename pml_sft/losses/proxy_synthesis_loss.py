@@ -24,6 +24,21 @@ def class_proxies(loss):
     return proxies if axis == 0 else proxies.t()
 
 
+def check_table_fits_proxies(loss, num_classes, embedding_size, owner):
+    """At construction: a proxy loss's proxies (``PROXY_PARAMETERS``) must have the
+    shape of the augmenter's per-class table, (``num_classes``,
+    ``embedding_size``); other losses are not checked."""
+    if type(loss).__name__ not in PROXY_PARAMETERS:
+        return
+    shape = tuple(class_proxies(loss).shape)
+    if shape != (num_classes, embedding_size):
+        raise ValueError(
+            f"{owner}(num_classes={num_classes}, embedding_size={embedding_size}) "
+            f"does not fit {type(loss).__name__}, whose proxies are {shape[0]} "
+            f"classes of {shape[1]} dimensions"
+        )
+
+
 class ProxySynthesisLoss(FeatureTransformLoss):
     """Proxy Synthesis (Gu, Ko & Kim, AAAI 2021) around a PML proxy loss: each
     training batch gains synthetic classes, mixes of pairs of samples of different
