@@ -51,9 +51,10 @@ class BaseAugmenter(StatsOnDemand):
         check_batch(embeddings, labels)
         check_directions(embeddings, "embeddings")
         labels = c_f.to_device(labels, embeddings)
-        self.check_inputs(embeddings, labels.long())
         # augment indexes with the labels: int64 (uint8 would index as a mask)
-        aug, aug_labels, sources = self.augment(embeddings, labels.long())
+        long_labels = labels.long()
+        self.check_inputs(embeddings, long_labels)
+        aug, aug_labels, sources = self.augment(embeddings, long_labels)
         return aug, aug_labels.to(labels.dtype), sources
 
     def check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
